@@ -1,0 +1,152 @@
+//! The admin listener: health, readiness, metrics, credential status and reload.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+
+use crate::state::AppState;
+
+pub struct Admin {
+    pub state: Arc<AppState>,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = r.body().len().to_string().parse() {
+        r.headers_mut().insert(http::header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, v: &impl Serialize) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+#[derive(Serialize)]
+pub struct CredentialStatus {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub seconds_to_expiry: Option<u64>,
+    pub last_error: Option<String>,
+    pub fetch_count: u64,
+}
+
+/// One status line per credential; never a secret.
+pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
+    let cfg = state.config();
+    cfg.credentials
+        .iter()
+        .map(|c| CredentialStatus {
+            name: c.name.to_string(),
+            kind: c.kind,
+            status: if c.state.is_ok() { "ok" } else { "unavailable" },
+            seconds_to_expiry: None,
+            last_error: c.state.as_ref().err().map(ToString::to_string),
+            fetch_count: 0,
+        })
+        .collect()
+}
+
+impl Admin {
+    async fn ready(&self) -> Response<Vec<u8>> {
+        // Ready means the proxy listener accepts connections: check it for real.
+        let addr = self.state.config().proxy.listen;
+        let addr = match addr.ip() {
+            ip if ip.is_unspecified() && addr.is_ipv4() => {
+                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            ip if ip.is_unspecified() => {
+                std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_)) => reply(StatusCode::OK, "text/plain", "ready\n"),
+            _ => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "proxy listener not accepting yet\n",
+            ),
+        }
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let mut extra = String::new();
+        extra.push_str(
+            "# HELP credproxy_credential_available 1 if the credential can be injected.\n",
+        );
+        extra.push_str("# TYPE credproxy_credential_available gauge\n");
+        for c in credential_statuses(&self.state) {
+            let v = u8::from(c.status == "ok");
+            let _ = writeln!(
+                extra,
+                "credproxy_credential_available{{credential=\"{}\",type=\"{}\"}} {v}",
+                c.name.replace('"', ""),
+                c.kind
+            );
+        }
+        let body = self.state.metrics.render(&extra);
+        reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+    }
+
+    fn reload(&self) -> Response<Vec<u8>> {
+        match self.state.reload() {
+            Ok(c) => {
+                let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "reloaded", "warnings": warnings}),
+                )
+            }
+            Err(e) => {
+                let errors: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"status": "kept running config", "errors": errors}),
+                )
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+            ("GET", "/readyz") => self.ready().await,
+            ("GET", "/metrics") => self.metrics(),
+            ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.state)),
+            ("POST", "/reload") => self.reload(),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/credentials" | "/reload") => reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n",
+            ),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /healthz, /readyz, /metrics, /credentials, POST /reload\n",
+            ),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Configuration: parse `credentials.yaml` (serde types in `raw`), validate it into `Config`.
+//! Every rejection names the file, the key path and the line.
+
+mod locate;
+pub mod raw;
+mod resolve;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::credentials::Credential;
+use crate::routing::Router;
+use crate::secret::{Secret, SecretError};
+
+pub use raw::Unmatched;
+pub use resolve::{load, load_str};
+
+/// A validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub proxy: ProxySettings,
+    /// Indexed by credential id; routes refer to credentials by index.
+    pub credentials: Vec<CredentialEntry>,
+    pub routes: Vec<Route>,
+    pub router: Router,
+    /// None: no `clients:` section, no proxy authentication.
+    pub clients: Option<Vec<Client>>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    pub fn credential_index(&self, name: &str) -> Option<usize> {
+        self.credentials.iter().position(|c| &*c.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub unmatched: Unmatched,
+    pub max_body: u64,
+    pub timeouts: Timeouts,
+    pub dns: DnsSettings,
+    pub threads: usize,
+    pub ca: Option<CaPaths>,
+    pub upstream_ca: Option<PathBuf>,
+    pub egress: Egress,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub idle: Duration,
+    pub client_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsSettings {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub deny_private: bool,
+    pub allow: Vec<String>,
+}
+
+/// A named credential: usable, or unavailable with the reason (its routes answer 502).
+#[derive(Debug)]
+pub struct CredentialEntry {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    pub state: Result<Credential, SecretError>,
+}
+
+/// A compiled route; matching data lives in `Config::router` under the same index.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// Credential indexes; the first is the default.
+    pub credentials: Vec<usize>,
+    pub upstream: Option<Upstream>,
+    pub strip_prefix: Option<String>,
+}
+
+/// Where a sidecar route forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Prepended to the forwarded path; empty or `/base` without a trailing slash.
+    pub base_path: String,
+    /// The `Host` header value: host, plus the port when it is not the scheme's default.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub secret: Secret,
+    pub credentials: Vec<usize>,
+}
+
+/// A problem found in the config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Something accepted but worth saying at startup (same shape as an error).
+pub type ConfigWarning = ConfigError;
+
+/// All problems found in one pass, so a user fixes them in one go.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The config file to use: `-c`, else `$CREDPROXY_CONFIG`, else `./credentials.yaml`.
+pub fn default_path(cli: Option<&Path>) -> PathBuf {
+    cli.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("CREDPROXY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("credentials.yaml"))
+}

@@ -1,0 +1,158 @@
+//! The config file as written: serde types with no interpretation beyond syntax.
+//! `resolve` turns them into the validated `Config`.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    /// Proxy clients; when present, `Proxy-Authorization` is required.
+    pub clients: Option<Vec<RawClient>>,
+    /// Named credentials; each has a `type`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawCredential>")]
+    pub credentials: IndexMap<String, serde_yaml::Value>,
+    /// Tried in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Address for HTTP_PROXY / HTTPS_PROXY and sidecar routes. Default 127.0.0.1:8080.
+    pub listen: Option<String>,
+    /// Address of the admin listener (health, metrics), or `off`. Default 127.0.0.1:9090.
+    pub admin: Option<String>,
+    /// What happens to requests no route matches. Default `tunnel`.
+    pub unmatched: Option<Unmatched>,
+    /// The CA used to intercept HTTPS (see `credproxy ca init`).
+    pub ca: Option<RawCa>,
+    /// PEM roots added to the system's for upstream TLS.
+    pub upstream_ca: Option<String>,
+    /// Largest body buffered for signing or replay, e.g. `16MiB`.
+    pub max_body: Option<String>,
+    pub egress: Option<RawEgress>,
+    pub timeouts: Option<RawTimeouts>,
+    pub dns: Option<RawDns>,
+    /// Worker threads for the data path. Default: number of CPUs.
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Forward untouched, no credential.
+    Tunnel,
+    /// Refuse with 403.
+    Deny,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCa {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    pub deny_private: Option<bool>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP (and TLS) connect to an upstream. Default 5s.
+    pub connect: Option<String>,
+    /// Longest wait for upstream bytes once connected. Default 60s.
+    pub read: Option<String>,
+    /// Idle upstream connections are kept this long for reuse. Default 60s.
+    pub idle: Option<String>,
+    /// Longest wait for a client's next request on a kept-alive connection. Default 60s.
+    pub client_idle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// How long a resolved address is reused. Default 30s; between 1s and 1h.
+    pub ttl: Option<String>,
+    /// How long a failed lookup is remembered. Default 2s; at most 1m.
+    pub negative_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub name: String,
+    pub secret: String,
+    #[serde(default)]
+    pub credentials: Vec<String>,
+}
+
+/// A credential; `type` selects which fields apply.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawCredential {
+    Basic(RawBasic),
+    Bearer(RawBearer),
+    Headers(RawHeaders),
+}
+
+impl RawCredential {
+    /// The `type` names this build accepts, in the order the docs list them.
+    pub const TYPES: &'static [&'static str] = &["basic", "bearer", "headers"];
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    /// Secret reference or plain string.
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearer {
+    pub token: String,
+    /// Header to set. Default `Authorization`.
+    pub header: Option<String>,
+    /// Text before the token. Default `Bearer ` (with `Authorization`), else empty.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    /// Header name to value; values may be secret references.
+    pub headers: IndexMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Label in metrics, logs and errors. Default: host and path.
+    pub name: Option<String>,
+    /// `api.example.com`, `*.example.com`, optionally with `:port`.
+    pub host: Option<String>,
+    /// Glob; `*` matches any run of characters. Default: any path.
+    pub path: Option<String>,
+    /// Default: any method.
+    pub methods: Option<Vec<String>>,
+    pub credential: Option<String>,
+    /// Several credentials; the first is the default, `X-Credproxy-Credential` picks another.
+    pub credentials: Option<Vec<String>>,
+    /// Sidecar route: origin-form requests to the listener go to this base URL.
+    pub upstream: Option<String>,
+    /// Sidecar route: removed from the request path before forwarding.
+    pub strip_prefix: Option<String>,
+}

@@ -1,0 +1,476 @@
+//! One test per rejection: each names the key path and the line.
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "TOKEN" => Some("t".into()),
+        "BAD" => Some("x\ny".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, Path::new("conf.yaml"), &env)
+}
+
+/// Asserts the config is rejected with an error at `path` on `line` whose message contains `msg`.
+#[track_caller]
+fn rejects(text: &str, path: &str, line: usize, msg: &str) {
+    let errs = match load(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    };
+    let found = errs
+        .0
+        .iter()
+        .any(|e| e.path == path && e.line == Some(line) && e.message.contains(msg));
+    assert!(found, "expected `{path}` line {line} `{msg}`, got:\n{errs}");
+    let shown = errs.to_string();
+    assert!(
+        shown.contains(&format!("conf.yaml:{line}: {path}")),
+        "{shown}"
+    );
+}
+
+const CRED: &str = "credentials:\n  gh: { type: bearer, token: \"${TOKEN}\" }\n";
+
+#[test]
+fn accepts_the_spec_shapes() {
+    let c = load(&format!("{CRED}routes:\n  - host: \"*.example.com:8443\"\n    path: /v1/*\n    methods: [get, POST]\n    credential: gh\n  - path: /s/*\n    upstream: https://api.example.com/base/\n    strip_prefix: /s\n    credentials: [gh]\n")).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(&*c.routes[0].name, "*.example.com:8443/v1/*");
+    let up = c.routes[1].upstream.as_ref().unwrap();
+    assert_eq!(
+        (
+            up.tls,
+            up.host.as_str(),
+            up.port,
+            up.base_path.as_str(),
+            up.authority.as_str()
+        ),
+        (true, "api.example.com", 443, "/base", "api.example.com")
+    );
+    assert_eq!(c.proxy.max_body, 16 << 20);
+    assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn empty_file_is_a_valid_empty_config() {
+    let c = load("").unwrap();
+    assert!(c.routes.is_empty());
+    assert!(c.warnings.iter().any(|w| w.message.contains("no routes")));
+}
+
+#[test]
+fn rejects_yaml_syntax_error() {
+    let e = load("proxy:\n  listen: [1, 2\n").unwrap_err();
+    assert!(e.0[0].line.is_some(), "{e}");
+}
+
+#[test]
+fn rejects_unknown_top_level_key() {
+    rejects(
+        "proxy: {}\nroutez: []\n",
+        "routez",
+        2,
+        "unknown field `routez`",
+    );
+}
+
+#[test]
+fn rejects_unknown_proxy_key() {
+    rejects(
+        "proxy:\n  listen: 127.0.0.1:1\n  lisen: 127.0.0.1:2\n",
+        "proxy.lisen",
+        3,
+        "unknown field `lisen`",
+    );
+}
+
+#[test]
+fn rejects_bad_listen() {
+    rejects(
+        "proxy:\n  listen: localhost\n",
+        "proxy.listen",
+        2,
+        "not an address",
+    );
+}
+
+#[test]
+fn rejects_bad_admin() {
+    rejects(
+        "proxy:\n  admin: nine\n",
+        "proxy.admin",
+        2,
+        "not an address",
+    );
+}
+
+#[test]
+fn rejects_bad_unmatched() {
+    rejects(
+        "proxy:\n  unmatched: maybe\n",
+        "proxy.unmatched",
+        2,
+        "unknown variant `maybe`",
+    );
+}
+
+#[test]
+fn rejects_bad_max_body() {
+    rejects(
+        "proxy:\n  max_body: 16 parsecs\n",
+        "proxy.max_body",
+        2,
+        "invalid size",
+    );
+    rejects(
+        "proxy:\n  max_body: 2GiB\n",
+        "proxy.max_body",
+        2,
+        "1GiB limit",
+    );
+}
+
+#[test]
+fn rejects_bad_durations() {
+    rejects(
+        "proxy:\n  timeouts:\n    connect: soon\n",
+        "proxy.timeouts.connect",
+        3,
+        "invalid duration",
+    );
+    rejects(
+        "proxy:\n  timeouts: { read: 0s }\n",
+        "proxy.timeouts.read",
+        2,
+        "out of range",
+    );
+    rejects(
+        "proxy:\n  dns: { ttl: 2h }\n",
+        "proxy.dns.ttl",
+        2,
+        "out of range",
+    );
+}
+
+#[test]
+fn rejects_bad_threads() {
+    rejects("proxy:\n  threads: 0\n", "proxy.threads", 2, "out of range");
+}
+
+#[test]
+fn rejects_bad_egress_allow() {
+    rejects(
+        "proxy:\n  egress:\n    allow: [10.0.0.0/33]\n",
+        "proxy.egress.allow[0]",
+        3,
+        "neither a CIDR",
+    );
+}
+
+#[test]
+fn rejects_unknown_credential_type() {
+    rejects(
+        "credentials:\n  x:\n    type: kerberos\n",
+        "credentials.x.type",
+        3,
+        "unknown credential type `kerberos`",
+    );
+}
+
+#[test]
+fn rejects_missing_credential_type() {
+    rejects(
+        "credentials:\n  x:\n    token: a\n",
+        "credentials.x",
+        2,
+        "missing `type`",
+    );
+}
+
+#[test]
+fn rejects_credential_not_a_mapping() {
+    rejects(
+        "credentials:\n  x: hello\n",
+        "credentials.x",
+        2,
+        "expected a mapping",
+    );
+}
+
+#[test]
+fn rejects_bad_credential_name() {
+    rejects(
+        "credentials:\n  \"a b\": { type: bearer, token: x }\n",
+        "credentials.a b",
+        2,
+        "credential name",
+    );
+}
+
+#[test]
+fn rejects_unknown_credential_key() {
+    rejects(
+        "credentials:\n  gh:\n    type: bearer\n    token: \"${TOKEN}\"\n    tokn: x\n",
+        "credentials.gh.tokn",
+        5,
+        "unknown field `tokn`",
+    );
+}
+
+#[test]
+fn rejects_missing_credential_field() {
+    rejects(
+        "credentials:\n  erp:\n    type: basic\n    username: u\n",
+        "credentials.erp",
+        2,
+        "missing field `password`",
+    );
+}
+
+#[test]
+fn rejects_bad_secret_reference() {
+    rejects(
+        "credentials:\n  gh:\n    type: bearer\n    token: \"${NOT CLOSED\"\n",
+        "credentials.gh.token",
+        4,
+        "unterminated",
+    );
+}
+
+#[test]
+fn rejects_literal_header_with_crlf() {
+    rejects(
+        "credentials:\n  k:\n    type: headers\n    headers:\n      X-Key: \"a\\r\\nX-Evil: 1\"\n",
+        "credentials.k.headers.X-Key",
+        5,
+        "CR, LF or NUL",
+    );
+}
+
+#[test]
+fn rejects_bad_header_name() {
+    rejects(
+        "credentials:\n  k:\n    type: headers\n    headers:\n      \"X Key\": v\n",
+        "credentials.k.headers.X Key",
+        5,
+        "not a valid header name",
+    );
+}
+
+#[test]
+fn rejects_forbidden_header_name() {
+    rejects(
+        "credentials:\n  k:\n    type: bearer\n    token: t\n    header: Host\n",
+        "credentials.k.header",
+        5,
+        "may not set",
+    );
+}
+
+#[test]
+fn rejects_route_without_host_or_upstream() {
+    rejects(
+        &format!("{CRED}routes:\n  - path: /x\n    credential: gh\n"),
+        "routes[0]",
+        4,
+        "needs `host`",
+    );
+}
+
+#[test]
+fn rejects_route_with_host_and_upstream() {
+    rejects(
+        &format!(
+            "{CRED}routes:\n  - host: a.com\n    upstream: http://b.com\n    credential: gh\n"
+        ),
+        "routes[0].host",
+        4,
+        "remove `host`",
+    );
+}
+
+#[test]
+fn rejects_bad_host_pattern() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: \"a.*.com\"\n    credential: gh\n"),
+        "routes[0].host",
+        4,
+        "first label",
+    );
+    rejects(
+        &format!("{CRED}routes:\n  - host: \"a.com:99999\"\n    credential: gh\n"),
+        "routes[0].host",
+        4,
+        "invalid port",
+    );
+}
+
+#[test]
+fn rejects_bad_path_glob() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    path: v1/*\n    credential: gh\n"),
+        "routes[0].path",
+        5,
+        "starts with `/`",
+    );
+}
+
+#[test]
+fn rejects_bad_method() {
+    rejects(&format!("{CRED}routes:\n  - host: a.com\n    methods: [GET, \"NOT A METHOD\"]\n    credential: gh\n"), "routes[0].methods[1]", 5, "not an HTTP method");
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    methods: []\n    credential: gh\n"),
+        "routes[0].methods",
+        5,
+        "empty list",
+    );
+}
+
+#[test]
+fn rejects_unknown_route_credential() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    credential: gihtub\n"),
+        "routes[0].credential",
+        5,
+        "unknown credential `gihtub` (defined: gh)",
+    );
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    credentials: [gh, nope]\n"),
+        "routes[0].credentials[1]",
+        5,
+        "unknown credential `nope`",
+    );
+}
+
+#[test]
+fn rejects_route_without_credential() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n"),
+        "routes[0]",
+        4,
+        "needs `credential`",
+    );
+}
+
+#[test]
+fn rejects_both_credential_keys() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    credential: gh\n    credentials: [gh]\n"),
+        "routes[0]",
+        4,
+        "not both",
+    );
+}
+
+#[test]
+fn rejects_duplicate_route_credential() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    credentials: [gh, gh]\n"),
+        "routes[0].credentials[1]",
+        5,
+        "listed twice",
+    );
+}
+
+#[test]
+fn rejects_bad_upstream() {
+    rejects(
+        &format!("{CRED}routes:\n  - path: /x/*\n    upstream: ftp://a.com\n    credential: gh\n"),
+        "routes[0].upstream",
+        5,
+        "http:// or https://",
+    );
+    rejects(
+        &format!(
+            "{CRED}routes:\n  - path: /x/*\n    upstream: https://u:p@a.com\n    credential: gh\n"
+        ),
+        "routes[0].upstream",
+        5,
+        "credentials in the URL",
+    );
+    rejects(
+        &format!(
+            "{CRED}routes:\n  - path: /x/*\n    upstream: https://a.com/?q=1\n    credential: gh\n"
+        ),
+        "routes[0].upstream",
+        5,
+        "no query",
+    );
+}
+
+#[test]
+fn rejects_bad_strip_prefix() {
+    rejects(
+        &format!("{CRED}routes:\n  - host: a.com\n    strip_prefix: /x\n    credential: gh\n"),
+        "routes[0].strip_prefix",
+        5,
+        "only to sidecar",
+    );
+    rejects(&format!("{CRED}routes:\n  - path: /x/*\n    upstream: http://a.com\n    strip_prefix: x/\n    credential: gh\n"), "routes[0].strip_prefix", 6, "leading slash");
+}
+
+#[test]
+fn rejects_bad_clients() {
+    rejects(
+        &format!(
+            "{CRED}clients:\n  - name: a\n    secret: \"${{MISSING}}\"\n    credentials: [gh]\n"
+        ),
+        "clients[0].secret",
+        5,
+        "MISSING is not set",
+    );
+    rejects(
+        &format!(
+            "{CRED}clients:\n  - name: a\n    secret: \"${{TOKEN}}\"\n    credentials: [nope]\n"
+        ),
+        "clients[0].credentials[0]",
+        6,
+        "unknown credential",
+    );
+    rejects(&format!("{CRED}clients:\n  - {{ name: a, secret: \"${{TOKEN}}\" }}\n  - {{ name: a, secret: \"${{TOKEN}}\" }}\n"), "clients[1].name", 5, "defined twice");
+}
+
+#[test]
+fn missing_secret_is_not_fatal() {
+    let c = load("credentials:\n  gh: { type: bearer, token: \"${NOPE}\" }\n  b: { type: bearer, token: \"${BAD}\" }\nroutes:\n  - { host: a.com, credential: gh }\n  - { host: b.com, credential: b }\n").unwrap();
+    assert_eq!(
+        c.credentials[0].state.as_ref().unwrap_err().to_string(),
+        "environment variable NOPE is not set"
+    );
+    assert!(c.credentials[1]
+        .state
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("CR, LF or NUL"));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.path == "credentials.gh" && w.line == Some(2)));
+}
+
+#[test]
+fn warns_on_literal_and_unused() {
+    let c = load("credentials:\n  gh: { type: bearer, token: literal }\n").unwrap();
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.path == "credentials.gh.token" && w.message.contains("literal")));
+    assert!(c
+        .warnings
+        .iter()
+        .any(|w| w.path == "credentials.gh" && w.message.contains("not used")));
+}
+
+#[test]
+fn reports_several_errors_at_once() {
+    let e = load(&format!(
+        "{CRED}routes:\n  - host: a.com\n    credential: x\n  - host: b.com\n    credential: y\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+}

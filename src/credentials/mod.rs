@@ -1,0 +1,196 @@
+//! Credential types: building them from config, and the headers each one injects.
+//!
+//! One file per type. Static types (basic, bearer, headers) resolve to a fixed header set at
+//! config load, so injecting them on the request path is a few header inserts, no allocation
+//! of secrets.
+
+pub mod basic;
+pub mod bearer;
+pub mod headers;
+
+use std::path::Path;
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+
+use crate::config::raw::RawCredential;
+use crate::secret::{check_template, Secret, SecretError, SecretSource};
+
+/// Why a credential could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// The config itself is wrong; `key` is relative to the credential (`headers.X-Key`).
+    Invalid { key: String, message: String },
+    /// The config is fine but a secret is missing: the credential's routes answer 502.
+    Unavailable(SecretError),
+}
+
+/// What a credential needs while it is built: where relative files live, the environment,
+/// and a place to put warnings.
+pub struct BuildCtx<'a> {
+    pub base_dir: &'a Path,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// `(key relative to the credential, message)`.
+    pub warnings: Vec<(String, String)>,
+}
+
+impl BuildCtx<'_> {
+    /// Resolves the secret written at `key`; syntax errors are config errors, absent values
+    /// make the credential unavailable.
+    pub fn secret(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+        let invalid = |message: String| BuildError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        check_template(raw).map_err(invalid)?;
+        let source = SecretSource::parse(raw);
+        if source.is_literal() {
+            self.warnings.push((
+                key.to_string(),
+                "secret written as a literal; prefer ${ENV_VAR} or file:PATH".to_string(),
+            ));
+        }
+        match source.resolve(self.base_dir, self.env) {
+            Ok(s) => Ok(s),
+            Err(SecretError::BadBytes(_)) if source.is_literal() => {
+                Err(invalid("value contains CR, LF or NUL".to_string()))
+            }
+            Err(e) => Err(BuildError::Unavailable(e)),
+        }
+    }
+}
+
+/// The headers a credential sets, precomputed and marked sensitive.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The same headers for `explain`, with secrets shown as `***`.
+    display: Vec<(String, String)>,
+}
+
+impl Injection {
+    pub fn push(&mut self, name: HeaderName, value: &str, display: String) -> Result<(), String> {
+        let mut v = HeaderValue::from_str(value)
+            .map_err(|_| format!("value for header {name} is not a valid header value"))?;
+        v.set_sensitive(true);
+        self.display.push((name.as_str().to_string(), display));
+        self.headers.push((name, v));
+        Ok(())
+    }
+
+    /// Replaces whatever the client sent under these names.
+    pub fn apply(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        for (name, value) in &self.headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    pub fn display(&self) -> &[(String, String)] {
+        &self.display
+    }
+
+    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|(n, _)| n)
+    }
+}
+
+/// A usable credential.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Basic(basic::Basic),
+    Bearer(bearer::Bearer),
+    Headers(headers::Headers),
+}
+
+impl Credential {
+    pub fn build(raw: &RawCredential, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
+        Ok(match raw {
+            RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
+            RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
+            RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+        })
+    }
+
+    pub fn injection(&self) -> &Injection {
+        match self {
+            Credential::Basic(c) => &c.injection,
+            Credential::Bearer(c) => &c.injection,
+            Credential::Headers(c) => &c.injection,
+        }
+    }
+}
+
+/// The `type` name of a raw credential.
+pub fn type_name(raw: &RawCredential) -> &'static str {
+    match raw {
+        RawCredential::Basic(_) => "basic",
+        RawCredential::Bearer(_) => "bearer",
+        RawCredential::Headers(_) => "headers",
+    }
+}
+
+/// Header names a credential may not set: they frame or route the request, or belong to the
+/// proxy hop.
+pub fn forbidden_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+    ) || n.starts_with("proxy-")
+        || n.starts_with("x-credproxy-")
+}
+
+/// Parses a header name written in config, refusing the ones a credential may not set.
+pub fn config_header_name(key: &str, name: &str) -> Result<HeaderName, BuildError> {
+    let invalid = |message: String| BuildError::Invalid {
+        key: key.to_string(),
+        message,
+    };
+    let h = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(format!("`{name}` is not a valid header name")))?;
+    if forbidden_header(&h) {
+        return Err(invalid(format!(
+            "a credential may not set the `{name}` header"
+        )));
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub fn env(name: &str) -> Option<String> {
+        match name {
+            "USER" => Some("Aladdin".into()),
+            "PASS" => Some("open sesame".into()),
+            "TOKEN" => Some("tok-123".into()),
+            _ => None,
+        }
+    }
+
+    pub fn ctx() -> BuildCtx<'static> {
+        BuildCtx {
+            base_dir: Path::new("."),
+            env: &env,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn apply(inj: &Injection) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("authorization", "Bearer client-sent")
+            .unwrap();
+        inj.apply(&mut req).unwrap();
+        req
+    }
+}

@@ -1,0 +1,213 @@
+//! Responses credproxy makes itself: one error type, mapped in one place to a status,
+//! an RFC 9209 `Proxy-Status` header and the JSON body of SPEC.md.
+//!
+//! Messages carry names (hosts, env var names, routes) and statuses, never secret values.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("no sidecar route matches {0}; send absolute-form requests (HTTP_PROXY) or use a configured route path")]
+    NoRoute(String),
+    #[error("{0} matches no route and proxy.unmatched is deny")]
+    Unmatched(String),
+    #[error("credential `{0}` is not listed on this route")]
+    CredentialNotOnRoute(String),
+    #[error("proxy authentication required: send Proxy-Authorization with a configured client")]
+    ProxyAuthRequired,
+    #[error("client `{client}` may not use credential `{credential}`")]
+    ClientForbidden { client: String, credential: String },
+    #[error("credential is unavailable: {0}")]
+    CredentialUnavailable(String),
+    #[error("cannot resolve {host}: {reason}")]
+    Dns { host: String, reason: String },
+    #[error("DNS lookup for {0} timed out")]
+    DnsTimeout(String),
+    #[error("upstream {0} refused the connection")]
+    ConnectRefused(String),
+    #[error("connecting to upstream {0} timed out")]
+    ConnectTimeout(String),
+    #[error("upstream {0} did not answer in time")]
+    ReadTimeout(String),
+    #[error("TLS handshake with upstream {0} failed: {1}")]
+    Tls(String, String),
+    #[error("upstream {0} presented an invalid certificate")]
+    TlsCertificate(String),
+    #[error("upstream {0} failed: {1}")]
+    Upstream(String, String),
+    #[error("request body is larger than proxy.max_body ({0} bytes)")]
+    BodyTooLarge(u64),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> u16 {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => 400,
+            NoRoute(_) => 404,
+            Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } => 403,
+            ProxyAuthRequired => 407,
+            BodyTooLarge(_) => 413,
+            DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) => 504,
+            CredentialUnavailable(_)
+            | Dns { .. }
+            | ConnectRefused(_)
+            | Tls(..)
+            | TlsCertificate(_)
+            | Upstream(..) => 502,
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            NoRoute(_) => "no_route",
+            Unmatched(_) => "unmatched_denied",
+            CredentialNotOnRoute(_) => "credential_not_on_route",
+            ProxyAuthRequired => "proxy_auth_required",
+            ClientForbidden { .. } => "credential_forbidden",
+            CredentialUnavailable(_) => "credential_unavailable",
+            Dns { .. } => "dns_error",
+            DnsTimeout(_) => "dns_timeout",
+            ConnectRefused(_) => "connection_refused",
+            ConnectTimeout(_) => "connection_timeout",
+            ReadTimeout(_) => "upstream_timeout",
+            Tls(..) => "tls_error",
+            TlsCertificate(_) => "tls_certificate_error",
+            Upstream(..) => "upstream_error",
+            BodyTooLarge(_) => "body_too_large",
+        }
+    }
+
+    /// The RFC 9209 error type for `Proxy-Status`.
+    pub fn proxy_status_type(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            BadRequest(_) => "http_request_error",
+            NoRoute(_)
+            | Unmatched(_)
+            | CredentialNotOnRoute(_)
+            | ProxyAuthRequired
+            | ClientForbidden { .. } => "http_request_denied",
+            CredentialUnavailable(_) => "proxy_internal_error",
+            Dns { .. } => "dns_error",
+            DnsTimeout(_) => "dns_timeout",
+            ConnectRefused(_) => "connection_refused",
+            ConnectTimeout(_) => "connection_timeout",
+            ReadTimeout(_) => "connection_read_timeout",
+            Tls(..) => "tls_protocol_error",
+            TlsCertificate(_) => "tls_certificate_error",
+            Upstream(..) => "destination_unavailable",
+            BodyTooLarge(_) => "http_request_error",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: String,
+    route: Option<&'a str>,
+    credential: Option<&'a str>,
+}
+
+/// An RFC 8941 sf-string: printable ASCII, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `Proxy-Status` value for an error.
+pub fn proxy_status(err: &ProxyError) -> String {
+    format!(
+        "credproxy; error={}; details={}",
+        err.proxy_status_type(),
+        sf_string(&err.to_string())
+    )
+}
+
+/// Builds the whole response for an error.
+pub fn render(
+    err: &ProxyError,
+    route: Option<&str>,
+    credential: Option<&str>,
+) -> pingora::Result<(ResponseHeader, Bytes)> {
+    let body = Body {
+        error: err.code(),
+        message: err.to_string(),
+        route,
+        credential,
+    };
+    let mut json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+    json.push(b'\n');
+    let mut resp = ResponseHeader::build(err.status(), Some(5))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", json.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("proxy-status", proxy_status(err))?;
+    if matches!(err, ProxyError::ProxyAuthRequired) {
+        resp.insert_header(
+            "proxy-authenticate",
+            "Basic realm=\"credproxy\", Bearer realm=\"credproxy\"",
+        )?;
+    }
+    Ok((resp, Bytes::from(json)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_spec_body_and_header() {
+        let e = ProxyError::Dns {
+            host: "nope.invalid".into(),
+            reason: "not found".into(),
+        };
+        let (resp, body) = render(&e, Some("r1"), None).unwrap();
+        assert_eq!(resp.status.as_u16(), 502);
+        let ps = resp.headers.get("proxy-status").unwrap().to_str().unwrap();
+        assert!(
+            ps.starts_with("credproxy; error=dns_error; details=\""),
+            "{ps}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "dns_error");
+        assert_eq!(v["route"], "r1");
+        assert!(v["credential"].is_null());
+        assert!(v["message"].as_str().unwrap().contains("nope.invalid"));
+    }
+
+    #[test]
+    fn sf_string_escapes() {
+        assert_eq!(sf_string("a\"b\\c\nd"), "\"a\\\"b\\\\c?d\"");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ProxyError::ProxyAuthRequired.status(), 407);
+        assert_eq!(ProxyError::Unmatched("x".into()).status(), 403);
+        assert_eq!(ProxyError::ConnectTimeout("x".into()).status(), 504);
+        assert_eq!(ProxyError::BodyTooLarge(1).status(), 413);
+        let (resp, _) = render(&ProxyError::ProxyAuthRequired, None, None).unwrap();
+        assert!(resp.headers.get("proxy-authenticate").is_some());
+    }
+}

@@ -1,0 +1,147 @@
+//! `credproxy explain` and `credproxy check`: what the config would do, as text for a person.
+
+use std::fmt::Write;
+
+use pingora::http::RequestHeader;
+
+use crate::config::{Config, Unmatched};
+use crate::proxy::plan::{route_request, Refusal};
+
+/// A dry run of one request: route, credential, target and injected headers (secrets as ***).
+pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> {
+    let method = method.to_ascii_uppercase();
+    let req = RequestHeader::build(method.as_str(), url.as_bytes(), None)
+        .map_err(|e| format!("cannot build a request from `{method} {url}`: {e}"))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "request:     {method} {url}");
+    match route_request(cfg, &req, None) {
+        Err(Refusal {
+            error,
+            route,
+            credential,
+        }) => {
+            if let Some(r) = route {
+                let _ = writeln!(out, "route:       {} (routes[{r}])", cfg.routes[r].name);
+            }
+            if let Some(c) = credential {
+                let _ = writeln!(out, "credential:  {}", cfg.credentials[c].name);
+            }
+            let _ = writeln!(
+                out,
+                "answer:      {} {} ({})",
+                error.status(),
+                error.code(),
+                error
+            );
+        }
+        Ok(plan) => {
+            let t = &plan.target;
+            match plan.route {
+                Some(r) => {
+                    let _ = writeln!(out, "route:       {} (routes[{r}])", cfg.routes[r].name);
+                }
+                None => {
+                    let what = match cfg.proxy.unmatched {
+                        Unmatched::Tunnel => "forwarded untouched (proxy.unmatched: tunnel)",
+                        Unmatched::Deny => "denied (proxy.unmatched: deny)",
+                    };
+                    let _ = writeln!(out, "route:       none; {what}");
+                }
+            }
+            let scheme = if t.tls { "https" } else { "http" };
+            let _ = writeln!(
+                out,
+                "upstream:    {scheme}://{}:{}{}  (Host: {})",
+                t.host, t.port, t.path, t.authority
+            );
+            if let Some(c) = plan.credential {
+                let entry = &cfg.credentials[c];
+                let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
+                if let Ok(cred) = &entry.state {
+                    for (name, value) in cred.injection().display() {
+                        let _ = writeln!(out, "inject:      {name}: {value}");
+                    }
+                }
+                let _ = writeln!(out, "removed:     client Authorization, Proxy-Authorization, Proxy-Connection, X-Credproxy-*");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One line per credential, and whether all are usable.
+pub fn check(cfg: &Config) -> (String, bool) {
+    let mut out = String::new();
+    let mut all_ok = true;
+    let width = cfg
+        .credentials
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for c in &cfg.credentials {
+        match &c.state {
+            Ok(_) => {
+                let _ = writeln!(out, "{:width$}  {:<26}  OK", c.name, c.kind);
+            }
+            Err(e) => {
+                all_ok = false;
+                let _ = writeln!(out, "{:width$}  {:<26}  UNAVAILABLE: {e}", c.name, c.kind);
+            }
+        }
+    }
+    (out, all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn cfg() -> Config {
+        let text = "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh }\n  - { host: erp.example.com, credential: erp }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n";
+        load_str(text, Path::new("t.yaml"), &|n| {
+            (n == "GH").then(|| "s3cr3t".to_string())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn explains_without_secrets() {
+        let c = cfg();
+        let out = explain(&c, "get", "http://API.github.com/repos?x=1").unwrap();
+        assert!(
+            out.contains("route:       api.github.com (routes[0])"),
+            "{out}"
+        );
+        assert!(
+            out.contains("inject:      authorization: Bearer ***"),
+            "{out}"
+        );
+        assert!(!out.contains("s3cr3t"));
+        let side = explain(&c, "POST", "/hub/crm/objects").unwrap();
+        assert!(
+            side.contains("https://api.hubapi.com:443/v3/crm/objects"),
+            "{side}"
+        );
+        let unavailable = explain(&c, "GET", "http://erp.example.com/").unwrap();
+        assert!(
+            unavailable.contains("502 credential_unavailable"),
+            "{unavailable}"
+        );
+        let none = explain(&c, "GET", "http://other.example.com/").unwrap();
+        assert!(none.contains("forwarded untouched"), "{none}");
+    }
+
+    #[test]
+    fn check_reports_each_credential() {
+        let (out, ok) = check(&cfg());
+        assert!(!ok);
+        assert!(out.contains("gh   bearer"), "{out}");
+        assert!(
+            out.contains("UNAVAILABLE: environment variable NOPE is not set"),
+            "{out}"
+        );
+    }
+}

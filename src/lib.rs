@@ -1,0 +1,14 @@
+//! credproxy: an outbound HTTP proxy that injects credentials so workflows hold no secrets.
+
+pub mod admin;
+pub mod config;
+pub mod credentials;
+pub mod dns;
+pub mod errors;
+pub mod explain;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod secret;
+pub mod server;
+pub mod state;

@@ -1,0 +1,168 @@
+//! The `credproxy` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use credproxy::config;
+
+#[derive(Parser)]
+#[command(
+    name = "credproxy",
+    version,
+    about = "Outbound proxy that injects credentials so workflows hold no secrets",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: ConfigArg,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// Config file [default: $CREDPROXY_CONFIG, else ./credentials.yaml]
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the proxy (the default command)
+    Run(ConfigArg),
+    /// Validate the config and report every credential
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Do not contact token endpoints
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Dry run: which route and credential would apply to a request, and what would be injected
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// HTTP method
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// Absolute URL (http://host/path) or a sidecar path (/prefix/...)
+        url: String,
+    },
+    /// Print the JSON Schema of the config file
+    Schema,
+    /// Manage the local CA used to intercept HTTPS
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA certificate and key
+    Init {
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(arg: &ConfigArg) -> Result<(config::Config, PathBuf), ExitCode> {
+    let path = config::default_path(arg.config.as_deref());
+    match config::load(&path) {
+        Ok(c) => Ok((c, path)),
+        Err(e) => {
+            eprintln!("error: invalid config\n{e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(&cli.run),
+        Some(Command::Run(a)) => run(&a),
+        Some(Command::Check { config, offline: _ }) => check(&config),
+        Some(Command::Explain {
+            config,
+            method,
+            url,
+        }) => explain(&config, &method, &url),
+        Some(Command::Schema) => {
+            let schema = schemars::schema_for!(config::raw::RawConfig);
+            match serde_json::to_string_pretty(&schema) {
+                Ok(s) => {
+                    println!("{s}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Ca(CaCommand::Init { .. })) => {
+            eprintln!("error: HTTPS interception (and `ca init`) is not in this build yet; CONNECT is tunnelled");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(arg: &ConfigArg) -> ExitCode {
+    init_logging();
+    let (cfg, path) = match load(arg) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    credproxy::server::run(cfg, path)
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    let (cfg, path) = match load(arg) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "config OK: {} ({} routes, {} credentials)",
+        path.display(),
+        cfg.routes.len(),
+        cfg.credentials.len()
+    );
+    let (report, all_ok) = credproxy::explain::check(&cfg);
+    print!("{report}");
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn explain(arg: &ConfigArg, method: &str, url: &str) -> ExitCode {
+    let (cfg, _) = match load(arg) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    match credproxy::explain::explain(&cfg, method, url) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

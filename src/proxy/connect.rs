@@ -1,0 +1,231 @@
+//! The listener's front door. pingora answers CONNECT with 405 before any hook, so each new
+//! connection is peeked here first: CONNECT is handled (tunnel or deny), anything else goes to
+//! the HTTP proxy.
+//!
+//! Without a CA, HTTPS cannot be intercepted: CONNECT to a host that has a route is tunnelled
+//! untouched (a startup warning says so), unmatched hosts follow `proxy.unmatched`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::plan::authenticate;
+use super::CredProxy;
+use crate::config::{Config, Unmatched};
+use crate::errors::{self, ProxyError};
+use crate::routing::split_host_port;
+use crate::state::AppState;
+
+pub struct Front {
+    pub http: Arc<HttpProxy<CredProxy>>,
+    pub state: Arc<AppState>,
+}
+
+/// Longest wait for a CONNECT request head once its first bytes arrived.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let idle = self.state.config().proxy.timeouts.client_idle;
+        let mut head = [0u8; 8];
+        match tokio::time::timeout(idle, stream.try_peek(&mut head)).await {
+            Ok(Ok(true)) if &head == b"CONNECT " => {
+                self.connect(stream).await;
+                None
+            }
+            Ok(Ok(_)) => self.http.process_new(stream, shutdown).await,
+            // Closed, reset or silent: nothing to answer.
+            _ => None,
+        }
+    }
+}
+
+/// What to do with one CONNECT.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConnectPlan {
+    pub host: String,
+    pub port: u16,
+    pub has_route: bool,
+}
+
+/// Decides a CONNECT from its authority (`host:port`) and `Proxy-Authorization`.
+pub fn plan_connect(
+    cfg: &Config,
+    authority: &str,
+    proxy_auth: Option<&[u8]>,
+) -> Result<ConnectPlan, ProxyError> {
+    authenticate(cfg, proxy_auth)?;
+    let bad = |m: &str| ProxyError::BadRequest(format!("CONNECT target `{authority}`: {m}"));
+    if authority.contains(['@', '/', '?', '#']) {
+        return Err(bad("expected host:port"));
+    }
+    let (host, port) = split_host_port(authority).map_err(|e| bad(&e.to_string()))?;
+    let port = port.ok_or_else(|| bad("a port is required"))?;
+    let has_route = cfg.router.host_has_route(&host, port);
+    if !has_route && cfg.proxy.unmatched == Unmatched::Deny {
+        return Err(ProxyError::Unmatched(authority.to_string()));
+    }
+    Ok(ConnectPlan {
+        host,
+        port,
+        has_route,
+    })
+}
+
+impl Front {
+    async fn connect(&self, stream: Stream) {
+        let mut session = ServerSession::new_http1(stream);
+        match tokio::time::timeout(HEAD_TIMEOUT, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            _ => return,
+        }
+        let cfg = self.state.config();
+        let authority = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        let auth = session
+            .get_header(http::header::PROXY_AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let result = match plan_connect(&cfg, &authority, auth.as_deref()) {
+            Ok(p) => self.dial(&cfg, &p).await.map(|up| (p, up)),
+            Err(e) => Err(e),
+        };
+        let (label, status) = match result {
+            Ok((p, upstream)) => {
+                let label = if p.has_route {
+                    "(connect: tunnelled, no CA)"
+                } else {
+                    "(connect: unmatched)"
+                };
+                self.tunnel(session, upstream).await;
+                (label, 200)
+            }
+            Err(e) => {
+                let status = e.status();
+                if let Ok((resp, body)) = errors::render(&e, None, None) {
+                    let _ = session.write_error_response(resp, body).await;
+                }
+                tracing::warn!(target = %authority, error = %e, "CONNECT refused");
+                ("(connect)", status)
+            }
+        };
+        self.state
+            .metrics
+            .request(&Arc::from(label), &Arc::from("(none)"), status);
+    }
+
+    async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
+        let addrs = self.state.dns.resolve(&p.host).await.map_err(|e| match e {
+            crate::dns::DnsError::Timeout => ProxyError::DnsTimeout(p.host.clone()),
+            crate::dns::DnsError::NotFound(reason) => ProxyError::Dns {
+                host: p.host.clone(),
+                reason,
+            },
+        })?;
+        let hp = format!("{}:{}", p.host, p.port);
+        let mut last = ProxyError::ConnectRefused(hp.clone());
+        for ip in addrs.iter().take(4) {
+            let fut = TcpStream::connect(SocketAddr::new(*ip, p.port));
+            match tokio::time::timeout(cfg.proxy.timeouts.connect, fut).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    last = ProxyError::ConnectRefused(hp.clone());
+                }
+                Ok(Err(e)) => last = ProxyError::Upstream(hp.clone(), e.to_string()),
+                Err(_) => last = ProxyError::ConnectTimeout(hp.clone()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn tunnel(&self, session: ServerSession, mut upstream: TcpStream) {
+        let ServerSession::H1(h1) = session else {
+            return;
+        };
+        let mut client = h1.into_inner();
+        if client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if client.flush().await.is_err() {
+            return;
+        }
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+            Err(e) => tracing::debug!("tunnel ended: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn cfg(unmatched: &str) -> Config {
+        let text = format!(
+            "proxy: {{ unmatched: {unmatched} }}\ncredentials:\n  gh: {{ type: bearer, token: t }}\nroutes:\n  - {{ host: api.github.com, credential: gh }}\n"
+        );
+        load_str(&text, Path::new("t.yaml"), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn connect_plans() {
+        let c = cfg("tunnel");
+        let p = plan_connect(&c, "API.github.com:443", None).unwrap();
+        assert_eq!(
+            p,
+            ConnectPlan {
+                host: "api.github.com".into(),
+                port: 443,
+                has_route: true
+            }
+        );
+        assert!(!plan_connect(&c, "example.com:443", None).unwrap().has_route);
+        let d = cfg("deny");
+        assert_eq!(
+            plan_connect(&d, "example.com:443", None)
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert!(plan_connect(&d, "api.github.com:443", None).is_ok());
+    }
+
+    #[test]
+    fn malformed_authorities_are_400() {
+        let c = cfg("tunnel");
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "example.com:70000",
+            "user@example.com:443",
+            "/path",
+            "",
+            "exa mple.com:443",
+            "[::1:443",
+        ] {
+            let e = plan_connect(&c, bad, None).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}: {e}");
+        }
+    }
+}

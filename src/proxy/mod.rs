@@ -1,0 +1,314 @@
+//! The data path: one thin `ProxyHttp` implementation whose hooks delegate to `plan` (what to
+//! do), `credentials` (what to inject), `dns` (where to connect) and `errors` (what to answer).
+
+pub mod connect;
+pub mod plan;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::Config;
+use crate::dns::DnsError;
+use crate::errors::{self, ProxyError};
+use crate::state::AppState;
+use plan::{Plan, Refusal, CREDENTIAL_HEADER};
+
+pub struct CredProxy {
+    pub state: Arc<AppState>,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    cfg: Option<Arc<Config>>,
+    plan: Option<Plan>,
+    addrs: Option<Arc<[IpAddr]>>,
+    attempt: usize,
+    /// An error found by our own code, preferred over pingora's generic one in `fail_to_proxy`.
+    error: Option<ProxyError>,
+    upstream_sent: Option<Instant>,
+}
+
+impl Ctx {
+    fn labels(&self) -> (Option<Arc<str>>, Option<Arc<str>>) {
+        let (Some(cfg), Some(plan)) = (&self.cfg, &self.plan) else {
+            return (None, None);
+        };
+        (
+            plan.route.map(|r| cfg.routes[r].name.clone()),
+            plan.credential.map(|c| cfg.credentials[c].name.clone()),
+        )
+    }
+}
+
+/// Writes an error made by the proxy itself.
+pub async fn respond(
+    session: &mut Session,
+    err: &ProxyError,
+    route: Option<&str>,
+    cred: Option<&str>,
+) -> Result<()> {
+    let (resp, body) = errors::render(err, route, cred)?;
+    if !session.is_body_empty() {
+        // The body was not read: the connection cannot carry another request.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Maps a pingora error to what the user sees.
+fn classify(e: &Error, host: &str) -> Option<ProxyError> {
+    let h = host.to_string();
+    Some(match e.etype() {
+        ErrorType::ConnectRefused => ProxyError::ConnectRefused(h),
+        ErrorType::ConnectTimedout => ProxyError::ConnectTimeout(h),
+        ErrorType::ConnectNoRoute => ProxyError::Upstream(h, "no route to host".into()),
+        ErrorType::InvalidCert => ProxyError::TlsCertificate(h),
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::HandshakeError => ProxyError::Tls(h, e.etype().as_str().to_string()),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            ProxyError::ReadTimeout(h)
+        }
+        _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+            ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectionClosed
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout => return None,
+            _ => ProxyError::BadRequest(e.etype().as_str().to_string()),
+        },
+        _ => ProxyError::Upstream(h, e.etype().as_str().to_string()),
+    })
+}
+
+fn is_connect_error(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for CredProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let cfg = self.state.config();
+        let result = plan::plan(&cfg, session.req_header());
+        ctx.cfg = Some(cfg);
+        match result {
+            Ok(p) => {
+                ctx.plan = Some(p);
+                Ok(false)
+            }
+            Err(Refusal {
+                error,
+                route,
+                credential,
+            }) => {
+                let Some(cfg) = ctx.cfg.as_ref() else {
+                    return Ok(true);
+                };
+                let r = route.map(|i| cfg.routes[i].name.clone());
+                let c = credential.map(|i| cfg.credentials[i].name.clone());
+                respond(session, &error, r.as_deref(), c.as_deref()).await?;
+                let status = error.status();
+                self.state.metrics.request(
+                    &r.unwrap_or_else(|| Arc::from("(none)")),
+                    &c.unwrap_or_else(|| Arc::from("(none)")),
+                    status,
+                );
+                ctx.plan = None;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+            return Err(Error::explain(ErrorType::InternalError, "no plan"));
+        };
+        let t = &plan.target;
+        let addrs = match &ctx.addrs {
+            Some(a) => a.clone(),
+            None => match self.state.dns.resolve(&t.host).await {
+                Ok(a) => {
+                    ctx.addrs = Some(a.clone());
+                    a
+                }
+                Err(e) => {
+                    let pe = match e {
+                        DnsError::Timeout => ProxyError::DnsTimeout(t.host.clone()),
+                        DnsError::NotFound(reason) => ProxyError::Dns {
+                            host: t.host.clone(),
+                            reason,
+                        },
+                    };
+                    let status = pe.status();
+                    ctx.error = Some(pe);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "dns lookup failed",
+                    ));
+                }
+            },
+        };
+        let ip = addrs[ctx.attempt % addrs.len()];
+        let mut peer = HttpPeer::new(SocketAddr::new(ip, t.port), t.tls, t.host.clone());
+        let to = &cfg.proxy.timeouts;
+        peer.options.connection_timeout = Some(to.connect);
+        peer.options.total_connection_timeout = Some(to.connect);
+        peer.options.read_timeout = Some(to.read);
+        peer.options.write_timeout = Some(to.read);
+        peer.options.idle_timeout = Some(to.idle);
+        if t.tls {
+            // Offer HTTP/2 first; origins without it get HTTP/1.1.
+            peer.options.set_http_version(2, 1);
+            peer.options.max_h2_streams = 100;
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Try the host's next address (e.g. ::1 refused, 127.0.0.1 listening) before giving up.
+        let more = ctx
+            .addrs
+            .as_ref()
+            .is_some_and(|a| ctx.attempt + 1 < a.len().min(4));
+        if more && is_connect_error(&e) {
+            ctx.attempt += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+            return Err(Error::explain(ErrorType::InternalError, "no plan"));
+        };
+        let uri: http::Uri = plan.target.path.parse().map_err(|_| {
+            Error::explain(
+                ErrorType::HTTPStatus(400),
+                "request path cannot be forwarded",
+            )
+        })?;
+        // Host first: set_uri drops the authority HTTP/2 origins need.
+        req.insert_header(http::header::HOST, plan.target.authority.as_str())?;
+        req.set_uri(uri);
+        strip_proxy_headers(req);
+        if let Some(c) = plan.credential {
+            if let Ok(cred) = &cfg.credentials[c].state {
+                req.remove_header(&http::header::AUTHORIZATION);
+                cred.injection().apply(req)?;
+            }
+        }
+        ctx.upstream_sent = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(t), (Some(route), _)) = (ctx.upstream_sent, ctx.labels()) {
+            self.state.metrics.upstream_latency(&route, t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let host = ctx
+            .plan
+            .as_ref()
+            .map(|p| p.target.authority.as_str())
+            .unwrap_or("upstream");
+        let err = ctx.error.take().or_else(|| classify(e, host));
+        let Some(err) = err else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = err.status();
+        if session.response_written().is_none() {
+            let (r, c) = ctx.labels();
+            if let Err(we) = respond(session, &err, r.as_deref(), c.as_deref()).await {
+                tracing::debug!("could not send error response: {we}");
+            }
+        }
+        tracing::warn!(host, error = %err, "request failed");
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
+        // fail_to_proxy logs a clearer line.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.plan.is_none() {
+            return; // refusals are counted where they are made
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let (r, c) = ctx.labels();
+        let r = r.unwrap_or_else(|| "(unmatched)".into());
+        let c = c.unwrap_or_else(|| "(none)".into());
+        tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
+        self.state.metrics.request(&r, &c, status);
+    }
+}
+
+/// Removes what belongs to the client-proxy hop. pingora already drops the standard hop-by-hop
+/// fields and those named in `Connection`.
+fn strip_proxy_headers(req: &mut RequestHeader) {
+    req.remove_header(&http::header::PROXY_AUTHORIZATION);
+    req.remove_header("proxy-connection");
+    let ours: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-credproxy-"))
+        .cloned()
+        .collect();
+    for n in ours {
+        req.remove_header(&n);
+    }
+    debug_assert!(req.headers.get(CREDENTIAL_HEADER).is_none());
+}

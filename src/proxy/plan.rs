@@ -1,0 +1,312 @@
+//! Decides what to do with a request before any upstream work: who the client is, where the
+//! request goes, which route and credential apply. Pure: no I/O, so every rule is unit-tested.
+
+use base64::Engine;
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora::http::RequestHeader;
+
+use crate::config::{Config, Unmatched, Upstream};
+use crate::errors::ProxyError;
+use crate::routing::split_host_port;
+
+pub const CREDENTIAL_HEADER: &str = "x-credproxy-credential";
+
+/// Where the request is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// Normalised host (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header to send.
+    pub authority: String,
+    /// Origin-form path and query to send.
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub route: Option<usize>,
+    pub credential: Option<usize>,
+    pub client: Option<usize>,
+    pub target: Target,
+}
+
+/// A refusal with whatever was known when it happened, for the error body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ProxyError,
+    pub route: Option<usize>,
+    pub credential: Option<usize>,
+}
+
+impl From<ProxyError> for Refusal {
+    fn from(error: ProxyError) -> Self {
+        Refusal {
+            error,
+            route: None,
+            credential: None,
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ProxyError {
+    ProxyError::BadRequest(msg.into())
+}
+
+/// Identifies the client from `Proxy-Authorization` when `clients:` is configured.
+/// Every configured secret is compared (in constant time) so timing does not reveal which
+/// name exists.
+pub fn authenticate(cfg: &Config, header: Option<&[u8]>) -> Result<Option<usize>, ProxyError> {
+    let Some(clients) = &cfg.clients else {
+        return Ok(None);
+    };
+    let header = header.ok_or(ProxyError::ProxyAuthRequired)?;
+    let text = std::str::from_utf8(header).map_err(|_| ProxyError::ProxyAuthRequired)?;
+    let (scheme, value) = text
+        .trim()
+        .split_once(' ')
+        .ok_or(ProxyError::ProxyAuthRequired)?;
+    let value = value.trim();
+    let mut found = None;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| ProxyError::ProxyAuthRequired)?;
+        let pos = decoded
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(ProxyError::ProxyAuthRequired)?;
+        let (name, secret) = (&decoded[..pos], &decoded[pos + 1..]);
+        for (i, c) in clients.iter().enumerate() {
+            let ok = c.secret.ct_eq(secret) & (c.name.as_bytes() == name);
+            if ok && found.is_none() {
+                found = Some(i);
+            }
+        }
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        for (i, c) in clients.iter().enumerate() {
+            if c.secret.ct_eq(value.as_bytes()) && found.is_none() {
+                found = Some(i);
+            }
+        }
+    }
+    found.map(Some).ok_or(ProxyError::ProxyAuthRequired)
+}
+
+/// Parses an authority from an absolute-form URI, refusing userinfo.
+fn forward_target(auth: &str, tls: bool, path: String) -> Result<Target, ProxyError> {
+    if auth.contains('@') {
+        return Err(bad("userinfo in the request URL is not allowed"));
+    }
+    let (host, port) = split_host_port(auth).map_err(|e| bad(format!("host: {e}")))?;
+    let default = if tls { 443 } else { 80 };
+    let port = port.unwrap_or(default);
+    let h = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = if port == default {
+        h
+    } else {
+        format!("{h}:{port}")
+    };
+    Ok(Target {
+        tls,
+        host,
+        port,
+        authority,
+        path,
+    })
+}
+
+fn sidecar_target(up: &Upstream, strip: Option<&str>, path: &str, query: Option<&str>) -> Target {
+    let rest = match strip {
+        Some(sp) if path == sp => "/",
+        Some(sp) if path.starts_with(sp) && path.as_bytes().get(sp.len()) == Some(&b'/') => {
+            &path[sp.len()..]
+        }
+        _ => path,
+    };
+    let mut p = format!("{}{}", up.base_path, rest);
+    if let Some(q) = query {
+        p.push('?');
+        p.push_str(q);
+    }
+    Target {
+        tls: up.tls,
+        host: up.host.clone(),
+        port: up.port,
+        authority: up.authority.clone(),
+        path: p,
+    }
+}
+
+/// Plans a request that arrived on the proxy listener.
+pub fn plan(cfg: &Config, req: &RequestHeader) -> Result<Plan, Refusal> {
+    let client = authenticate(
+        cfg,
+        req.headers
+            .get(http::header::PROXY_AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )?;
+    route_request(cfg, req, client)
+}
+
+/// The request target, as sent by the client.
+enum RequestTarget<'a> {
+    Absolute {
+        tls: bool,
+        authority: &'a str,
+        path_and_query: &'a str,
+    },
+    Origin {
+        path: &'a str,
+        query: Option<&'a str>,
+    },
+}
+
+fn request_target(req: &RequestHeader) -> Result<RequestTarget<'_>, ProxyError> {
+    let raw = std::str::from_utf8(req.raw_path())
+        .map_err(|_| bad("request target is not valid UTF-8"))?;
+    match raw_target_authority(raw.as_bytes()) {
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => {
+            let tls = if scheme.eq_ignore_ascii_case(b"http") {
+                false
+            } else if scheme.eq_ignore_ascii_case(b"https") {
+                true
+            } else {
+                return Err(bad(format!(
+                    "unsupported scheme `{}`",
+                    String::from_utf8_lossy(scheme)
+                )));
+            };
+            // Slices of `raw`, which is valid UTF-8, split at ASCII bytes.
+            let authority = std::str::from_utf8(authority).map_err(|_| bad("bad authority"))?;
+            let pq = std::str::from_utf8(path_and_query).map_err(|_| bad("bad path"))?;
+            let pq = pq.split('#').next().unwrap_or("");
+            let path_and_query = if pq.is_empty() { "/" } else { pq };
+            if !path_and_query.starts_with('/') {
+                return Err(bad("path must start with `/`"));
+            }
+            Ok(RequestTarget::Absolute {
+                tls,
+                authority,
+                path_and_query,
+            })
+        }
+        RawTargetAuthority::AmbiguousAuthority => Err(bad("ambiguous request target")),
+        RawTargetAuthority::None if raw.starts_with('/') => {
+            let raw = raw.split('#').next().unwrap_or(raw);
+            let (path, query) = match raw.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (raw, None),
+            };
+            Ok(RequestTarget::Origin { path, query })
+        }
+        RawTargetAuthority::None => Err(bad(
+            "request target must be absolute-form (http://host/path) or a sidecar route path",
+        )),
+    }
+}
+
+/// Plans a request whose client is already known (`explain` passes none).
+pub fn route_request(
+    cfg: &Config,
+    req: &RequestHeader,
+    client: Option<usize>,
+) -> Result<Plan, Refusal> {
+    let (route, target) = match request_target(req)? {
+        RequestTarget::Absolute {
+            tls,
+            authority,
+            path_and_query,
+        } => {
+            let target = forward_target(authority, tls, path_and_query.to_string())?;
+            let path = path_and_query.split('?').next().unwrap_or("/");
+            let route = cfg
+                .router
+                .match_forward(&target.host, target.port, path, &req.method);
+            if route.is_none() && cfg.proxy.unmatched == Unmatched::Deny {
+                return Err(ProxyError::Unmatched(target.authority).into());
+            }
+            (route, target)
+        }
+        RequestTarget::Origin { path, query } => {
+            let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
+                return Err(ProxyError::NoRoute(path.to_string()).into());
+            };
+            let r = &cfg.routes[i];
+            let Some(up) = &r.upstream else {
+                return Err(ProxyError::NoRoute(path.to_string()).into());
+            };
+            (
+                Some(i),
+                sidecar_target(up, r.strip_prefix.as_deref(), path, query),
+            )
+        }
+    };
+    let credential = match route {
+        Some(i) => Some(choose_credential(cfg, i, req, client)?),
+        None => None,
+    };
+    Ok(Plan {
+        route,
+        credential,
+        client,
+        target,
+    })
+}
+
+/// Picks the route's credential (default or `X-Credproxy-Credential`) and checks it is usable.
+fn choose_credential(
+    cfg: &Config,
+    route: usize,
+    req: &RequestHeader,
+    client: Option<usize>,
+) -> Result<usize, Refusal> {
+    let r = &cfg.routes[route];
+    let refuse = |error, credential| Refusal {
+        error,
+        route: Some(route),
+        credential,
+    };
+    let chosen = match req.headers.get(CREDENTIAL_HEADER) {
+        None => r.credentials[0],
+        Some(v) => {
+            let name = v
+                .to_str()
+                .map_err(|_| refuse(bad("X-Credproxy-Credential is not valid text"), None))?;
+            r.credentials
+                .iter()
+                .copied()
+                .find(|&c| &*cfg.credentials[c].name == name)
+                .ok_or_else(|| refuse(ProxyError::CredentialNotOnRoute(name.to_string()), None))?
+        }
+    };
+    if let (Some(ci), Some(clients)) = (client, &cfg.clients) {
+        let c = &clients[ci];
+        if !c.credentials.contains(&chosen) {
+            let e = ProxyError::ClientForbidden {
+                client: c.name.clone(),
+                credential: cfg.credentials[chosen].name.to_string(),
+            };
+            return Err(refuse(e, Some(chosen)));
+        }
+    }
+    if let Err(e) = &cfg.credentials[chosen].state {
+        return Err(refuse(
+            ProxyError::CredentialUnavailable(e.to_string()),
+            Some(chosen),
+        ));
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests;

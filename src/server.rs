@@ -1,0 +1,112 @@
+//! Assembles the pingora server: the proxy listener (front door + HTTP proxy), the admin
+//! listener and the SIGHUP reload task, then runs until a shutdown signal.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::connect::Front;
+use crate::proxy::CredProxy;
+use crate::state::AppState;
+
+struct Sighup {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for Sighup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot install SIGHUP handler; use POST /reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = self.state.reload(); }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Logs what a newcomer needs to know at startup: where it listens, what is off.
+pub fn log_startup(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    for c in &cfg.credentials {
+        if let Err(e) = &c.state {
+            tracing::warn!(credential = %c.name, "credential unavailable, its routes answer 502: {e}");
+        }
+    }
+    if cfg.proxy.ca.is_none() && cfg.routes.iter().any(|r| r.upstream.is_none()) {
+        tracing::warn!("no proxy.ca: HTTPS (CONNECT) to routed hosts is tunnelled without injection; plain HTTP and sidecar routes are injected");
+    } else if cfg.proxy.ca.is_some() {
+        tracing::warn!(
+            "proxy.ca is set but HTTPS interception is not in this build yet: CONNECT is tunnelled"
+        );
+    }
+    if cfg.proxy.egress.deny_private {
+        tracing::info!("proxy.egress.deny_private is not enforced yet by this build");
+    }
+    if !cfg.proxy.listen.ip().is_loopback() && cfg.clients.is_none() {
+        tracing::warn!(listen = %cfg.proxy.listen, "listening on a non-loopback address without `clients:`: anyone who can reach it can use every credential");
+    }
+    tracing::info!(listen = %cfg.proxy.listen, admin = ?cfg.proxy.admin, routes = cfg.routes.len(), credentials = cfg.credentials.len(), "credproxy starting");
+}
+
+/// Runs the proxy until SIGTERM/SIGINT. Never returns.
+pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
+    log_startup(&cfg);
+    let listen = cfg.proxy.listen.to_string();
+    let admin_addr = cfg.proxy.admin.map(|a| a.to_string());
+    let threads = cfg.proxy.threads;
+    let state = Arc::new(AppState::new(cfg, config_path));
+
+    let conf = ServerConf {
+        threads,
+        // A sidecar is expected to stop quickly; in-flight requests get a few seconds.
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let http = Arc::new(pingora::proxy::http_proxy(
+        &server.configuration,
+        CredProxy {
+            state: state.clone(),
+        },
+    ));
+    let mut front = Service::new(
+        "credproxy proxy".to_string(),
+        Front {
+            http,
+            state: state.clone(),
+        },
+    );
+    front.add_tcp(&listen);
+    server.add_service(front);
+
+    if let Some(addr) = admin_addr {
+        let mut admin = Service::new(
+            "credproxy admin".to_string(),
+            HttpServer::new_app(Admin {
+                state: state.clone(),
+            }),
+        );
+        admin.add_tcp(&addr);
+        server.add_service(admin);
+    }
+    server.add_service(background_service("sighup reload", Sighup { state }));
+    server.run_forever()
+}

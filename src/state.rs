@@ -1,0 +1,61 @@
+//! Process-wide state shared by the data path and the admin listener. The config is swapped
+//! atomically on reload; a request takes one `Arc` of it at its start and keeps that snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::dns::Resolver;
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    config: ArcSwap<Config>,
+    pub config_path: PathBuf,
+    pub dns: Resolver,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(config: Config, config_path: PathBuf) -> Self {
+        let d = &config.proxy.dns;
+        let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect);
+        AppState {
+            config: ArcSwap::from_pointee(config),
+            config_path,
+            dns,
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Re-reads the config file; a bad file keeps the running config and says why.
+    /// Listener addresses and DNS settings apply only at startup.
+    pub fn reload(&self) -> Result<Arc<Config>, ConfigErrors> {
+        match config::load(&self.config_path) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.config.store(c.clone());
+                self.metrics.reload("ok");
+                for w in &c.warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(
+                    routes = c.routes.len(),
+                    credentials = c.credentials.len(),
+                    "config reloaded"
+                );
+                Ok(c)
+            }
+            Err(e) => {
+                self.metrics.reload("error");
+                tracing::error!("config reload failed, keeping the running config:\n{e}");
+                Err(e)
+            }
+        }
+    }
+}
