@@ -5,6 +5,7 @@
 //! not report record TTLs, so answers are kept for `proxy.dns.ttl` (1 s floor, 1 h ceiling,
 //! enforced at config load) and failures for `proxy.dns.negative_ttl`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ struct Entry {
 
 pub struct Resolver {
     cache: DashMap<String, Entry>,
+    overrides: HashMap<String, IpAddr>,
     ttl: Duration,
     negative_ttl: Duration,
     timeout: Duration,
@@ -44,16 +46,26 @@ impl Resolver {
     pub fn new(ttl: Duration, negative_ttl: Duration, timeout: Duration) -> Self {
         Resolver {
             cache: DashMap::new(),
+            overrides: HashMap::new(),
             ttl,
             negative_ttl,
             timeout,
         }
     }
 
+    /// Fixed answers (`proxy.dns.overrides`), consulted before anything else.
+    pub fn with_overrides(mut self, overrides: HashMap<String, IpAddr>) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
     /// Addresses for `host` (already normalised; IP literals are returned as they are).
     pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, DnsError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Arc::from([ip]));
+        }
+        if let Some(ip) = self.overrides.get(host) {
+            return Ok(Arc::from([*ip]));
         }
         let now = Instant::now();
         if let Some(e) = self.cache.get(host) {
@@ -149,6 +161,14 @@ mod tests {
         assert_eq!(r.cached_entries(), 2);
         // The second failure comes from the cache.
         assert!(r.resolve("does-not-exist.invalid").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn overrides_win() {
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let r = resolver().with_overrides(HashMap::from([("api.example.com".to_string(), ip)]));
+        assert_eq!(&*r.resolve("api.example.com").await.unwrap(), &[ip]);
+        assert_eq!(r.cached_entries(), 0);
     }
 
     #[tokio::test]

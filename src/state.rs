@@ -20,7 +20,8 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, config_path: PathBuf) -> Self {
         let d = &config.proxy.dns;
-        let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect);
+        let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
+            .with_overrides(d.overrides.clone());
         AppState {
             config: ArcSwap::from_pointee(config),
             config_path,

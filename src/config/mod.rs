@@ -65,6 +65,8 @@ pub struct Timeouts {
 pub struct DnsSettings {
     pub ttl: Duration,
     pub negative_ttl: Duration,
+    /// Normalised host name to fixed address.
+    pub overrides: std::collections::HashMap<String, std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]

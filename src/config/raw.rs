@@ -87,6 +87,9 @@ pub struct RawDns {
     pub ttl: Option<String>,
     /// How long a failed lookup is remembered. Default 2s; at most 1m.
     pub negative_ttl: Option<String>,
+    /// Fixed answers, like curl's `--resolve`: host name to IP address.
+    #[serde(default)]
+    pub overrides: IndexMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

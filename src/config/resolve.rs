@@ -273,6 +273,7 @@ impl Resolver<'_> {
                 Duration::ZERO,
                 Duration::from_secs(60),
             ),
+            overrides: self.dns_overrides(d.map(|d| &d.overrides)),
         };
         let threads = match p.threads {
             None => std::thread::available_parallelism()
@@ -301,6 +302,27 @@ impl Resolver<'_> {
             upstream_ca: p.upstream_ca.as_ref().map(|u| self.base_dir.join(u)),
             egress,
         })
+    }
+
+    fn dns_overrides(
+        &mut self,
+        raw: Option<&IndexMap<String, String>>,
+    ) -> std::collections::HashMap<String, std::net::IpAddr> {
+        let mut out = std::collections::HashMap::new();
+        for (host, ip) in raw.into_iter().flatten() {
+            let path = format!("proxy.dns.overrides.{host}");
+            let Ok(h) = crate::routing::normalize_host(host) else {
+                self.err(&path, format!("`{host}` is not a host name"));
+                continue;
+            };
+            match ip.parse() {
+                Ok(ip) => {
+                    out.insert(h, ip);
+                }
+                Err(_) => self.err(&path, format!("`{ip}` is not an IP address")),
+            }
+        }
+        out
     }
 
     fn egress(&mut self, p: &RawProxy) -> Egress {

@@ -474,3 +474,13 @@ fn reports_several_errors_at_once() {
     .unwrap_err();
     assert_eq!(e.0.len(), 2, "{e}");
 }
+
+#[test]
+fn rejects_bad_dns_override() {
+    rejects(
+        "proxy:\n  dns:\n    overrides:\n      api.example.com: not-an-ip\n",
+        "proxy.dns.overrides.api.example.com",
+        4,
+        "not an IP address",
+    );
+}

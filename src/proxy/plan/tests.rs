@@ -1,1 +1,277 @@
+use std::path::Path;
 
+use super::*;
+use crate::config::load_str;
+
+const CLIENTS: &str = "
+clients:
+  - { name: billing, secret: \"${BILLING}\", credentials: [gh] }
+  - { name: ops, secret: \"${OPS}\", credentials: [gh, erp] }
+";
+
+const BODY: &str = "
+credentials:
+  gh: { type: bearer, token: \"${GH}\" }
+  erp: { type: basic, username: u, password: \"${ERP}\" }
+  dead: { type: bearer, token: \"${MISSING}\" }
+routes:
+  - { host: api.github.com, credentials: [gh, erp] }
+  - { host: \"*.erp.example.com\", path: /api/*, methods: [GET], credential: erp }
+  - { host: dead.example.com, credential: dead }
+  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }
+";
+
+fn env(n: &str) -> Option<String> {
+    Some(
+        match n {
+            "BILLING" => "b-secret",
+            "OPS" => "o-secret",
+            "GH" => "gh-token",
+            "ERP" => "erp-pass",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+fn cfg(text: &str) -> Config {
+    load_str(text, Path::new("t.yaml"), &env).unwrap()
+}
+
+fn no_clients() -> Config {
+    cfg(BODY)
+}
+
+fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+    let mut r = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+    for (k, v) in headers {
+        r.append_header(k.to_string(), *v).unwrap();
+    }
+    r
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+#[track_caller]
+fn status(c: &Config, r: &RequestHeader) -> u16 {
+    match plan(c, r) {
+        Ok(_) => 200,
+        Err(e) => e.error.status(),
+    }
+}
+
+#[test]
+fn absolute_form_forward() {
+    let c = no_clients();
+    let p = plan(&c, &req("GET", "http://API.GitHub.com./repos?x=1", &[])).unwrap();
+    assert_eq!(p.route, Some(0));
+    assert_eq!(p.credential, Some(0));
+    assert_eq!(
+        p.target,
+        Target {
+            tls: false,
+            host: "api.github.com".into(),
+            port: 80,
+            authority: "api.github.com".into(),
+            path: "/repos?x=1".into()
+        }
+    );
+    let p = plan(&c, &req("GET", "https://api.github.com:8443", &[])).unwrap();
+    assert_eq!(
+        (
+            p.target.port,
+            p.target.path.as_str(),
+            p.target.authority.as_str()
+        ),
+        (8443, "/", "api.github.com:8443")
+    );
+}
+
+#[test]
+fn path_and_method_rules() {
+    let c = no_clients();
+    assert_eq!(
+        plan(&c, &req("GET", "http://x.erp.example.com/api/v1", &[]))
+            .unwrap()
+            .route,
+        Some(1)
+    );
+    assert_eq!(
+        plan(&c, &req("POST", "http://x.erp.example.com/api/v1", &[]))
+            .unwrap()
+            .route,
+        None
+    );
+    assert_eq!(
+        plan(&c, &req("GET", "http://x.erp.example.com/other", &[]))
+            .unwrap()
+            .route,
+        None
+    );
+    // Matching ignores the query: `?` cannot smuggle a path.
+    assert_eq!(
+        plan(
+            &c,
+            &req("GET", "http://x.erp.example.com/other?/api/x", &[])
+        )
+        .unwrap()
+        .route,
+        None
+    );
+    assert_eq!(
+        plan(&c, &req("GET", "http://erp.example.com/api/v1", &[]))
+            .unwrap()
+            .route,
+        None
+    );
+}
+
+#[test]
+fn near_misses_never_match() {
+    let c = no_clients();
+    for t in [
+        "http://api.github.com.evil.io/",
+        "http://evilapi.github.com/",
+        "http://api.github.co/",
+        "http://xapi.github.com/",
+        "http://github.com/",
+    ] {
+        assert_eq!(plan(&c, &req("GET", t, &[])).unwrap().route, None, "{t}");
+    }
+    // Userinfo is refused rather than guessed at.
+    assert_eq!(
+        status(&c, &req("GET", "http://api.github.com@evil.io/", &[])),
+        400
+    );
+    assert_eq!(
+        status(&c, &req("GET", "http://evil.io@api.github.com/", &[])),
+        400
+    );
+}
+
+#[test]
+fn malformed_targets() {
+    let c = no_clients();
+    for t in [
+        "ftp://api.github.com/",
+        "http://exa mple.com/",
+        "http://a..b/",
+        "http://a.com:99999/",
+        "http:/\\\\a.com/",
+        "*",
+    ] {
+        if let Ok(r) = RequestHeader::build("GET", t.as_bytes(), None) {
+            assert_eq!(status(&c, &r), 400, "{t}");
+        }
+    }
+}
+
+#[test]
+fn unmatched_policy() {
+    let c = no_clients();
+    let p = plan(&c, &req("GET", "http://example.org/", &[])).unwrap();
+    assert_eq!((p.route, p.credential), (None, None));
+    let d = cfg(&format!("proxy: {{ unmatched: deny }}\n{BODY}"));
+    assert_eq!(status(&d, &req("GET", "http://example.org/", &[])), 403);
+    assert_eq!(status(&d, &req("GET", "http://api.github.com/", &[])), 200);
+}
+
+#[test]
+fn sidecar_routes() {
+    let c = no_clients();
+    let p = plan(&c, &req("GET", "/hub/crm/v3/objects?limit=1", &[])).unwrap();
+    assert_eq!(p.route, Some(3));
+    assert_eq!(
+        p.target,
+        Target {
+            tls: true,
+            host: "api.hubapi.com".into(),
+            port: 443,
+            authority: "api.hubapi.com".into(),
+            path: "/v3/crm/v3/objects?limit=1".into()
+        }
+    );
+    assert_eq!(status(&c, &req("GET", "/nothing", &[])), 404);
+    // strip_prefix only at a segment boundary.
+    assert_eq!(status(&c, &req("GET", "/hubx/a", &[])), 404);
+}
+
+#[test]
+fn credential_selection() {
+    let c = no_clients();
+    let h = |v| vec![(CREDENTIAL_HEADER, v)];
+    assert_eq!(
+        plan(&c, &req("GET", "http://api.github.com/", &h("erp")))
+            .unwrap()
+            .credential,
+        Some(1)
+    );
+    assert_eq!(
+        plan(&c, &req("GET", "http://api.github.com/", &h("gh")))
+            .unwrap()
+            .credential,
+        Some(0)
+    );
+    let e = plan(&c, &req("GET", "http://api.github.com/", &h("dead"))).unwrap_err();
+    assert_eq!((e.error.status(), e.route), (403, Some(0)));
+    assert_eq!(
+        status(&c, &req("GET", "http://api.github.com/", &h("nope"))),
+        403
+    );
+}
+
+#[test]
+fn unavailable_credential_is_502() {
+    let c = no_clients();
+    let e = plan(&c, &req("GET", "http://dead.example.com/", &[])).unwrap_err();
+    assert_eq!(e.error.status(), 502);
+    assert_eq!(e.credential, Some(2));
+    assert!(e.error.to_string().contains("MISSING"));
+}
+
+#[test]
+fn proxy_clients() {
+    let c = cfg(&format!("{CLIENTS}{BODY}"));
+    let pa = "proxy-authorization";
+    let url = "http://api.github.com/";
+    assert_eq!(status(&c, &req("GET", url, &[])), 407);
+    assert_eq!(
+        status(&c, &req("GET", url, &[(pa, &basic("billing", "wrong"))])),
+        407
+    );
+    assert_eq!(
+        status(&c, &req("GET", url, &[(pa, &basic("ops", "b-secret"))])),
+        407
+    );
+    assert_eq!(
+        status(&c, &req("GET", url, &[(pa, "Basic !!notbase64")])),
+        407
+    );
+    assert_eq!(status(&c, &req("GET", url, &[(pa, "Digest x")])), 407);
+    assert_eq!(
+        status(&c, &req("GET", url, &[(pa, &basic("billing", "b-secret"))])),
+        200
+    );
+    assert_eq!(
+        status(&c, &req("GET", url, &[(pa, "Bearer o-secret")])),
+        200
+    );
+    // billing may use gh but not erp, and the header cannot widen that.
+    let widen = [
+        (pa, basic("billing", "b-secret")),
+        (CREDENTIAL_HEADER, "erp".to_string()),
+    ];
+    let widen: Vec<(&str, &str)> = widen.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    assert_eq!(status(&c, &req("GET", url, &widen)), 403);
+    let ops = [
+        (pa, basic("ops", "o-secret")),
+        (CREDENTIAL_HEADER, "erp".to_string()),
+    ];
+    let ops: Vec<(&str, &str)> = ops.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    assert_eq!(plan(&c, &req("GET", url, &ops)).unwrap().client, Some(1));
+}
