@@ -1,4 +1,5 @@
-//! The `credproxy` command line.
+//! The `credproxy` command line: the only place that prints to stdout.
+#![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

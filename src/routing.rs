@@ -194,7 +194,18 @@ pub struct Router {
     matchers: Vec<Matcher>,
     exact: HashMap<String, Vec<usize>>,
     suffix: HashMap<String, Vec<usize>>,
-    sidecar: Vec<usize>,
+    /// Sidecar routes whose glob starts with a literal segment (`/hubspot/...`), by that segment.
+    sidecar_by_segment: HashMap<String, Vec<usize>>,
+    /// Sidecar routes without a literal first segment (no path, or `/*...`).
+    sidecar_other: Vec<usize>,
+}
+
+/// The first path segment when it is literal: `/hubspot/*` gives `hubspot`; `/hub*` gives None.
+fn literal_first_segment(glob: &str) -> Option<&str> {
+    let rest = glob.strip_prefix('/')?;
+    let end = rest.find('/')?;
+    let seg = &rest[..end];
+    (!seg.contains('*')).then_some(seg)
 }
 
 impl Router {
@@ -204,7 +215,18 @@ impl Router {
             match &m.host {
                 Some(HostPattern::Exact(h)) => r.exact.entry(h.clone()).or_default().push(i),
                 Some(HostPattern::Suffix(h)) => r.suffix.entry(h.clone()).or_default().push(i),
-                None => r.sidecar.push(i),
+                None => match m
+                    .path
+                    .as_ref()
+                    .and_then(|g| literal_first_segment(g.as_str()))
+                {
+                    Some(seg) => r
+                        .sidecar_by_segment
+                        .entry(seg.to_string())
+                        .or_default()
+                        .push(i),
+                    None => r.sidecar_other.push(i),
+                },
             }
         }
         r.matchers = matchers;
@@ -251,16 +273,14 @@ impl Router {
 
     /// First sidecar route for an origin-form request sent to the listener itself.
     pub fn match_sidecar(&self, path: &str, method: &Method) -> Option<usize> {
-        self.sidecar.iter().copied().find(|&i| {
-            self.matchers[i]
-                .path
-                .as_ref()
-                .is_none_or(|g| g.matches(path))
-                && self.matchers[i]
-                    .methods
-                    .as_ref()
-                    .is_none_or(|m| m.contains(method))
-        })
+        let seg = path.strip_prefix('/').and_then(|p| p.split('/').next());
+        let by_seg = seg.and_then(|s| self.sidecar_by_segment.get(s));
+        let a = self.first_in(by_seg, 0, path, method);
+        let b = self.first_in(Some(&self.sidecar_other), 0, path, method);
+        match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
     }
 
     /// Whether any route names this host and port, whatever the path or method
@@ -399,14 +419,30 @@ mod tests {
 
     #[test]
     fn sidecar_by_path() {
-        let mut side = m("x.com", Some("/hubspot/*"), None);
-        side.host = None;
-        let r = Router::new(vec![m("x.com", None, None), side]);
+        let side = |p: &str| {
+            let mut s = m("x.com", Some(p), None);
+            s.host = None;
+            s
+        };
+        let r = Router::new(vec![
+            m("x.com", None, None),
+            side("/hubspot/*"),
+            side("/hub*"),
+            side("/h/*"),
+        ]);
         assert_eq!(r.match_sidecar("/hubspot/crm", &Method::GET), Some(1));
+        assert_eq!(r.match_sidecar("/hubx/crm", &Method::GET), Some(2));
+        assert_eq!(r.match_sidecar("/h/crm", &Method::GET), Some(3));
         assert_eq!(r.match_sidecar("/other", &Method::GET), None);
         assert_eq!(
             r.match_forward("x.com", 80, "/hubspot/crm", &Method::GET),
             Some(0)
         );
+        // Order across both indexes: a catch-all listed first wins.
+        let r = Router::new(vec![side("/*"), side("/hubspot/*")]);
+        assert_eq!(r.match_sidecar("/hubspot/crm", &Method::GET), Some(0));
+        assert_eq!(literal_first_segment("/a/b/*"), Some("a"));
+        assert_eq!(literal_first_segment("/a*/b"), None);
+        assert_eq!(literal_first_segment("/a"), None);
     }
 }

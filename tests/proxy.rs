@@ -1,5 +1,7 @@
 //! The real binary on loopback, driven by real clients (reqwest, raw sockets, curl).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

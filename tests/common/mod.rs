@@ -1,6 +1,7 @@
 //! Test harness: mock origins on port 0 that record what they received, and the real
 //! credproxy binary started on a fresh config.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
