@@ -95,7 +95,7 @@ impl ProxyError {
             | CredentialNotOnRoute(_)
             | ProxyAuthRequired
             | ClientForbidden { .. } => "http_request_denied",
-            CredentialUnavailable(_) => "proxy_internal_error",
+            CredentialUnavailable(_) => "proxy_configuration_error",
             Dns { .. } => "dns_error",
             DnsTimeout(_) => "dns_timeout",
             ConnectRefused(_) => "connection_refused",
