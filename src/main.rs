@@ -69,11 +69,21 @@ enum CaCommand {
 }
 
 fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // pingora's debug and trace events include raw request bytes, injected credentials
+    // among them: cap pingora at INFO whatever RUST_LOG asks for.
+    let no_pingora_wire = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("pingora") && *m.level() > tracing::Level::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(no_pingora_wire),
+        )
         .init();
 }
 

@@ -681,3 +681,39 @@ fn reload_keeps_old_config_on_error() {
     get(&p, &format!("http://127.0.0.1:{}/", o.port()), &[]);
     assert_eq!(o.last().header("x-api-key").as_deref(), Some("mc-key-3"));
 }
+
+#[test]
+fn no_secret_in_logs_even_at_trace() {
+    let o = Origin::start();
+    let body = format!(
+        "{}routes:\n  - {{ host: \"127.0.0.1:{1}\", credentials: [gh, erp, mc] }}\n  - {{ path: /s/*, upstream: \"http://127.0.0.1:{1}\", credential: gh }}\n",
+        creds(),
+        o.port()
+    );
+    let mut env = ENV.to_vec();
+    env.push(("RUST_LOG", "trace"));
+    let p = Proxy::start_with("", &body, &env);
+    let url = format!("http://127.0.0.1:{}/", o.port());
+    for c in ["gh", "erp", "mc"] {
+        assert_eq!(get(&p, &url, &[("X-Credproxy-Credential", c)]).0, 200);
+    }
+    let _ = raw(
+        p.addr,
+        b"GET /s/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = p.log_text();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "trace logging is on"
+    );
+    // The secrets, and the Basic header that encodes one.
+    for secret in [
+        "gh-secret-1",
+        "erp-pass-2",
+        "mc-key-3",
+        "ZXJwOmVycC1wYXNzLTI=",
+    ] {
+        assert!(!log.contains(secret), "{secret} in log");
+    }
+}
