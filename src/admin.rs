@@ -12,6 +12,13 @@ use serde::Serialize;
 
 use crate::state::AppState;
 
+/// The NAME of `/credentials/NAME/refresh`.
+fn refresh_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/credentials/")?
+        .strip_suffix("/refresh")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
 pub struct Admin {
     pub state: Arc<AppState>,
 }
@@ -106,6 +113,22 @@ impl Admin {
         reply(StatusCode::OK, "text/plain; version=0.0.4", body)
     }
 
+    /// `POST /credentials/NAME/refresh`: static credentials hold no token, so there is nothing
+    /// to drop; the answer says so rather than pretending.
+    fn refresh(&self, name: &str) -> Response<Vec<u8>> {
+        let cfg = self.state.config();
+        match cfg.credentials.iter().find(|c| &*c.name == name) {
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "unknown credential", "credential": name}),
+            ),
+            Some(c) => json(
+                StatusCode::OK,
+                &serde_json::json!({"credential": name, "type": c.kind, "status": "nothing to refresh: this type holds no token"}),
+            ),
+        }
+    }
+
     fn reload(&self) -> Response<Vec<u8>> {
         match self.state.reload() {
             Ok(c) => {
@@ -137,6 +160,9 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => self.metrics(),
             ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.state)),
             ("POST", "/reload") => self.reload(),
+            ("POST", p) if refresh_target(p).is_some() => {
+                self.refresh(refresh_target(p).unwrap_or_default())
+            }
             (_, "/healthz" | "/readyz" | "/metrics" | "/credentials" | "/reload") => reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
@@ -147,6 +173,24 @@ impl ServeHttp for Admin {
                 "text/plain",
                 "not found: try /healthz, /readyz, /metrics, /credentials, POST /reload\n",
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refresh_target;
+
+    #[test]
+    fn refresh_paths() {
+        assert_eq!(refresh_target("/credentials/gh/refresh"), Some("gh"));
+        for p in [
+            "/credentials/refresh",
+            "/credentials//refresh",
+            "/credentials/a/b/refresh",
+            "/credentials/gh",
+        ] {
+            assert_eq!(refresh_target(p), None, "{p}");
         }
     }
 }

@@ -299,6 +299,11 @@ impl Router {
                 .any(|(i, b)| b == b'.' && ok(self.suffix.get(&host[i + 1..])))
     }
 
+    /// Whether route `i` is scoped by a path glob.
+    pub fn has_path(&self, i: usize) -> bool {
+        self.matchers.get(i).is_some_and(|m| m.path.is_some())
+    }
+
     pub fn len(&self) -> usize {
         self.matchers.len()
     }

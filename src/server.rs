@@ -55,7 +55,7 @@ pub fn log_startup(cfg: &Config) {
         );
     }
     if cfg.proxy.egress.deny_private {
-        tracing::info!("proxy.egress.deny_private is not enforced yet by this build");
+        tracing::warn!("proxy.egress.deny_private is not enforced yet by this build: requests to private and metadata addresses are not refused");
     }
     if !cfg.proxy.listen.ip().is_loopback() && cfg.clients.is_none() {
         tracing::warn!(listen = %cfg.proxy.listen, "listening on a non-loopback address without `clients:`: anyone who can reach it can use every credential");

@@ -717,3 +717,47 @@ fn no_secret_in_logs_even_at_trace() {
         assert!(!log.contains(secret), "{secret} in log");
     }
 }
+
+#[test]
+fn path_scoped_route_refuses_dot_segments() {
+    let o = Origin::start();
+    let p = start(
+        &o,
+        "  - { host: \"127.0.0.1:PORT\", path: /gh/*, credential: gh }\n",
+    );
+    for path in ["/gh/../admin", "/gh/%2e%2e/admin", "/gh/..%2fadmin"] {
+        let req = format!("GET http://127.0.0.1:{0}{path} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nConnection: close\r\n\r\n", o.port());
+        let resp = raw(p.addr, req.as_bytes());
+        assert_eq!(status_of(&resp), 400, "{path}: {resp}");
+        assert!(header_of(&resp, "proxy-status").is_some());
+    }
+    assert_eq!(
+        o.count(),
+        0,
+        "no request, and so no credential, left the proxy"
+    );
+}
+
+#[test]
+fn malformed_connect_head_gets_400_json() {
+    let o = Origin::start();
+    let p = start(&o, "  - { host: api.github.com, credential: gh }\n");
+    let resp = raw(
+        p.addr,
+        b"CONNECT u:p@example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    );
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert!(header_of(&resp, "proxy-status")
+        .unwrap()
+        .contains("http_request_error"));
+}
+
+#[test]
+fn refresh_endpoint() {
+    let o = Origin::start();
+    let p = start(&o, "  - { host: api.github.com, credential: gh }\n");
+    let ok = raw(p.admin, b"POST /credentials/gh/refresh HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    let missing = raw(p.admin, b"POST /credentials/nope/refresh HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&missing), 404, "{missing}");
+}

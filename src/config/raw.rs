@@ -5,6 +5,65 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// A field that may hold a secret: only a YAML string is accepted, and a wrong type is reported
+/// without the value (serde's own message would print `9876543210`). Numbers are refused rather
+/// than converted, since `0x1F` or `1e3` would silently become a different secret.
+#[derive(Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretText(..)")
+    }
+}
+
+impl From<&str> for SecretText {
+    fn from(s: &str) -> Self {
+        SecretText(s.to_string())
+    }
+}
+
+impl std::ops::Deref for SecretText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+const NOT_A_STRING: &str =
+    "expected a string: put the value in quotes (it is not shown here, as it may be a secret)";
+
+/// Refuses a scalar of the wrong type without naming its value.
+macro_rules! refuse_scalar {
+    ($($name:ident: $t:ty),*) => {$(
+        fn $name<E: serde::de::Error>(self, _: $t) -> Result<SecretText, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+    )*};
+}
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SecretText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretText, E> {
+                Ok(SecretText(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretText, E> {
+                Ok(SecretText(v))
+            }
+            refuse_scalar!(visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
+                visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -96,7 +155,7 @@ pub struct RawDns {
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
     pub name: String,
-    pub secret: String,
+    pub secret: SecretText,
     #[serde(default)]
     pub credentials: Vec<String>,
 }
@@ -119,14 +178,14 @@ impl RawCredential {
 #[serde(deny_unknown_fields)]
 pub struct RawBasic {
     /// Secret reference or plain string.
-    pub username: String,
-    pub password: String,
+    pub username: SecretText,
+    pub password: SecretText,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBearer {
-    pub token: String,
+    pub token: SecretText,
     /// Header to set. Default `Authorization`.
     pub header: Option<String>,
     /// Text before the token. Default `Bearer ` (with `Authorization`), else empty.
@@ -137,7 +196,7 @@ pub struct RawBearer {
 #[serde(deny_unknown_fields)]
 pub struct RawHeaders {
     /// Header name to value; values may be secret references.
-    pub headers: IndexMap<String, String>,
+    pub headers: IndexMap<String, SecretText>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

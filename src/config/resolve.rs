@@ -140,8 +140,11 @@ impl Resolver<'_> {
 
     fn resolve(&mut self, raw: RawConfig) -> Option<Config> {
         let proxy = self.proxy(&raw.proxy);
+        let declared: Vec<String> = raw.credentials.keys().cloned().collect();
         let credentials = self.credentials(raw.credentials);
-        let names: Vec<&str> = credentials.iter().map(|c| &*c.name).collect();
+        // Names as declared: a credential that failed to build still exists for route checks
+        // (the config is rejected anyway, and its own error says why).
+        let names: Vec<&str> = declared.iter().map(String::as_str).collect();
         let (routes, matchers) = self.routes(&raw.routes, &names);
         let clients = raw.clients.map(|cs| self.clients(&cs, &names));
         for (i, c) in credentials.iter().enumerate() {
@@ -704,6 +707,11 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
         ));
     }
     let (host, port) = split_host_port(authority).map_err(|e| format!("`{text}`: {e}"))?;
+    if !base.is_empty() && base.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!(
+            "`{text}`: the path is not valid in a URL (percent-encode it)"
+        ));
+    }
     let default_port = if tls { 443 } else { 80 };
     let port = port.unwrap_or(default_port);
     let host_for_header = if host.contains(':') {

@@ -91,6 +91,18 @@ impl Front {
         let mut session = ServerSession::new_http1(stream);
         match tokio::time::timeout(HEAD_TIMEOUT, session.read_request()).await {
             Ok(Ok(true)) => {}
+            Ok(Err(e)) => {
+                // pingora's parser refused the head (userinfo, Host not matching the target, ...).
+                let err =
+                    ProxyError::BadRequest(format!("CONNECT request: {}", e.etype().as_str()));
+                if let Ok((resp, body)) = errors::render(&err, None, None) {
+                    let _ = session.write_error_response(resp, body).await;
+                }
+                self.state
+                    .metrics
+                    .request(&Arc::from("(connect)"), &Arc::from("(none)"), 400);
+                return;
+            }
             _ => return,
         }
         let cfg = self.state.config();

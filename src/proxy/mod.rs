@@ -72,6 +72,12 @@ fn classify(e: &Error, host: &str) -> Option<ProxyError> {
         ErrorType::ConnectRefused => ProxyError::ConnectRefused(h),
         ErrorType::ConnectTimedout => ProxyError::ConnectTimeout(h),
         ErrorType::ConnectNoRoute => ProxyError::Upstream(h, "no route to host".into()),
+        ErrorType::HTTPStatus(400) => ProxyError::BadRequest(
+            e.context
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        ),
         ErrorType::InvalidCert => ProxyError::TlsCertificate(h),
         ErrorType::TLSHandshakeFailure
         | ErrorType::TLSHandshakeTimedout

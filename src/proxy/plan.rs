@@ -215,6 +215,30 @@ fn request_target(req: &RequestHeader) -> Result<RequestTarget<'_>, ProxyError> 
     }
 }
 
+/// Refuses paths whose meaning an origin may change after we matched them: dot segments
+/// (`/a/../b`, also as `%2e`) and backslashes always; encoded slashes and backslashes when the
+/// route's scope is a path (glob or sidecar prefix). Clients normalise these before sending, so
+/// only crafted requests hit this.
+fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
+    if path.contains('\\') {
+        return Err(bad("backslash in path"));
+    }
+    let dot_segment = path.split('/').any(|seg| {
+        let d = seg.to_ascii_lowercase().replace("%2e", ".");
+        d == "." || d == ".."
+    });
+    if dot_segment {
+        return Err(bad("dot segments (`.` or `..`) in path"));
+    }
+    if path_scoped {
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return Err(bad("encoded slash or backslash in a path-scoped route"));
+        }
+    }
+    Ok(())
+}
+
 /// Plans a request whose client is already known (`explain` passes none).
 pub fn route_request(
     cfg: &Config,
@@ -232,8 +256,16 @@ pub fn route_request(
             let route = cfg
                 .router
                 .match_forward(&target.host, target.port, path, &req.method);
-            if route.is_none() && cfg.proxy.unmatched == Unmatched::Deny {
-                return Err(ProxyError::Unmatched(target.authority).into());
+            match route {
+                None if cfg.proxy.unmatched == Unmatched::Deny => {
+                    return Err(ProxyError::Unmatched(target.authority).into());
+                }
+                None => {}
+                Some(i) => check_path(path, cfg.router.has_path(i)).map_err(|error| Refusal {
+                    error,
+                    route: Some(i),
+                    credential: None,
+                })?,
             }
             (route, target)
         }
@@ -241,6 +273,11 @@ pub fn route_request(
             let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
                 return Err(ProxyError::NoRoute(path.to_string()).into());
             };
+            check_path(path, true).map_err(|error| Refusal {
+                error,
+                route: Some(i),
+                credential: None,
+            })?;
             let r = &cfg.routes[i];
             let Some(up) = &r.upstream else {
                 return Err(ProxyError::NoRoute(path.to_string()).into());

@@ -484,3 +484,31 @@ fn rejects_bad_dns_override() {
         "not an IP address",
     );
 }
+
+#[test]
+fn non_string_secret_is_refused_without_echoing_it() {
+    for v in ["9876543210", "1.5e3", "true", "0x1F"] {
+        let text = format!("credentials:\n  gh:\n    type: bearer\n    token: {v}\n");
+        let e = load(&text).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("conf.yaml:4: credentials.gh.token: expected a string"),
+            "{shown}"
+        );
+        assert!(!shown.contains(v), "{shown}");
+    }
+    let e = load("credentials:\n  k:\n    type: headers\n    headers: { X-Key: 424242 }\n")
+        .unwrap_err();
+    assert!(!e.to_string().contains("424242"), "{e}");
+    let e = load(&format!(
+        "{CRED}clients:\n  - {{ name: a, secret: 31337 }}\n"
+    ))
+    .unwrap_err();
+    assert!(!e.to_string().contains("31337"), "{e}");
+}
+
+#[test]
+fn a_broken_credential_does_not_cascade_into_route_errors() {
+    let e = load("credentials:\n  gh: { type: bearer, token: 12 }\nroutes:\n  - { host: a.com, credential: gh }\n").unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+}

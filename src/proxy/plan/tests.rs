@@ -275,3 +275,41 @@ fn proxy_clients() {
     let ops: Vec<(&str, &str)> = ops.iter().map(|(a, b)| (*a, b.as_str())).collect();
     assert_eq!(plan(&c, &req("GET", url, &ops)).unwrap().client, Some(1));
 }
+
+#[test]
+fn path_scope_cannot_be_stretched() {
+    let c = no_clients();
+    for t in [
+        "http://x.erp.example.com/api/../admin",
+        "http://x.erp.example.com/api/%2e%2E/admin",
+        "http://x.erp.example.com/api/./x",
+        "http://x.erp.example.com/api/..",
+        "http://x.erp.example.com/api/..%2fadmin",
+        "http://x.erp.example.com/api/x%5C..%5Cadmin",
+        "/hub/../../admin",
+        "/hub/%2e%2e/admin",
+        "/hub/a%2Fb",
+    ] {
+        let e = plan(&c, &req("GET", t, &[])).unwrap_err();
+        assert_eq!(e.error.status(), 400, "{t}");
+        assert!(e.credential.is_none());
+    }
+    // Host-wide routes accept encoded slashes (GitLab-style ids); dot segments never.
+    assert!(plan(&c, &req("GET", "http://api.github.com/projects/a%2Fb", &[])).is_ok());
+    assert_eq!(
+        status(&c, &req("GET", "http://api.github.com/a/../b", &[])),
+        400
+    );
+    // Names that merely contain dots are fine.
+    assert!(plan(
+        &c,
+        &req(
+            "GET",
+            "http://x.erp.example.com/api/v1.2/..x/.well-known",
+            &[]
+        )
+    )
+    .is_ok());
+    // Unmatched requests are forwarded untouched (no credential at stake).
+    assert!(plan(&c, &req("GET", "http://example.org/a/../b", &[])).is_ok());
+}
