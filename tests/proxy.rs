@@ -661,10 +661,7 @@ fn reload_keeps_old_config_on_error() {
         good.replace("credential: gh }", "credential: nope }"),
     )
     .unwrap();
-    let resp = raw(
-        p.admin,
-        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
+    let resp = admin_post(p.admin, "/reload");
     assert_eq!(status_of(&resp), 400, "{resp}");
     assert!(resp.contains("unknown credential `nope`"), "{resp}");
     get(&p, &format!("http://127.0.0.1:{}/", o.port()), &[]);
@@ -673,10 +670,7 @@ fn reload_keeps_old_config_on_error() {
         Some("Bearer gh-secret-1")
     );
     std::fs::write(&path, good.replace("credential: gh }", "credential: mc }")).unwrap();
-    let resp = raw(
-        p.admin,
-        b"POST /reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
+    let resp = admin_post(p.admin, "/reload");
     assert_eq!(status_of(&resp), 200, "{resp}");
     get(&p, &format!("http://127.0.0.1:{}/", o.port()), &[]);
     assert_eq!(o.last().header("x-api-key").as_deref(), Some("mc-key-3"));
@@ -756,8 +750,8 @@ fn malformed_connect_head_gets_400_json() {
 fn refresh_endpoint() {
     let o = Origin::start();
     let p = start(&o, "  - { host: api.github.com, credential: gh }\n");
-    let ok = raw(p.admin, b"POST /credentials/gh/refresh HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let ok = admin_post(p.admin, "/credentials/gh/refresh");
     assert_eq!(status_of(&ok), 200, "{ok}");
-    let missing = raw(p.admin, b"POST /credentials/nope/refresh HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let missing = admin_post(p.admin, "/credentials/nope/refresh");
     assert_eq!(status_of(&missing), 404, "{missing}");
 }

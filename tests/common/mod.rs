@@ -368,6 +368,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// An empty POST to the admin listener; returns the raw response.
+pub fn admin_post(addr: SocketAddr, path: &str) -> String {
+    raw(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+}
+
 /// Status line code of a raw response.
 pub fn status_of(resp: &str) -> u16 {
     resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
