@@ -58,13 +58,33 @@ pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
     let cfg = state.config();
     cfg.credentials
         .iter()
-        .map(|c| CredentialStatus {
-            name: c.name.to_string(),
-            kind: c.kind,
-            status: if c.state.is_ok() { "ok" } else { "unavailable" },
-            seconds_to_expiry: None,
-            last_error: c.state.as_ref().err().map(ToString::to_string),
-            fetch_count: 0,
+        .map(|c| {
+            let is_token = c.state.as_ref().is_ok_and(|cr| cr.token_source().is_some());
+            let slot = if is_token {
+                state.tokens.status(&c.name)
+            } else {
+                Default::default()
+            };
+            let status = match (&c.state, is_token) {
+                (Err(_), _) => "unavailable",
+                (Ok(_), false) => "ok",
+                (Ok(_), true) if slot.seconds_to_expiry.is_some() => "ok",
+                (Ok(_), true) if slot.last_error.is_some() => "error",
+                (Ok(_), true) => "no token yet",
+            };
+            CredentialStatus {
+                name: c.name.to_string(),
+                kind: c.kind,
+                status,
+                seconds_to_expiry: slot.seconds_to_expiry,
+                last_error: c
+                    .state
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .or(slot.last_error),
+                fetch_count: slot.fetches_ok + slot.fetches_failed,
+            }
         })
         .collect()
 }
@@ -109,23 +129,94 @@ impl Admin {
                 c.kind
             );
         }
+        self.token_metrics(&mut extra);
         let body = self.state.metrics.render(&extra);
         reply(StatusCode::OK, "text/plain; version=0.0.4", body)
     }
 
     /// `POST /credentials/NAME/refresh`: static credentials hold no token, so there is nothing
     /// to drop; the answer says so rather than pretending.
-    fn refresh(&self, name: &str) -> Response<Vec<u8>> {
+    async fn refresh(&self, name: &str) -> Response<Vec<u8>> {
         let cfg = self.state.config();
-        match cfg.credentials.iter().find(|c| &*c.name == name) {
-            None => json(
+        let Some(c) = cfg.credentials.iter().find(|c| &*c.name == name) else {
+            return json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "unknown credential", "credential": name}),
-            ),
-            Some(c) => json(
+            );
+        };
+        let src = match &c.state {
+            Err(e) => {
+                return json(
+                    StatusCode::CONFLICT,
+                    &serde_json::json!({"credential": name, "status": "unavailable", "error": e.to_string()}),
+                )
+            }
+            Ok(cr) => cr.token_source(),
+        };
+        let Some(src) = src else {
+            return json(
                 StatusCode::OK,
                 &serde_json::json!({"credential": name, "type": c.kind, "status": "nothing to refresh: this type holds no token"}),
+            );
+        };
+        match self.state.tokens.refresh(&c.name, src).await {
+            Ok(t) => {
+                let secs = t
+                    .expires_at
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"credential": name, "status": "refreshed", "seconds_to_expiry": secs}),
+                )
+            }
+            Err(e) => json(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({"credential": name, "status": "error", "error": e.to_string()}),
             ),
+        }
+    }
+
+    fn token_metrics(&self, out: &mut String) {
+        let cfg = self.state.config();
+        let tokens: Vec<_> = cfg
+            .credentials
+            .iter()
+            .filter(|c| c.state.as_ref().is_ok_and(|cr| cr.token_source().is_some()))
+            .map(|c| (c.name.replace('"', ""), self.state.tokens.status(&c.name)))
+            .collect();
+        out.push_str("# HELP credproxy_token_fetches_total Token endpoint fetches by credential and result.\n");
+        out.push_str("# TYPE credproxy_token_fetches_total counter\n");
+        for (n, s) in &tokens {
+            let _ = writeln!(
+                out,
+                "credproxy_token_fetches_total{{credential=\"{n}\",result=\"ok\"}} {}",
+                s.fetches_ok
+            );
+            let _ = writeln!(
+                out,
+                "credproxy_token_fetches_total{{credential=\"{n}\",result=\"error\"}} {}",
+                s.fetches_failed
+            );
+        }
+        out.push_str("# HELP credproxy_token_cache_hits_total Requests served a cached token.\n");
+        out.push_str("# TYPE credproxy_token_cache_hits_total counter\n");
+        for (n, s) in &tokens {
+            let _ = writeln!(
+                out,
+                "credproxy_token_cache_hits_total{{credential=\"{n}\"}} {}",
+                s.cache_hits
+            );
+        }
+        out.push_str("# HELP credproxy_token_seconds_to_expiry Seconds until the cached token expires (absent: none cached).\n");
+        out.push_str("# TYPE credproxy_token_seconds_to_expiry gauge\n");
+        for (n, s) in &tokens {
+            if let Some(secs) = s.seconds_to_expiry {
+                let _ = writeln!(
+                    out,
+                    "credproxy_token_seconds_to_expiry{{credential=\"{n}\"}} {secs}"
+                );
+            }
         }
     }
 
@@ -161,7 +252,7 @@ impl ServeHttp for Admin {
             ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.state)),
             ("POST", "/reload") => self.reload(),
             ("POST", p) if refresh_target(p).is_some() => {
-                self.refresh(refresh_target(p).unwrap_or_default())
+                self.refresh(refresh_target(p).unwrap_or_default()).await
             }
             (_, "/healthz" | "/readyz" | "/metrics" | "/credentials" | "/reload") => reply(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -39,6 +39,10 @@ pub enum ProxyError {
     TlsCertificate(String),
     #[error("upstream {0} failed: {1}")]
     Upstream(String, String),
+    #[error("credential unavailable: {0}")]
+    TokenEndpoint(String),
+    #[error("credential unavailable: {0}")]
+    TokenTimeout(String),
     #[error("request body is larger than proxy.max_body ({0} bytes)")]
     BodyTooLarge(u64),
 }
@@ -52,7 +56,8 @@ impl ProxyError {
             Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } => 403,
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
-            DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) => 504,
+            DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) | TokenTimeout(_) => 504,
+            TokenEndpoint(_) => 502,
             CredentialUnavailable(_)
             | Dns { .. }
             | ConnectRefused(_)
@@ -81,6 +86,8 @@ impl ProxyError {
             Tls(..) => "tls_error",
             TlsCertificate(_) => "tls_certificate_error",
             Upstream(..) => "upstream_error",
+            TokenEndpoint(_) => "token_endpoint_error",
+            TokenTimeout(_) => "token_endpoint_timeout",
             BodyTooLarge(_) => "body_too_large",
         }
     }
@@ -104,6 +111,8 @@ impl ProxyError {
             Tls(..) => "tls_protocol_error",
             TlsCertificate(_) => "tls_certificate_error",
             Upstream(..) => "destination_unavailable",
+            TokenEndpoint(_) => "proxy_internal_error",
+            TokenTimeout(_) => "connection_timeout",
             BodyTooLarge(_) => "http_request_error",
         }
     }

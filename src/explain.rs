@@ -57,10 +57,25 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
             if let Some(c) = plan.credential {
                 let entry = &cfg.credentials[c];
                 let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
-                if let Ok(cred) = &entry.state {
-                    for (name, value) in cred.injection().display() {
-                        let _ = writeln!(out, "inject:      {name}: {value}");
+                match entry
+                    .state
+                    .as_ref()
+                    .map(|c| (c.injection(), c.token_source()))
+                {
+                    Ok((Some(inj), _)) => {
+                        for (name, value) in inj.display() {
+                            let _ = writeln!(out, "inject:      {name}: {value}");
+                        }
                     }
+                    Ok((None, Some(src))) => {
+                        let _ = writeln!(
+                            out,
+                            "inject:      authorization: {}*** (token from {})",
+                            src.prefix(),
+                            src.endpoint()
+                        );
+                    }
+                    _ => {}
                 }
                 let _ = writeln!(out, "removed:     client Authorization, Proxy-Authorization, Proxy-Connection, X-Credproxy-*");
             }

@@ -69,7 +69,13 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let listen = cfg.proxy.listen.to_string();
     let admin_addr = cfg.proxy.admin.map(|a| a.to_string());
     let threads = cfg.proxy.threads;
-    let state = Arc::new(AppState::new(cfg, config_path));
+    let state = match AppState::new(cfg, config_path) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!("cannot set up the HTTP client for token endpoints: {e}");
+            std::process::exit(1);
+        }
+    };
 
     let conf = ServerConf {
         threads,

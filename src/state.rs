@@ -9,25 +9,36 @@ use arc_swap::ArcSwap;
 use crate::config::{self, Config, ConfigErrors};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::tokens::{Retry, TokenCache};
 
 pub struct AppState {
     config: ArcSwap<Config>,
     pub config_path: PathBuf,
     pub dns: Resolver,
     pub metrics: Metrics,
+    pub tokens: TokenCache,
 }
 
 impl AppState {
-    pub fn new(config: Config, config_path: PathBuf) -> Self {
+    pub fn new(config: Config, config_path: PathBuf) -> Result<Self, reqwest::Error> {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
-        AppState {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.proxy.timeouts.connect)
+            .user_agent(concat!("credproxy/", env!("CARGO_PKG_VERSION")))
+            // Token endpoints never redirect a client-credentials POST; following one could
+            // send the client secret elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let tokens = TokenCache::new(http, std::time::Duration::from_secs(2), Retry::default());
+        Ok(AppState {
             config: ArcSwap::from_pointee(config),
             config_path,
             dns,
             metrics: Metrics::default(),
-        }
+            tokens,
+        })
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -167,11 +167,53 @@ pub enum RawCredential {
     Basic(RawBasic),
     Bearer(RawBearer),
     Headers(RawHeaders),
+    Oauth2ClientCredentials(RawOAuth2ClientCredentials),
 }
 
 impl RawCredential {
     /// The `type` names this build accepts, in the order the docs list them.
-    pub const TYPES: &'static [&'static str] = &["basic", "bearer", "headers"];
+    pub const TYPES: &'static [&'static str] =
+        &["basic", "bearer", "headers", "oauth2_client_credentials"];
+}
+
+/// How the client secret reaches the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic header, form body (RFC 6749 2.3.1). The default.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    PostBody,
+    /// POST with every parameter in the query string and no body.
+    PostQuery,
+    /// GET with every parameter in the query string.
+    GetQuery,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Upper bound on how long a token is kept, e.g. `45s`; never past its own expiry.
+    pub ttl: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2ClientCredentials {
+    /// https URL (http only to loopback); its query parameters are kept and merged.
+    pub token_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    /// Extra form parameters sent to the token endpoint.
+    #[serde(default)]
+    pub params: IndexMap<String, String>,
+    pub auth_method: Option<AuthMethod>,
+    pub cache: Option<RawCache>,
+    /// Total time allowed for one token request. Default 10s.
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -421,6 +421,9 @@ impl Resolver<'_> {
             "basic" => RawCredential::Basic(self.sub(path, v)?),
             "bearer" => RawCredential::Bearer(self.sub(path, v)?),
             "headers" => RawCredential::Headers(self.sub(path, v)?),
+            "oauth2_client_credentials" => {
+                RawCredential::Oauth2ClientCredentials(self.sub(path, v)?)
+            }
             other => {
                 self.err(
                     &format!("{path}.type"),

@@ -7,14 +7,17 @@
 pub mod basic;
 pub mod bearer;
 pub mod headers;
+pub mod oauth2_client_credentials;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
 use crate::config::raw::RawCredential;
 use crate::secret::{check_template, Secret, SecretError, SecretSource};
+use crate::tokens::TokenSource;
 
 /// Why a credential could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,8 @@ pub enum Credential {
     Basic(basic::Basic),
     Bearer(bearer::Bearer),
     Headers(headers::Headers),
+    /// Injects `Authorization: Bearer <token>` from the token cache.
+    Token(Arc<dyn TokenSource>),
 }
 
 impl Credential {
@@ -109,14 +114,26 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::Oauth2ClientCredentials(r) => Credential::Token(Arc::new(
+                oauth2_client_credentials::OAuth2ClientCredentials::build(r, ctx)?,
+            )),
         })
     }
 
-    pub fn injection(&self) -> &Injection {
+    /// The fixed headers of a static credential; None for token credentials.
+    pub fn injection(&self) -> Option<&Injection> {
         match self {
-            Credential::Basic(c) => &c.injection,
-            Credential::Bearer(c) => &c.injection,
-            Credential::Headers(c) => &c.injection,
+            Credential::Basic(c) => Some(&c.injection),
+            Credential::Bearer(c) => Some(&c.injection),
+            Credential::Headers(c) => Some(&c.injection),
+            Credential::Token(_) => None,
+        }
+    }
+
+    pub fn token_source(&self) -> Option<&Arc<dyn TokenSource>> {
+        match self {
+            Credential::Token(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -127,6 +144,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::Basic(_) => "basic",
         RawCredential::Bearer(_) => "bearer",
         RawCredential::Headers(_) => "headers",
+        RawCredential::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
     }
 }
 

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
 use crate::state::AppState;
+use crate::tokens::{Token, TokenError};
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
 
 pub struct CredProxy {
@@ -34,6 +35,8 @@ pub struct Ctx {
     /// An error found by our own code, preferred over pingora's generic one in `fail_to_proxy`.
     error: Option<ProxyError>,
     upstream_sent: Option<Instant>,
+    /// The token to inject, for token credentials.
+    token: Option<Arc<Token>>,
 }
 
 impl Ctx {
@@ -109,6 +112,43 @@ fn is_connect_error(e: &Error) -> bool {
     )
 }
 
+impl CredProxy {
+    /// Fetches (or reads from the cache) the token of a token credential into `ctx`.
+    async fn obtain_token(&self, ctx: &mut Ctx, c: usize) -> std::result::Result<(), ProxyError> {
+        let Some(cfg) = &ctx.cfg else { return Ok(()) };
+        let entry = &cfg.credentials[c];
+        let Some(src) = entry.state.as_ref().ok().and_then(|cr| cr.token_source()) else {
+            return Ok(());
+        };
+        match self.state.tokens.get(&entry.name, src).await {
+            Ok(t) => {
+                ctx.token = Some(t);
+                Ok(())
+            }
+            Err(e @ TokenError::Timeout { .. }) => Err(ProxyError::TokenTimeout(e.to_string())),
+            Err(e) => Err(ProxyError::TokenEndpoint(e.to_string())),
+        }
+    }
+
+    /// Answers a refused request and counts it.
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
+        let Some(cfg) = ctx.cfg.as_ref() else {
+            return Ok(true);
+        };
+        let route = r.route.map(|i| cfg.routes[i].name.clone());
+        let cred = r.credential.map(|i| cfg.credentials[i].name.clone());
+        respond(session, &r.error, route.as_deref(), cred.as_deref()).await?;
+        let none: Arc<str> = Arc::from("(none)");
+        self.state.metrics.request(
+            route.as_ref().unwrap_or(&none),
+            cred.as_ref().unwrap_or(&none),
+            r.error.status(),
+        );
+        ctx.plan = None;
+        Ok(true)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for CredProxy {
     type CTX = Ctx;
@@ -123,29 +163,26 @@ impl ProxyHttp for CredProxy {
         ctx.cfg = Some(cfg);
         match result {
             Ok(p) => {
+                let cred = p.credential;
                 ctx.plan = Some(p);
+                if let Some(c) = cred {
+                    if let Err(error) = self.obtain_token(ctx, c).await {
+                        return self
+                            .refuse(
+                                session,
+                                ctx,
+                                Refusal {
+                                    error,
+                                    route: ctx.plan.as_ref().and_then(|p| p.route),
+                                    credential: Some(c),
+                                },
+                            )
+                            .await;
+                    }
+                }
                 Ok(false)
             }
-            Err(Refusal {
-                error,
-                route,
-                credential,
-            }) => {
-                let Some(cfg) = ctx.cfg.as_ref() else {
-                    return Ok(true);
-                };
-                let r = route.map(|i| cfg.routes[i].name.clone());
-                let c = credential.map(|i| cfg.credentials[i].name.clone());
-                respond(session, &error, r.as_deref(), c.as_deref()).await?;
-                let status = error.status();
-                self.state.metrics.request(
-                    &r.unwrap_or_else(|| Arc::from("(none)")),
-                    &c.unwrap_or_else(|| Arc::from("(none)")),
-                    status,
-                );
-                ctx.plan = None;
-                Ok(true)
-            }
+            Err(r) => self.refuse(session, ctx, r).await,
         }
     }
 
@@ -233,9 +270,15 @@ impl ProxyHttp for CredProxy {
         req.set_uri(uri);
         strip_proxy_headers(req);
         if let Some(c) = plan.credential {
-            if let Ok(cred) = &cfg.credentials[c].state {
-                req.remove_header(&http::header::AUTHORIZATION);
-                cred.injection().apply(req)?;
+            req.remove_header(&http::header::AUTHORIZATION);
+            match (&ctx.token, &cfg.credentials[c].state) {
+                (Some(t), _) => req.insert_header(http::header::AUTHORIZATION, t.header.clone())?,
+                (None, Ok(cred)) => {
+                    if let Some(inj) = cred.injection() {
+                        inj.apply(req)?;
+                    }
+                }
+                (None, Err(_)) => {}
             }
         }
         ctx.upstream_sent = Some(Instant::now());

@@ -1,0 +1,364 @@
+//! The token cache: one slot per token credential, shared by all requests.
+//!
+//! - single flight: a cold or expired slot is filled by exactly one fetch; concurrent requests
+//!   wait on the slot's lock and then read what that fetch stored (token or failure);
+//! - refresh ahead: a token inside its refresh window is still served while one background task
+//!   renews it;
+//! - failures: retryable ones (timeouts, connection errors, 5xx, 429) are retried a bounded
+//!   number of times with exponential backoff and jitter, never 4xx; a failure is remembered for
+//!   a short negative TTL so a dead endpoint is not hammered; a still-valid token keeps being
+//!   served, an expired one never is.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use http::HeaderValue;
+
+use crate::secret::Secret;
+
+/// Why a token could not be obtained. Names the endpoint and its status, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token endpoint {endpoint} timed out")]
+    Timeout { endpoint: String },
+    #[error("token endpoint {endpoint} unreachable: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("token endpoint {endpoint} answered {status}{detail}")]
+    Status {
+        endpoint: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("token endpoint {endpoint} gave an unusable answer: {reason}")]
+    BadResponse { endpoint: String, reason: String },
+}
+
+impl TokenError {
+    /// Worth another try: the endpoint may answer differently in a moment.
+    pub fn retryable(&self) -> bool {
+        match self {
+            TokenError::Timeout { .. } | TokenError::Connect { .. } => true,
+            TokenError::Status { status, .. } => *status >= 500 || *status == 429,
+            TokenError::BadResponse { .. } => false,
+        }
+    }
+}
+
+/// A token as fetched, before the cache applies its policy. (`Secret` keeps Debug redacted.)
+#[derive(Debug)]
+pub struct Fetched {
+    pub value: Secret,
+    /// What the endpoint said (`expires_in`), if anything.
+    pub lifetime: Option<Duration>,
+}
+
+/// A cached token and its timeline.
+#[derive(Debug)]
+pub struct Token {
+    /// The full header value to inject (`Bearer ...`), marked sensitive.
+    pub header: HeaderValue,
+    pub fetched_at: Instant,
+    /// Renewal starts here (in the background).
+    pub refresh_at: Instant,
+    /// Never served at or after this instant.
+    pub expires_at: Instant,
+}
+
+/// How long a type's tokens are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Used when the endpoint gives no lifetime.
+    pub default_lifetime: Duration,
+    /// `cache.ttl` from the config: an upper bound, never past the token's own expiry.
+    pub ttl: Option<Duration>,
+}
+
+impl Policy {
+    /// The token's timeline: expires a little early (so it is not presented while expiring in
+    /// transit) and is refreshed ahead, a quarter of its life (at most 5 minutes) before that.
+    pub fn timeline(&self, now: Instant, lifetime: Option<Duration>) -> (Instant, Instant) {
+        let mut life = lifetime.unwrap_or(self.default_lifetime);
+        if let Some(ttl) = self.ttl {
+            life = life.min(ttl);
+        }
+        let skew = (life / 10).min(Duration::from_secs(30));
+        let usable = life - skew;
+        let ahead = (usable / 4).min(Duration::from_secs(300));
+        (now + usable - ahead, now + usable)
+    }
+}
+
+/// A credential that injects a fetched token.
+#[async_trait]
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
+    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError>;
+    fn policy(&self) -> Policy;
+    /// Text before the token in the header value (`Bearer `).
+    fn prefix(&self) -> &str;
+    /// The endpoint, for messages (no query, no secret).
+    fn endpoint(&self) -> &str;
+}
+
+/// What `/credentials` and `/metrics` show about one slot.
+#[derive(Debug, Clone, Default)]
+pub struct SlotStatus {
+    pub seconds_to_expiry: Option<u64>,
+    pub last_error: Option<String>,
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    pub cache_hits: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The `TokenSource` this slot belongs to; a reloaded credential gets a fresh slot.
+    source_id: usize,
+    current: ArcSwapOption<Token>,
+    failure: Mutex<Option<(TokenError, Instant)>>,
+    lock: tokio::sync::Mutex<()>,
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
+    hits: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Slot {
+    fn valid(&self, now: Instant) -> Option<Arc<Token>> {
+        self.current.load_full().filter(|t| t.expires_at > now)
+    }
+
+    fn recent_failure(&self, now: Instant) -> Option<TokenError> {
+        let f = self.failure.lock().ok()?;
+        f.as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(e, _)| e.clone())
+    }
+
+    fn record(&self, result: &Result<Arc<Token>, TokenError>, negative_ttl: Duration) {
+        match result {
+            Ok(t) => {
+                self.current.store(Some(t.clone()));
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = None;
+                }
+                if let Ok(mut l) = self.last_error.lock() {
+                    *l = None;
+                }
+            }
+            Err(e) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some((e.clone(), Instant::now() + negative_ttl));
+                }
+                if let Ok(mut l) = self.last_error.lock() {
+                    *l = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Retry schedule for token endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub attempts: u32,
+    pub base_delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 3,
+            base_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenCache {
+    slots: Arc<DashMap<Arc<str>, Arc<Slot>>>,
+    http: reqwest::Client,
+    negative_ttl: Duration,
+    retry: Retry,
+}
+
+/// Up to `base` of jitter, without a random-number dependency: the clock's nanoseconds.
+fn jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    base.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+fn source_id(src: &Arc<dyn TokenSource>) -> usize {
+    Arc::as_ptr(src) as *const () as usize
+}
+
+impl TokenCache {
+    pub fn new(http: reqwest::Client, negative_ttl: Duration, retry: Retry) -> Self {
+        TokenCache {
+            slots: Arc::new(DashMap::new()),
+            http,
+            negative_ttl,
+            retry,
+        }
+    }
+
+    fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
+        let id = source_id(src);
+        if let Some(s) = self.slots.get(name) {
+            if s.source_id == id {
+                return s.clone();
+            }
+        }
+        let fresh = Arc::new(Slot {
+            source_id: id,
+            ..Slot::default()
+        });
+        let mut entry = self
+            .slots
+            .entry(name.clone())
+            .or_insert_with(|| fresh.clone());
+        if entry.source_id != id {
+            *entry = fresh;
+        }
+        entry.clone()
+    }
+
+    /// A valid token for the credential, fetching it (once, for all waiters) when needed.
+    pub async fn get(
+        &self,
+        name: &Arc<str>,
+        src: &Arc<dyn TokenSource>,
+    ) -> Result<Arc<Token>, TokenError> {
+        let slot = self.slot(name, src);
+        let now = Instant::now();
+        if let Some(t) = slot.valid(now) {
+            slot.hits.fetch_add(1, Ordering::Relaxed);
+            if t.refresh_at <= now {
+                self.refresh_in_background(slot.clone(), src.clone());
+            }
+            return Ok(t);
+        }
+        let _guard = slot.lock.lock().await;
+        let now = Instant::now();
+        if let Some(t) = slot.valid(now) {
+            slot.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(t);
+        }
+        if let Some(e) = slot.recent_failure(now) {
+            return Err(e);
+        }
+        let result = self.fetch(src.as_ref()).await;
+        slot.record(&result, self.negative_ttl);
+        result
+    }
+
+    /// Drops the cached token and fetches a new one (admin refresh, and later the 401 replay).
+    pub async fn refresh(
+        &self,
+        name: &Arc<str>,
+        src: &Arc<dyn TokenSource>,
+    ) -> Result<Arc<Token>, TokenError> {
+        let slot = self.slot(name, src);
+        let _guard = slot.lock.lock().await;
+        slot.current.store(None);
+        let result = self.fetch(src.as_ref()).await;
+        slot.record(&result, self.negative_ttl);
+        result
+    }
+
+    fn refresh_in_background(&self, slot: Arc<Slot>, src: Arc<dyn TokenSource>) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            // Whoever holds the lock is already fetching.
+            let Ok(_guard) = slot.lock.try_lock() else {
+                return;
+            };
+            if slot
+                .valid(Instant::now())
+                .is_some_and(|t| t.refresh_at > Instant::now())
+            {
+                return;
+            }
+            match cache.fetch(src.as_ref()).await {
+                Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
+                // The current token stays in service until it expires; the error is visible.
+                Err(e) => {
+                    tracing::warn!(
+                        endpoint = src.endpoint(),
+                        "background token refresh failed: {e}"
+                    );
+                    slot.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut l) = slot.last_error.lock() {
+                        *l = Some(e.to_string());
+                    }
+                }
+            }
+        });
+    }
+
+    /// One fetch, with bounded retries for retryable failures.
+    async fn fetch(&self, src: &dyn TokenSource) -> Result<Arc<Token>, TokenError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match src.fetch(&self.http).await {
+                Ok(f) => return make_token(src, f),
+                Err(e) if e.retryable() && attempt < self.retry.attempts => {
+                    let delay = self.retry.base_delay * 2u32.pow(attempt - 1);
+                    tracing::debug!(
+                        endpoint = src.endpoint(),
+                        attempt,
+                        "token fetch failed, retrying: {e}"
+                    );
+                    tokio::time::sleep(delay + jitter(self.retry.base_delay)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn status(&self, name: &str) -> SlotStatus {
+        let Some(slot) = self.slots.get(name) else {
+            return SlotStatus::default();
+        };
+        let now = Instant::now();
+        SlotStatus {
+            seconds_to_expiry: slot.valid(now).map(|t| (t.expires_at - now).as_secs()),
+            last_error: slot.last_error.lock().ok().and_then(|l| l.clone()),
+            fetches_ok: slot.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: slot.fetches_failed.load(Ordering::Relaxed),
+            cache_hits: slot.hits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn make_token(src: &dyn TokenSource, f: Fetched) -> Result<Arc<Token>, TokenError> {
+    let bad = |reason: &str| TokenError::BadResponse {
+        endpoint: src.endpoint().to_string(),
+        reason: reason.to_string(),
+    };
+    let mut header = HeaderValue::from_str(&format!("{}{}", src.prefix(), f.value.expose()))
+        .map_err(|_| bad("the token has characters that cannot go in a header"))?;
+    header.set_sensitive(true);
+    let now = Instant::now();
+    let (refresh_at, expires_at) = src.policy().timeline(now, f.lifetime);
+    Ok(Arc::new(Token {
+        header,
+        fetched_at: now,
+        refresh_at,
+        expires_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Cache behaviour with a scripted source and paused tokio time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+/// A source that answers from a script (one entry per fetch; the last one repeats).
+#[derive(Debug)]
+struct Script {
+    answers: Mutex<VecDeque<Result<u64, TokenError>>>,
+    calls: AtomicUsize,
+    delay: Duration,
+    ttl: Option<Duration>,
+}
+
+impl Script {
+    fn new(answers: Vec<Result<u64, TokenError>>, delay: Duration) -> Arc<Self> {
+        Arc::new(Script {
+            answers: Mutex::new(answers.into()),
+            calls: AtomicUsize::new(0),
+            delay,
+            ttl: None,
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn status(code: u16) -> TokenError {
+    TokenError::Status {
+        endpoint: "e".into(),
+        status: code,
+        detail: String::new(),
+    }
+}
+
+#[async_trait]
+impl TokenSource for Script {
+    async fn fetch(&self, _: &reqwest::Client) -> Result<Fetched, TokenError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        let answer = {
+            let mut a = self.answers.lock().unwrap();
+            if a.len() > 1 {
+                a.pop_front().unwrap()
+            } else {
+                a.front().unwrap().clone()
+            }
+        };
+        answer.map(|secs| Fetched {
+            value: Secret::new(format!("tok-{n}")),
+            lifetime: Some(Duration::from_secs(secs)),
+        })
+    }
+    fn policy(&self) -> Policy {
+        Policy {
+            default_lifetime: Duration::from_secs(45),
+            ttl: self.ttl,
+        }
+    }
+    fn prefix(&self) -> &str {
+        "Bearer "
+    }
+    fn endpoint(&self) -> &str {
+        "e"
+    }
+}
+
+fn cache() -> TokenCache {
+    TokenCache::new(
+        reqwest::Client::new(),
+        Duration::from_secs(2),
+        Retry {
+            attempts: 3,
+            base_delay: Duration::from_millis(100),
+        },
+    )
+}
+
+fn name() -> Arc<str> {
+    Arc::from("c")
+}
+
+fn value(t: &Token) -> String {
+    t.header.to_str().unwrap().to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_cold_requests_share_one_fetch() {
+    let s = Script::new(vec![Ok(3600)], Duration::from_millis(200));
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (c, src) = (c.clone(), src.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get(&name(), &src).await.map(|t| value(&t))
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), "Bearer tok-0");
+    }
+    assert_eq!(s.calls(), 1);
+}
+
+#[test]
+fn timeline_policy() {
+    let now = Instant::now();
+    let p = Policy {
+        default_lifetime: Duration::from_secs(45),
+        ttl: None,
+    };
+    // 3600 s: 30 s skew, refresh 5 min (cap) before the usable end.
+    let (refresh, expiry) = p.timeline(now, Some(Duration::from_secs(3600)));
+    assert_eq!(expiry - now, Duration::from_secs(3570));
+    assert_eq!(refresh - now, Duration::from_secs(3270));
+    // No lifetime given: 45 s default.
+    let (_, expiry) = p.timeline(now, None);
+    assert_eq!(expiry - now, Duration::from_millis(40_500));
+    // cache.ttl is an upper bound, never past the token's own expiry.
+    let p = Policy {
+        default_lifetime: Duration::from_secs(45),
+        ttl: Some(Duration::from_secs(60)),
+    };
+    assert!(p.timeline(now, Some(Duration::from_secs(3600))).1 - now <= Duration::from_secs(60));
+    assert!(p.timeline(now, Some(Duration::from_secs(20))).1 - now <= Duration::from_secs(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_is_never_served() {
+    let s = Script::new(vec![Ok(100), Err(status(400))], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let t = c.get(&name(), &src).await.unwrap();
+    let life = t.expires_at - Instant::now();
+    tokio::time::advance(life + Duration::from_millis(1)).await;
+    assert!(
+        c.get(&name(), &src).await.is_err(),
+        "expired token must not be served when the endpoint fails"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_keeps_serving_the_valid_token() {
+    let s = Script::new(vec![Ok(100)], Duration::from_millis(50));
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let t0 = c.get(&name(), &src).await.unwrap();
+    // Into the refresh window, before expiry.
+    tokio::time::advance(t0.refresh_at - Instant::now() + Duration::from_millis(1)).await;
+    let t = c.get(&name(), &src).await.unwrap();
+    assert_eq!(
+        value(&t),
+        "Bearer tok-0",
+        "current token served while renewing"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.calls(), 2, "one background refresh");
+    let t = c.get(&name(), &src).await.unwrap();
+    assert_eq!(value(&t), "Bearer tok-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_background_refresh_keeps_the_valid_token() {
+    let s = Script::new(vec![Ok(100), Err(status(503))], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let t0 = c.get(&name(), &src).await.unwrap();
+    tokio::time::advance(t0.refresh_at - Instant::now() + Duration::from_millis(1)).await;
+    assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
+    assert!(c.status("c").last_error.unwrap().contains("503"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_5xx_with_backoff_but_not_4xx() {
+    let s = Script::new(
+        vec![Err(status(503)), Err(status(502)), Ok(60)],
+        Duration::ZERO,
+    );
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let start = Instant::now();
+    assert!(c.get(&name(), &src).await.is_ok());
+    assert_eq!(s.calls(), 3);
+    assert!(
+        Instant::now() - start >= Duration::from_millis(300),
+        "100 ms then 200 ms backoff"
+    );
+
+    let s = Script::new(vec![Err(status(401)), Ok(60)], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    assert!(cache().get(&name(), &src).await.is_err());
+    assert_eq!(s.calls(), 1, "401 is not retried");
+
+    let s = Script::new(vec![Err(status(500))], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    assert!(cache().get(&name(), &src).await.is_err());
+    assert_eq!(s.calls(), 3, "bounded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_cache_spares_a_dead_endpoint() {
+    let s = Script::new(vec![Err(status(400)), Ok(60)], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    for _ in 0..50 {
+        assert!(c.get(&name(), &src).await.is_err());
+    }
+    assert_eq!(s.calls(), 1);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    assert!(
+        c.get(&name(), &src).await.is_ok(),
+        "tried again after the negative TTL"
+    );
+    assert_eq!(s.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_drops_and_refetches() {
+    let s = Script::new(vec![Ok(3600)], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    c.get(&name(), &src).await.unwrap();
+    let t = c.refresh(&name(), &src).await.unwrap();
+    assert_eq!(value(&t), "Bearer tok-1");
+    assert_eq!(c.status("c").fetches_ok, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_credential_gets_a_fresh_slot() {
+    let a = Script::new(vec![Ok(3600)], Duration::ZERO);
+    let b = Script::new(vec![Ok(3600)], Duration::ZERO);
+    let (sa, sb): (Arc<dyn TokenSource>, Arc<dyn TokenSource>) = (a.clone(), b.clone());
+    let c = cache();
+    c.get(&name(), &sa).await.unwrap();
+    c.get(&name(), &sb).await.unwrap();
+    assert_eq!((a.calls(), b.calls()), (1, 1), "new config, new token");
+}
