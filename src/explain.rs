@@ -84,8 +84,9 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
     Ok(out)
 }
 
-/// One line per credential, and whether all are usable.
-pub fn check(cfg: &Config) -> (String, bool) {
+/// One line per credential, and whether all are usable. Online, token credentials fetch a
+/// token (through `tokens`) and report the endpoint's answer.
+pub async fn check(cfg: &Config, tokens: Option<&crate::tokens::TokenCache>) -> (String, bool) {
     let mut out = String::new();
     let mut all_ok = true;
     let width = cfg
@@ -95,15 +96,31 @@ pub fn check(cfg: &Config) -> (String, bool) {
         .max()
         .unwrap_or(0);
     for c in &cfg.credentials {
-        match &c.state {
-            Ok(_) => {
-                let _ = writeln!(out, "{:width$}  {:<26}  OK", c.name, c.kind);
+        let verdict = match (&c.state, tokens) {
+            (Err(e), _) => Err(format!("UNAVAILABLE: {e}")),
+            (Ok(cred), Some(cache)) => match cred.token_source() {
+                Some(src) => match cache.get(&c.name, src).await {
+                    Ok(t) => {
+                        let secs = t
+                            .expires_at
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_secs();
+                        Ok(format!("OK (token obtained, expires in {secs}s)"))
+                    }
+                    Err(e) => Err(format!("FAILED: {e}")),
+                },
+                None => Ok("OK".to_string()),
+            },
+            (Ok(cred), None) if cred.token_source().is_some() => {
+                Ok("OK (offline: token not fetched)".to_string())
             }
-            Err(e) => {
-                all_ok = false;
-                let _ = writeln!(out, "{:width$}  {:<26}  UNAVAILABLE: {e}", c.name, c.kind);
-            }
-        }
+            (Ok(_), None) => Ok("OK".to_string()),
+        };
+        let text = verdict.unwrap_or_else(|e| {
+            all_ok = false;
+            e
+        });
+        let _ = writeln!(out, "{:width$}  {:<26}  {text}", c.name, c.kind);
     }
     (out, all_ok)
 }
@@ -149,9 +166,9 @@ mod tests {
         assert!(none.contains("forwarded untouched"), "{none}");
     }
 
-    #[test]
-    fn check_reports_each_credential() {
-        let (out, ok) = check(&cfg());
+    #[tokio::test]
+    async fn check_reports_each_credential() {
+        let (out, ok) = check(&cfg(), None).await;
         assert!(!ok);
         assert!(out.contains("gh   bearer"), "{out}");
         assert!(

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli.run),
         Some(Command::Run(a)) => run(&a),
-        Some(Command::Check { config, offline: _ }) => check(&config),
+        Some(Command::Check { config, offline }) => check(&config, offline),
         Some(Command::Explain {
             config,
             method,
@@ -138,7 +138,7 @@ fn run(arg: &ConfigArg) -> ExitCode {
     credproxy::server::run(cfg, path)
 }
 
-fn check(arg: &ConfigArg) -> ExitCode {
+fn check(arg: &ConfigArg, offline: bool) -> ExitCode {
     let (cfg, path) = match load(arg) {
         Ok(v) => v,
         Err(code) => return code,
@@ -152,7 +152,25 @@ fn check(arg: &ConfigArg) -> ExitCode {
         cfg.routes.len(),
         cfg.credentials.len()
     );
-    let (report, all_ok) = credproxy::explain::check(&cfg);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (report, all_ok) = rt.block_on(async {
+        if offline {
+            return credproxy::explain::check(&cfg, None).await;
+        }
+        match credproxy::state::token_cache(&cfg) {
+            Ok(cache) => credproxy::explain::check(&cfg, Some(&cache)).await,
+            Err(e) => (format!("cannot set up the HTTP client: {e}\n"), false),
+        }
+    });
     print!("{report}");
     if all_ok {
         ExitCode::SUCCESS

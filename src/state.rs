@@ -24,14 +24,7 @@ impl AppState {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.proxy.timeouts.connect)
-            .user_agent(concat!("credproxy/", env!("CARGO_PKG_VERSION")))
-            // Token endpoints never redirect a client-credentials POST; following one could
-            // send the client secret elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let tokens = TokenCache::new(http, std::time::Duration::from_secs(2), Retry::default());
+        let tokens = token_cache(&config)?;
         Ok(AppState {
             config: ArcSwap::from_pointee(config),
             config_path,
@@ -70,4 +63,19 @@ impl AppState {
             }
         }
     }
+}
+
+/// The token cache with its HTTP client for token endpoints.
+pub fn token_cache(config: &Config) -> Result<TokenCache, reqwest::Error> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(config.proxy.timeouts.connect)
+        .user_agent(concat!("credproxy/", env!("CARGO_PKG_VERSION")))
+        // A token endpoint that redirects could send the client secret elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    Ok(TokenCache::new(
+        http,
+        std::time::Duration::from_secs(2),
+        Retry::default(),
+    ))
 }

@@ -96,9 +96,12 @@ pub fn test_tls() -> TlsFiles {
     }
 }
 
+pub type Responder = Arc<dyn Fn(&Seen) -> TokenReply + Send + Sync>;
+
 async fn handle(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    responder: Option<Responder>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
@@ -114,6 +117,16 @@ async fn handle(
         headers: parts.headers,
         body: body.clone(),
     };
+    if let Some(r) = responder {
+        let reply = r(&entry);
+        seen.lock().unwrap().push(entry);
+        tokio::time::sleep(reply.delay).await;
+        let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
+        *resp.status_mut() = http::StatusCode::from_u16(reply.status).unwrap();
+        resp.headers_mut()
+            .insert("content-type", reply.content_type.parse().unwrap());
+        return Ok(resp);
+    }
     seen.lock().unwrap().push(entry);
     let status = path
         .strip_prefix("/status/")
@@ -134,14 +147,18 @@ async fn handle(
 
 impl Origin {
     pub fn start() -> Origin {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
     }
 
     pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Origin {
-        Self::start_inner(Some(tls))
+        Self::start_inner(Some(tls), None)
     }
 
-    fn start_inner(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
+    pub fn start_with(responder: Responder) -> Origin {
+        Self::start_inner(None, Some(responder))
+    }
+
+    fn start_inner(tls: Option<Arc<rustls::ServerConfig>>, responder: Option<Responder>) -> Origin {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -162,8 +179,11 @@ impl Origin {
                 c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 let tls = tls.clone();
+                let responder = responder.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone()));
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, s.clone(), responder.clone())
+                    });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -405,4 +425,56 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// What the mock token endpoint answers.
+#[derive(Clone)]
+pub struct TokenReply {
+    pub status: u16,
+    pub body: String,
+    pub content_type: &'static str,
+    pub delay: Duration,
+}
+
+impl TokenReply {
+    pub fn ok(token: &str, expires_in: &str) -> Self {
+        TokenReply {
+            status: 200,
+            body: format!("{{\"access_token\":\"{token}\",\"token_type\":\"Bearer\",\"expires_in\":{expires_in}}}"),
+            content_type: "application/json",
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn raw(status: u16, body: &str, content_type: &'static str) -> Self {
+        TokenReply {
+            status,
+            body: body.to_string(),
+            content_type,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A mock OAuth2 token endpoint on port 0 that records every request.
+pub struct TokenServer {
+    pub origin: Origin,
+    reply: Arc<Mutex<TokenReply>>,
+}
+
+impl TokenServer {
+    pub fn start(reply: TokenReply) -> TokenServer {
+        let reply = Arc::new(Mutex::new(reply));
+        let r = reply.clone();
+        let origin = Origin::start_with(Arc::new(move |_seen: &Seen| r.lock().unwrap().clone()));
+        TokenServer { origin, reply }
+    }
+    pub fn set(&self, reply: TokenReply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.origin.port())
+    }
+    pub fn requests(&self) -> Vec<Seen> {
+        self.origin.seen()
+    }
 }

@@ -1,0 +1,304 @@
+//! Token credentials through the real binary, against a mock token endpoint on port 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+
+const SECRET: &str = "cs-very-secret-42";
+
+fn proxy(ts: &TokenServer, origin: &Origin, cred_extra: &str) -> Proxy {
+    let body = format!(
+        "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"{}\"\n    client_id: \"${{CID}}\"\n    client_secret: \"${{CSECRET}}\"\n    scopes: [read, write]\n{cred_extra}routes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
+        ts.url("/oauth/token?tenant=acme"),
+        origin.port()
+    );
+    Proxy::start_with("", &body, &[("CID", "client-1"), ("CSECRET", SECRET)])
+}
+
+fn get(p: &Proxy, o: &Origin) -> (u16, String) {
+    runtime().block_on(async {
+        let r = p
+            .client()
+            .get(format!("http://127.0.0.1:{}/data", o.port()))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+#[test]
+fn each_auth_method_as_the_token_server_sees_it() {
+    let o = Origin::start();
+    for method in ["basic", "post_body", "post_query", "get_query"] {
+        let ts = TokenServer::start(TokenReply::ok("tok-abc", "3600"));
+        let p = proxy(&ts, &o, &format!("    auth_method: {method}\n"));
+        assert_eq!(get(&p, &o).0, 200, "{method}");
+        assert_eq!(
+            o.last().header("authorization").as_deref(),
+            Some("Bearer tok-abc")
+        );
+        let r = ts.requests().pop().unwrap();
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("client-1:{SECRET}"))
+        );
+        match method {
+            "basic" => {
+                assert_eq!(r.method, "POST");
+                assert_eq!(r.header("authorization"), Some(basic));
+                assert_eq!(
+                    r.header("content-type").as_deref(),
+                    Some("application/x-www-form-urlencoded")
+                );
+                assert_eq!(body, "grant_type=client_credentials&scope=read+write");
+                assert_eq!(r.uri, "/oauth/token?tenant=acme");
+            }
+            "post_body" => {
+                assert_eq!(r.method, "POST");
+                assert!(r.header("authorization").is_none());
+                assert_eq!(body, format!("grant_type=client_credentials&scope=read+write&client_id=client-1&client_secret={SECRET}"));
+            }
+            _ => {
+                assert_eq!(
+                    r.method,
+                    if method == "post_query" {
+                        "POST"
+                    } else {
+                        "GET"
+                    }
+                );
+                assert!(body.is_empty());
+                // The URL's own query parameters are kept and merged with the OAuth ones.
+                assert_eq!(r.uri, format!("/oauth/token?tenant=acme&grant_type=client_credentials&scope=read+write&client_id=client-1&client_secret={SECRET}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn expires_in_as_number_and_string() {
+    let o = Origin::start();
+    for (expires, want) in [("600", 600u64), ("\"900\"", 900)] {
+        let ts = TokenServer::start(TokenReply::ok("t", expires));
+        let p = proxy(&ts, &o, "");
+        assert_eq!(get(&p, &o).0, 200);
+        let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+        let secs = v[0]["seconds_to_expiry"].as_u64().unwrap();
+        // 10% (at most 30 s) is kept as a margin against expiry in transit.
+        assert!(
+            secs <= want && secs + 31 >= want * 9 / 10,
+            "{expires}: {secs}"
+        );
+        assert_eq!(v[0]["status"], "ok");
+        assert_eq!(v[0]["fetch_count"], 1);
+    }
+}
+
+#[test]
+fn bad_token_endpoints_give_502_with_their_status_and_no_secret() {
+    let o = Origin::start();
+    let cases = [
+        (
+            TokenReply::raw(200, r#"{"token_type":"bearer"}"#, "application/json"),
+            502,
+            "without access_token",
+        ),
+        (
+            TokenReply::raw(400, r#"{"error":"invalid_client"}"#, "application/json"),
+            502,
+            "answered 400 (invalid_client)",
+        ),
+        (TokenReply::raw(401, "", "text/plain"), 502, "answered 401"),
+        (
+            TokenReply::raw(500, "oops", "text/plain"),
+            502,
+            "answered 500",
+        ),
+        (
+            TokenReply::raw(200, "{not json", "application/json"),
+            502,
+            "not a JSON token response",
+        ),
+        (
+            TokenReply::raw(502, "<html><body>Bad gateway</body></html>", "text/html"),
+            502,
+            "answered 502 (HTML error page)",
+        ),
+    ];
+    for (reply, status, want) in cases {
+        let ts = TokenServer::start(reply);
+        let p = proxy(&ts, &o, "");
+        let (got, body) = get(&p, &o);
+        assert_eq!(got, status, "{want}: {body}");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+        assert_eq!(v["error"], "token_endpoint_error");
+        assert_eq!(v["credential"], "api");
+        assert!(v["message"].as_str().unwrap().contains(want), "{body}");
+        assert!(!body.contains(SECRET) && !p.log_text().contains(SECRET));
+    }
+    assert_eq!(o.count(), 0, "no request went out without its credential");
+}
+
+#[test]
+fn token_endpoint_timeout_is_504() {
+    let o = Origin::start();
+    let mut slow = TokenReply::ok("t", "60");
+    slow.delay = Duration::from_secs(5);
+    let ts = TokenServer::start(slow);
+    let p = proxy(&ts, &o, "    timeout: 300ms\n");
+    let (status, body) = get(&p, &o);
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body.contains("token_endpoint_timeout") && body.contains("timed out"),
+        "{body}"
+    );
+    assert_eq!(
+        ts.requests().len(),
+        3,
+        "a timeout is retried, a bounded number of times"
+    );
+}
+
+#[test]
+fn one_token_request_for_1000_concurrent_cold_requests() {
+    let o = Origin::start();
+    let mut slow = TokenReply::ok("shared", "3600");
+    slow.delay = Duration::from_millis(500);
+    let ts = TokenServer::start(slow);
+    let p = proxy(&ts, &o, "");
+    let url = format!("http://127.0.0.1:{}/c", o.port());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(p.url()).unwrap())
+            .pool_max_idle_per_host(1000)
+            .build()
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (c, u) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get(u).send().await.map(|r| r.status().as_u16())
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().unwrap() == 200 {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(ok, 1000);
+    assert_eq!(ts.requests().len(), 1, "exactly one token request");
+    assert!(o
+        .seen()
+        .iter()
+        .all(|s| s.header("authorization").as_deref() == Some("Bearer shared")));
+    let m = p.metrics();
+    assert!(
+        m.contains("credproxy_token_fetches_total{credential=\"api\",result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("credproxy_token_seconds_to_expiry{credential=\"api\"}"),
+        "{m}"
+    );
+}
+
+#[test]
+fn cached_token_is_reused_and_admin_refresh_fetches_anew() {
+    let o = Origin::start();
+    let ts = TokenServer::start(TokenReply::ok("first", "3600"));
+    let p = proxy(&ts, &o, "");
+    for _ in 0..5 {
+        assert_eq!(get(&p, &o).0, 200);
+    }
+    assert_eq!(ts.requests().len(), 1);
+    ts.set(TokenReply::ok("tok-2nd-xyz", "3600"));
+    let resp = admin_post(p.admin, "/credentials/api/refresh");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(
+        !resp.contains("tok-2nd-xyz"),
+        "the token itself is never shown"
+    );
+    get(&p, &o);
+    assert_eq!(
+        o.last().header("authorization").as_deref(),
+        Some("Bearer tok-2nd-xyz")
+    );
+    assert_eq!(ts.requests().len(), 2);
+}
+
+#[test]
+fn check_online_obtains_a_token_or_prints_the_error() {
+    let ts = TokenServer::start(TokenReply::ok("t", "3600"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    let write = |url: &str| {
+        std::fs::write(&conf, format!("credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"{url}\"\n    client_id: id\n    client_secret: \"${{CSECRET}}\"\nroutes:\n  - {{ host: a.example.com, credential: api }}\n")).unwrap();
+    };
+    write(&ts.url("/token"));
+    let run = |offline: bool| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["check", "-c", conf.to_str().unwrap()])
+            .env("CSECRET", SECRET);
+        if offline {
+            c.arg("--offline");
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("OK (token obtained, expires in"), "{out}");
+    assert_eq!(ts.requests().len(), 1);
+    let (code, out) = run(true);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("offline: token not fetched"));
+    assert_eq!(ts.requests().len(), 1, "--offline contacts nothing");
+    ts.set(TokenReply::raw(
+        401,
+        r#"{"error":"invalid_client"}"#,
+        "application/json",
+    ));
+    let (code, out) = run(false);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("FAILED: token endpoint") && out.contains("answered 401 (invalid_client)"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET));
+}
+
+#[test]
+fn config_rejects_bad_token_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    std::fs::write(&conf, "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: http://login.example.com/token\n    client_id: id\n    client_secret: \"${S}\"\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":4: credentials.api.token_url: ") && err.contains("must use https"),
+        "{err}"
+    );
+}
