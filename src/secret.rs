@@ -53,6 +53,8 @@ pub enum SecretError {
     File { path: String, reason: String },
     #[error("secret from {0} contains CR, LF or NUL, which cannot go into a header")]
     BadBytes(String),
+    #[error("secret from {source_name} is not usable: {reason}")]
+    Unusable { source_name: String, reason: String },
 }
 
 /// How a secret is written in the config file.
@@ -96,14 +98,28 @@ impl SecretSource {
         base_dir: &Path,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Secret, SecretError> {
+        let value = self.resolve_multiline(base_dir, lookup)?;
+        if value
+            .expose()
+            .bytes()
+            .any(|b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            return Err(SecretError::BadBytes(self.describe()));
+        }
+        Ok(value)
+    }
+
+    /// Resolves a value that never goes into a header as it is (a PEM key): newlines allowed.
+    pub fn resolve_multiline(
+        &self,
+        base_dir: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Secret, SecretError> {
         let value = match self {
             SecretSource::Literal(v) => v.clone(),
             SecretSource::Env(template) => substitute(template, lookup)?,
             SecretSource::File(p) => read_secret_file(base_dir, p)?,
         };
-        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-            return Err(SecretError::BadBytes(self.describe()));
-        }
         Ok(Secret::new(value))
     }
 }

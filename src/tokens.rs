@@ -61,6 +61,7 @@ pub struct Fetched {
 /// A cached token and its timeline.
 #[derive(Debug)]
 pub struct Token {
+    pub name: http::HeaderName,
     /// The full header value to inject (`Bearer ...`), marked sensitive.
     pub header: HeaderValue,
     pub fetched_at: Instant,
@@ -77,6 +78,8 @@ pub struct Policy {
     pub default_lifetime: Duration,
     /// `cache.ttl` from the config: an upper bound, never past the token's own expiry.
     pub ttl: Option<Duration>,
+    /// Fraction of the lifetime a token is used for (JWTs: 0.9); None: lifetime less a margin.
+    pub keep: Option<f64>,
 }
 
 impl Policy {
@@ -87,8 +90,10 @@ impl Policy {
         if let Some(ttl) = self.ttl {
             life = life.min(ttl);
         }
-        let skew = (life / 10).min(Duration::from_secs(30));
-        let usable = life - skew;
+        let usable = match self.keep {
+            Some(f) => life.mul_f64(f.clamp(0.0, 1.0)),
+            None => life - (life / 10).min(Duration::from_secs(30)),
+        };
         let ahead = (usable / 4).min(Duration::from_secs(300));
         (now + usable - ahead, now + usable)
     }
@@ -103,6 +108,10 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn prefix(&self) -> &str;
     /// The endpoint, for messages (no query, no secret).
     fn endpoint(&self) -> &str;
+    /// The header the token goes into.
+    fn header_name(&self) -> http::HeaderName {
+        http::header::AUTHORIZATION
+    }
 }
 
 /// What `/credentials` and `/metrics` show about one slot.
@@ -353,6 +362,7 @@ fn make_token(src: &dyn TokenSource, f: Fetched) -> Result<Arc<Token>, TokenErro
     let now = Instant::now();
     let (refresh_at, expires_at) = src.policy().timeline(now, f.lifetime);
     Ok(Arc::new(Token {
+        name: src.header_name(),
         header,
         fetched_at: now,
         refresh_at,

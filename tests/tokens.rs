@@ -302,3 +302,44 @@ fn config_rejects_bad_token_urls() {
         "{err}"
     );
 }
+
+#[test]
+fn jwt_key_pair_signs_once_and_verifies_at_the_origin() {
+    let o = Origin::start();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/credentials/testdata");
+    let body = format!(
+        "credentials:\n  partner:\n    type: jwt_key_pair\n    private_key: file:{dir}/rsa.pem\n    algorithm: PS256\n    claims: {{ iss: credproxy, sub: workflows, aud: https://partner.example.com }}\n    lifetime: 10m\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: partner }}\n",
+        o.port()
+    );
+    let p = Proxy::start(&body);
+    let url = format!("http://127.0.0.1:{}/jwt", o.port());
+    let rt = runtime();
+    for _ in 0..3 {
+        assert_eq!(
+            rt.block_on(p.client().get(&url).send()).unwrap().status(),
+            200
+        );
+    }
+    let seen = o.seen();
+    let auth: Vec<String> = seen
+        .iter()
+        .map(|s| s.header("authorization").unwrap())
+        .collect();
+    assert!(auth.iter().all(|a| a == &auth[0]), "one JWT, cached");
+    let jwt = auth[0].strip_prefix("Bearer ").unwrap();
+    let public = std::fs::read(format!("{dir}/rsa.pub.pem")).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::PS256);
+    v.set_audience(&["https://partner.example.com"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap(),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.claims["iss"], "credproxy");
+    assert_eq!(
+        data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap(),
+        600
+    );
+    assert!(!p.log_text().contains(jwt));
+}

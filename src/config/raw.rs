@@ -168,12 +168,50 @@ pub enum RawCredential {
     Bearer(RawBearer),
     Headers(RawHeaders),
     Oauth2ClientCredentials(RawOAuth2ClientCredentials),
+    JwtKeyPair(RawJwtKeyPair),
 }
 
 impl RawCredential {
     /// The `type` names this build accepts, in the order the docs list them.
-    pub const TYPES: &'static [&'static str] =
-        &["basic", "bearer", "headers", "oauth2_client_credentials"];
+    pub const TYPES: &'static [&'static str] = &[
+        "basic",
+        "bearer",
+        "headers",
+        "oauth2_client_credentials",
+        "jwt_key_pair",
+    ];
+}
+
+/// JWS algorithms for `jwt_key_pair`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKeyPair {
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA, SEC1 for EC): `file:` or `${ENV}`.
+    pub private_key: SecretText,
+    pub algorithm: JwtAlgorithm,
+    /// Claims to sign; `iat`, `exp` and `jti` are added.
+    #[serde(default)]
+    pub claims: IndexMap<String, serde_json::Value>,
+    /// Validity of each JWT. Default 1h.
+    pub lifetime: Option<String>,
+    /// `kid` header.
+    pub key_id: Option<String>,
+    /// Header to set. Default `Authorization`.
+    pub header: Option<String>,
+    /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
+    pub prefix: Option<String>,
+    pub cache: Option<RawCache>,
 }
 
 /// How the client secret reaches the token endpoint.

@@ -424,6 +424,7 @@ impl Resolver<'_> {
             "oauth2_client_credentials" => {
                 RawCredential::Oauth2ClientCredentials(self.sub(path, v)?)
             }
+            "jwt_key_pair" => RawCredential::JwtKeyPair(self.sub(path, v)?),
             other => {
                 self.err(
                     &format!("{path}.type"),

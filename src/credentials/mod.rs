@@ -7,6 +7,7 @@
 pub mod basic;
 pub mod bearer;
 pub mod headers;
+pub mod jwt_key_pair;
 pub mod oauth2_client_credentials;
 
 use std::path::Path;
@@ -41,6 +42,20 @@ impl BuildCtx<'_> {
     /// Resolves the secret written at `key`; syntax errors are config errors, absent values
     /// make the credential unavailable.
     pub fn secret(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+        self.secret_inner(key, raw, false)
+    }
+
+    /// Like `secret`, for values that may span lines (PEM keys, JSON key files).
+    pub fn secret_multiline(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+        self.secret_inner(key, raw, true)
+    }
+
+    fn secret_inner(
+        &mut self,
+        key: &str,
+        raw: &str,
+        multiline: bool,
+    ) -> Result<Secret, BuildError> {
         let invalid = |message: String| BuildError::Invalid {
             key: key.to_string(),
             message,
@@ -53,7 +68,12 @@ impl BuildCtx<'_> {
                 "secret written as a literal; prefer ${ENV_VAR} or file:PATH".to_string(),
             ));
         }
-        match source.resolve(self.base_dir, self.env) {
+        let resolved = if multiline {
+            source.resolve_multiline(self.base_dir, self.env)
+        } else {
+            source.resolve(self.base_dir, self.env)
+        };
+        match resolved {
             Ok(s) => Ok(s),
             Err(SecretError::BadBytes(_)) if source.is_literal() => {
                 Err(invalid("value contains CR, LF or NUL".to_string()))
@@ -114,6 +134,9 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::JwtKeyPair(r) => {
+                Credential::Token(Arc::new(jwt_key_pair::JwtKeyPair::build(r, ctx)?))
+            }
             RawCredential::Oauth2ClientCredentials(r) => Credential::Token(Arc::new(
                 oauth2_client_credentials::OAuth2ClientCredentials::build(r, ctx)?,
             )),
@@ -145,6 +168,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::Bearer(_) => "bearer",
         RawCredential::Headers(_) => "headers",
         RawCredential::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
+        RawCredential::JwtKeyPair(_) => "jwt_key_pair",
     }
 }
 

@@ -108,6 +108,7 @@ impl OAuth2ClientCredentials {
             policy: Policy {
                 default_lifetime: Duration::from_secs(45),
                 ttl,
+                keep: None,
             },
             timeout,
         })

@@ -272,7 +272,7 @@ impl ProxyHttp for CredProxy {
         if let Some(c) = plan.credential {
             req.remove_header(&http::header::AUTHORIZATION);
             match (&ctx.token, &cfg.credentials[c].state) {
-                (Some(t), _) => req.insert_header(http::header::AUTHORIZATION, t.header.clone())?,
+                (Some(t), _) => req.insert_header(t.name.clone(), t.header.clone())?,
                 (None, Ok(cred)) => {
                     if let Some(inj) = cred.injection() {
                         inj.apply(req)?;

@@ -58,6 +58,7 @@ impl TokenSource for Script {
         Policy {
             default_lifetime: Duration::from_secs(45),
             ttl: self.ttl,
+            keep: None,
         }
     }
     fn prefix(&self) -> &str {
@@ -111,6 +112,7 @@ fn timeline_policy() {
     let p = Policy {
         default_lifetime: Duration::from_secs(45),
         ttl: None,
+        keep: None,
     };
     // 3600 s: 30 s skew, refresh 5 min (cap) before the usable end.
     let (refresh, expiry) = p.timeline(now, Some(Duration::from_secs(3600)));
@@ -123,6 +125,7 @@ fn timeline_policy() {
     let p = Policy {
         default_lifetime: Duration::from_secs(45),
         ttl: Some(Duration::from_secs(60)),
+        keep: None,
     };
     assert!(p.timeline(now, Some(Duration::from_secs(3600))).1 - now <= Duration::from_secs(60));
     assert!(p.timeline(now, Some(Duration::from_secs(20))).1 - now <= Duration::from_secs(20));
