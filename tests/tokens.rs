@@ -343,3 +343,63 @@ fn jwt_key_pair_signs_once_and_verifies_at_the_origin() {
     );
     assert!(!p.log_text().contains(jwt));
 }
+
+#[test]
+fn salesforce_data360_two_steps_and_which_step_failed() {
+    use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let o = Origin::start();
+    let port = Arc::new(AtomicU16::new(0));
+    let step2_status = Arc::new(AtomicU32::new(200));
+    let (p2, s2) = (port.clone(), step2_status.clone());
+    let sf = Origin::start_with(Arc::new(move |seen: &Seen| {
+        if seen.uri.starts_with("/services/oauth2/token") {
+            let body = format!("{{\"access_token\":\"core-1\",\"instance_url\":\"http://127.0.0.1:{}\",\"token_type\":\"Bearer\"}}", p2.load(Ordering::SeqCst));
+            TokenReply::raw(200, &body, "application/json")
+        } else {
+            match s2.load(Ordering::SeqCst) {
+                200 => TokenReply::raw(
+                    200,
+                    r#"{"access_token":"d360-xyz","instance_url":"https://t.c360a.salesforce.com","expires_in":7200}"#,
+                    "application/json",
+                ),
+                s => TokenReply::raw(s as u16, r#"{"error":"invalid_grant"}"#, "application/json"),
+            }
+        }
+    }));
+    port.store(sf.port(), Ordering::SeqCst);
+    let body = format!(
+        "credentials:\n  d360:\n    type: salesforce_data360\n    login_url: http://127.0.0.1:{}\n    client_id: cid\n    client_secret: \"${{S}}\"\n    dataspace: sales\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: d360 }}\n",
+        sf.port(),
+        o.port()
+    );
+    let p = Proxy::start_with("", &body, &[("S", SECRET)]);
+    assert_eq!(get(&p, &o).0, 200);
+    assert_eq!(
+        o.last().header("authorization").as_deref(),
+        Some("Bearer d360-xyz")
+    );
+    let reqs = sf.seen();
+    assert_eq!(reqs.len(), 2);
+    let step1 = String::from_utf8_lossy(&reqs[0].body).into_owned();
+    assert_eq!(
+        step1,
+        format!("grant_type=client_credentials&client_id=cid&client_secret={SECRET}")
+    );
+    assert_eq!(reqs[1].uri, "/services/a360/token");
+    let step2 = String::from_utf8_lossy(&reqs[1].body).into_owned();
+    assert_eq!(step2, "grant_type=urn%3Asalesforce%3Agrant-type%3Aexternal%3Acdp&subject_token=core-1&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&dataspace=sales");
+    // Cached for 5 minutes, not the 2 hours the exchange offered.
+    let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    assert!(v[0]["seconds_to_expiry"].as_u64().unwrap() <= 300);
+
+    step2_status.store(401, Ordering::SeqCst);
+    let resp = admin_post(p.admin, "/credentials/d360/refresh");
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(
+        resp.contains("(step 2) answered 401 (invalid_grant)"),
+        "{resp}"
+    );
+    assert!(!resp.contains("core-1") && !resp.contains(SECRET));
+}

@@ -169,6 +169,7 @@ pub enum RawCredential {
     Headers(RawHeaders),
     Oauth2ClientCredentials(RawOAuth2ClientCredentials),
     JwtKeyPair(RawJwtKeyPair),
+    SalesforceData360(RawData360),
 }
 
 impl RawCredential {
@@ -212,6 +213,20 @@ pub struct RawJwtKeyPair {
     /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
     pub prefix: Option<String>,
     pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawData360 {
+    /// `https://acme.my.salesforce.com`; step 1 uses `{login_url}/services/oauth2/token`.
+    pub login_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    /// Data space for the exchange. Default `default`.
+    pub dataspace: Option<String>,
+    pub cache: Option<RawCache>,
+    /// Total time for each step. Default 10s.
+    pub timeout: Option<String>,
 }
 
 /// How the client secret reaches the token endpoint.

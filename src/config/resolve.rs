@@ -425,6 +425,7 @@ impl Resolver<'_> {
                 RawCredential::Oauth2ClientCredentials(self.sub(path, v)?)
             }
             "jwt_key_pair" => RawCredential::JwtKeyPair(self.sub(path, v)?),
+            "salesforce_data360" => RawCredential::SalesforceData360(self.sub(path, v)?),
             other => {
                 self.err(
                     &format!("{path}.type"),

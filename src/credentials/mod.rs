@@ -9,6 +9,7 @@ pub mod bearer;
 pub mod headers;
 pub mod jwt_key_pair;
 pub mod oauth2_client_credentials;
+pub mod salesforce_data360;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -134,6 +135,9 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::SalesforceData360(r) => {
+                Credential::Token(Arc::new(salesforce_data360::Data360::build(r, ctx)?))
+            }
             RawCredential::JwtKeyPair(r) => {
                 Credential::Token(Arc::new(jwt_key_pair::JwtKeyPair::build(r, ctx)?))
             }
@@ -169,6 +173,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::Headers(_) => "headers",
         RawCredential::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
         RawCredential::JwtKeyPair(_) => "jwt_key_pair",
+        RawCredential::SalesforceData360(_) => "salesforce_data360",
     }
 }
 

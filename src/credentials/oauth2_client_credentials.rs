@@ -171,7 +171,7 @@ struct TokenResponse {
 }
 
 /// The `error` (and description) of an RFC 6749 5.2 error body, shortened and printable.
-fn oauth_error_detail(body: &[u8]) -> String {
+pub fn oauth_error_detail(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct E {
         error: Option<String>,
@@ -195,7 +195,7 @@ fn oauth_error_detail(body: &[u8]) -> String {
 }
 
 /// `expires_in` as a number or a numeric string.
-fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
+pub fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
     let secs = match v {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Number(n)) => n.as_f64(),
