@@ -112,6 +112,11 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn header_name(&self) -> http::HeaderName {
         http::header::AUTHORIZATION
     }
+    /// For tokens that depend on the destination (self-signed JWTs whose `aud` is the target
+    /// API): the source for `https://host/`, stable per host so it keeps its cache slot.
+    fn for_target(&self, _host: &str) -> Option<Arc<dyn TokenSource>> {
+        None
+    }
 }
 
 /// What `/credentials` and `/metrics` show about one slot.

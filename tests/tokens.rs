@@ -403,3 +403,128 @@ fn salesforce_data360_two_steps_and_which_step_failed() {
     );
     assert!(!resp.contains("core-1") && !resp.contains(SECRET));
 }
+
+/// A Google-style key file around the test RSA key.
+fn google_key(token_uri: &str) -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/credentials/testdata");
+    serde_json::json!({
+        "type": "service_account",
+        "client_email": "robot@proj.iam.gserviceaccount.com",
+        "private_key": std::fs::read_to_string(format!("{dir}/rsa.pem")).unwrap(),
+        "private_key_id": "kid-1",
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+fn verify_google_jwt(jwt: &str, aud: &str) -> Option<serde_json::Value> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/credentials/testdata");
+    let public = std::fs::read(format!("{dir}/rsa.pub.pem")).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&[aud]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(&public).unwrap(),
+        &v,
+    )
+    .ok()
+    .map(|d| d.claims)
+}
+
+#[test]
+fn google_access_token_mode_against_a_token_uri_that_checks_the_assertion() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::Arc;
+    let o = Origin::start();
+    let port = Arc::new(AtomicU16::new(0));
+    let p2 = port.clone();
+    let google = Origin::start_with(Arc::new(move |seen: &Seen| {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&seen.body)
+            .into_owned()
+            .collect();
+        let get = |k: &str| {
+            form.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let aud = format!("http://127.0.0.1:{}/token", p2.load(Ordering::SeqCst));
+        match verify_google_jwt(&get("assertion"), &aud) {
+            Some(c)
+                if get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+                    && c["scope"] == "https://www.googleapis.com/auth/calendar.readonly"
+                    && c["sub"] == "admin@example.com" =>
+            {
+                TokenReply::ok("ya29.google-token", "3599")
+            }
+            _ => TokenReply::raw(
+                400,
+                r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
+                "application/json",
+            ),
+        }
+    }));
+    port.store(google.port(), Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sa.json"),
+        google_key(&format!("http://127.0.0.1:{}/token", google.port())),
+    )
+    .unwrap();
+    let body = format!(
+        "credentials:\n  gcal:\n    type: google_service_account\n    key_file: file:{}\n    scopes: [https://www.googleapis.com/auth/calendar.readonly]\n    subject: admin@example.com\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: gcal }}\n",
+        dir.path().join("sa.json").display(),
+        o.port()
+    );
+    let p = Proxy::start(&body);
+    assert_eq!(get(&p, &o).0, 200);
+    assert_eq!(
+        o.last().header("authorization").as_deref(),
+        Some("Bearer ya29.google-token")
+    );
+    assert_eq!(google.count(), 1);
+}
+
+#[test]
+fn google_self_signed_jwt_mode_audience_is_the_target() {
+    let o = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sa.json"),
+        google_key("https://oauth2.googleapis.com/token"),
+    )
+    .unwrap();
+    let body = format!(
+        "credentials:\n  gsa:\n    type: google_service_account\n    key_file: file:{}\n    mode: self_signed_jwt\nroutes:\n  - {{ host: \"calendar.googleapis.test:{}\", credential: gsa }}\n",
+        dir.path().join("sa.json").display(),
+        o.port()
+    );
+    let p = Proxy::start_with(
+        "dns: { overrides: { calendar.googleapis.test: 127.0.0.1 } }",
+        &body,
+        &[],
+    );
+    let rt = runtime();
+    for _ in 0..2 {
+        let r = rt
+            .block_on(
+                p.client()
+                    .get(format!(
+                        "http://calendar.googleapis.test:{}/calendar/v3",
+                        o.port()
+                    ))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let seen = o.seen();
+    let a = seen[0].header("authorization").unwrap();
+    assert_eq!(Some(a.clone()), seen[1].header("authorization"), "cached");
+    let claims = verify_google_jwt(
+        a.strip_prefix("Bearer ").unwrap(),
+        "https://calendar.googleapis.test/",
+    )
+    .expect("valid JWT for the target API");
+    assert_eq!(claims["iss"], "robot@proj.iam.gserviceaccount.com");
+}

@@ -170,6 +170,7 @@ pub enum RawCredential {
     Oauth2ClientCredentials(RawOAuth2ClientCredentials),
     JwtKeyPair(RawJwtKeyPair),
     SalesforceData360(RawData360),
+    GoogleServiceAccount(RawGoogle),
 }
 
 impl RawCredential {
@@ -213,6 +214,30 @@ pub struct RawJwtKeyPair {
     /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
     pub prefix: Option<String>,
     pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GoogleMode {
+    /// JWT-bearer grant at the key's `token_uri`; injects the access token.
+    AccessToken,
+    /// Injects a JWT signed by the key, with `aud` set to the target API.
+    SelfSignedJwt,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoogle {
+    /// The service-account JSON key: `file:keys/sa.json` or `${ENV}`.
+    pub key_file: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Default `access_token`.
+    pub mode: Option<GoogleMode>,
+    /// User to impersonate (domain-wide delegation).
+    pub subject: Option<String>,
+    pub cache: Option<RawCache>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -426,6 +426,7 @@ impl Resolver<'_> {
             }
             "jwt_key_pair" => RawCredential::JwtKeyPair(self.sub(path, v)?),
             "salesforce_data360" => RawCredential::SalesforceData360(self.sub(path, v)?),
+            "google_service_account" => RawCredential::GoogleServiceAccount(self.sub(path, v)?),
             other => {
                 self.err(
                     &format!("{path}.type"),

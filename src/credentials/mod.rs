@@ -6,6 +6,7 @@
 
 pub mod basic;
 pub mod bearer;
+pub mod google_service_account;
 pub mod headers;
 pub mod jwt_key_pair;
 pub mod oauth2_client_credentials;
@@ -135,6 +136,9 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::GoogleServiceAccount(r) => {
+                Credential::Token(google_service_account::build(r, ctx)?)
+            }
             RawCredential::SalesforceData360(r) => {
                 Credential::Token(Arc::new(salesforce_data360::Data360::build(r, ctx)?))
             }
@@ -174,6 +178,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
         RawCredential::JwtKeyPair(_) => "jwt_key_pair",
         RawCredential::SalesforceData360(_) => "salesforce_data360",
+        RawCredential::GoogleServiceAccount(_) => "google_service_account",
     }
 }
 

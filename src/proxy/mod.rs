@@ -120,7 +120,19 @@ impl CredProxy {
         let Some(src) = entry.state.as_ref().ok().and_then(|cr| cr.token_source()) else {
             return Ok(());
         };
-        match self.state.tokens.get(&entry.name, src).await {
+        let host = ctx
+            .plan
+            .as_ref()
+            .map(|p| p.target.host.as_str())
+            .unwrap_or_default();
+        let targeted = src
+            .for_target(host)
+            .map(|child| (Arc::<str>::from(format!("{}@{host}", entry.name)), child));
+        let (name, src) = match &targeted {
+            Some((n, s)) => (n, s),
+            None => (&entry.name, src),
+        };
+        match self.state.tokens.get(name, src).await {
             Ok(t) => {
                 ctx.token = Some(t);
                 Ok(())
