@@ -65,8 +65,15 @@ pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
             } else {
                 Default::default()
             };
+            let reconnect = c
+                .state
+                .as_ref()
+                .ok()
+                .and_then(|cr| cr.token_source())
+                .is_some_and(|t| t.needs_reconnect());
             let status = match (&c.state, is_token) {
                 (Err(_), _) => "unavailable",
+                (Ok(_), true) if reconnect => "needs_reconnect",
                 (Ok(_), false) => "ok",
                 (Ok(_), true) if slot.seconds_to_expiry.is_some() => "ok",
                 (Ok(_), true) if slot.last_error.is_some() => "error",
@@ -198,6 +205,18 @@ impl Admin {
                 "credproxy_token_fetches_total{{credential=\"{n}\",result=\"error\"}} {}",
                 s.fetches_failed
             );
+        }
+        out.push_str("# HELP credproxy_credential_needs_reconnect 1 when the provider refused the refresh token.\n");
+        out.push_str("# TYPE credproxy_credential_needs_reconnect gauge\n");
+        for c in cfg.credentials.iter() {
+            if let Some(t) = c.state.as_ref().ok().and_then(|cr| cr.token_source()) {
+                let v = u8::from(t.needs_reconnect());
+                let _ = writeln!(
+                    out,
+                    "credproxy_credential_needs_reconnect{{credential=\"{}\"}} {v}",
+                    c.name.replace('"', "")
+                );
+            }
         }
         out.push_str("# HELP credproxy_token_cache_hits_total Requests served a cached token.\n");
         out.push_str("# TYPE credproxy_token_cache_hits_total counter\n");

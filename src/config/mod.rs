@@ -51,6 +51,7 @@ pub struct ProxySettings {
     pub ca: Option<CaPaths>,
     pub upstream_ca: Option<PathBuf>,
     pub egress: Egress,
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -100,6 +100,9 @@ pub struct RawProxy {
     pub dns: Option<RawDns>,
     /// Worker threads for the data path. Default: number of CPUs.
     pub threads: Option<usize>,
+    /// Where rotated refresh tokens are kept (encrypted with CREDPROXY_STATE_KEY).
+    /// Default `.credproxy/state`, relative to the config file.
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -171,6 +174,7 @@ pub enum RawCredential {
     JwtKeyPair(RawJwtKeyPair),
     SalesforceData360(RawData360),
     GoogleServiceAccount(RawGoogle),
+    Oauth2RefreshToken(RawRefreshToken),
 }
 
 impl RawCredential {
@@ -214,6 +218,24 @@ pub struct RawJwtKeyPair {
     /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
     pub prefix: Option<String>,
     pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefreshToken {
+    /// https URL (http only to loopback).
+    pub token_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    /// The seed. Rotated refresh tokens are persisted (encrypted) in `proxy.state_dir` and win
+    /// over the seed until the seed itself changes.
+    pub refresh_token: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `basic` or `post_body` (default).
+    pub auth_method: Option<AuthMethod>,
+    pub cache: Option<RawCache>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

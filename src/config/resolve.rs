@@ -141,7 +141,10 @@ impl Resolver<'_> {
     fn resolve(&mut self, raw: RawConfig) -> Option<Config> {
         let proxy = self.proxy(&raw.proxy);
         let declared: Vec<String> = raw.credentials.keys().cloned().collect();
-        let credentials = self.credentials(raw.credentials);
+        let state_dir = self
+            .base_dir
+            .join(raw.proxy.state_dir.as_deref().unwrap_or(".credproxy/state"));
+        let credentials = self.credentials(raw.credentials, &state_dir);
         // Names as declared: a credential that failed to build still exists for route checks
         // (the config is rejected anyway, and its own error says why).
         let names: Vec<&str> = declared.iter().map(String::as_str).collect();
@@ -303,6 +306,9 @@ impl Resolver<'_> {
             threads,
             ca,
             upstream_ca: p.upstream_ca.as_ref().map(|u| self.base_dir.join(u)),
+            state_dir: self
+                .base_dir
+                .join(p.state_dir.as_deref().unwrap_or(".credproxy/state")),
             egress,
         })
     }
@@ -345,7 +351,11 @@ impl Resolver<'_> {
         }
     }
 
-    fn credentials(&mut self, raw: IndexMap<String, serde_yaml::Value>) -> Vec<CredentialEntry> {
+    fn credentials(
+        &mut self,
+        raw: IndexMap<String, serde_yaml::Value>,
+        state_dir: &Path,
+    ) -> Vec<CredentialEntry> {
         let mut out = Vec::new();
         for (name, value) in raw {
             let path = format!("credentials.{name}");
@@ -368,6 +378,8 @@ impl Resolver<'_> {
                 base_dir: &self.base_dir,
                 env: self.env,
                 warnings: Vec::new(),
+                name: &name,
+                state_dir,
             };
             let built = Credential::build(&raw, &mut ctx);
             for (key, msg) in std::mem::take(&mut ctx.warnings) {
@@ -427,6 +439,7 @@ impl Resolver<'_> {
             "jwt_key_pair" => RawCredential::JwtKeyPair(self.sub(path, v)?),
             "salesforce_data360" => RawCredential::SalesforceData360(self.sub(path, v)?),
             "google_service_account" => RawCredential::GoogleServiceAccount(self.sub(path, v)?),
+            "oauth2_refresh_token" => RawCredential::Oauth2RefreshToken(self.sub(path, v)?),
             other => {
                 self.err(
                     &format!("{path}.type"),

@@ -10,7 +10,9 @@ pub mod google_service_account;
 pub mod headers;
 pub mod jwt_key_pair;
 pub mod oauth2_client_credentials;
+pub mod oauth2_refresh_token;
 pub mod salesforce_data360;
+pub mod state;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +40,10 @@ pub struct BuildCtx<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     /// `(key relative to the credential, message)`.
     pub warnings: Vec<(String, String)>,
+    /// The credential's name (state files are named and bound to it).
+    pub name: &'a str,
+    /// `proxy.state_dir`.
+    pub state_dir: &'a Path,
 }
 
 impl BuildCtx<'_> {
@@ -136,6 +142,9 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::Oauth2RefreshToken(r) => {
+                Credential::Token(Arc::new(oauth2_refresh_token::RefreshToken::build(r, ctx)?))
+            }
             RawCredential::GoogleServiceAccount(r) => {
                 Credential::Token(google_service_account::build(r, ctx)?)
             }
@@ -179,6 +188,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::JwtKeyPair(_) => "jwt_key_pair",
         RawCredential::SalesforceData360(_) => "salesforce_data360",
         RawCredential::GoogleServiceAccount(_) => "google_service_account",
+        RawCredential::Oauth2RefreshToken(_) => "oauth2_refresh_token",
     }
 }
 
@@ -235,6 +245,8 @@ pub(crate) mod test_support {
             base_dir: Path::new("."),
             env: &env,
             warnings: Vec::new(),
+            name: "test",
+            state_dir: Path::new(".credproxy-test-state"),
         }
     }
 

@@ -1,0 +1,291 @@
+//! `oauth2_refresh_token`: access tokens from a refresh token (RFC 6749 section 6), for
+//! connections whose provider rotates the refresh token on every use.
+//!
+//! A rotated refresh token is written to the encrypted state file before the access token is
+//! returned, so a crash or restart at any moment never loses the live one. An answer without a
+//! refresh token keeps the old one. `invalid_grant` marks the credential `needs_reconnect`: no
+//! further calls until a new seed is configured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde::Deserialize;
+
+use super::oauth2_client_credentials::{lifetime, oauth_error_detail, token_url, transport_error};
+use super::state::{parse_key, Saved, StateError, StateFile, KEY_ENV};
+use super::{BuildCtx, BuildError};
+use crate::config::raw::{AuthMethod, RawRefreshToken};
+use crate::config::units::parse_duration;
+use crate::secret::{Secret, SecretError};
+use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+pub struct RefreshToken {
+    url: reqwest::Url,
+    endpoint: String,
+    client_id: Secret,
+    client_secret: Secret,
+    seed_sha256: String,
+    scopes: Vec<String>,
+    basic_auth: bool,
+    policy: Policy,
+    timeout: Duration,
+    state: StateFile,
+    /// The refresh token in use: the seed, or the latest rotated one.
+    current: Mutex<Secret>,
+    reconnect: AtomicBool,
+}
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+}
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn unusable(source_name: &str, e: StateError) -> BuildError {
+    BuildError::Unavailable(SecretError::Unusable {
+        source_name: source_name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl RefreshToken {
+    pub fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
+        let invalid = |key: &str, message: String| BuildError::Invalid {
+            key: key.into(),
+            message,
+        };
+        let (url, endpoint) = token_url(&raw.token_url).map_err(|m| invalid("token_url", m))?;
+        let basic_auth = match raw.auth_method.unwrap_or(AuthMethod::PostBody) {
+            AuthMethod::Basic => true,
+            AuthMethod::PostBody => false,
+            _ => {
+                return Err(invalid(
+                    "auth_method",
+                    "refresh-token grants take `basic` or `post_body`".into(),
+                ))
+            }
+        };
+        let ttl = match &raw.cache {
+            Some(c) => Some(parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?),
+            None => None,
+        };
+        let timeout = match &raw.timeout {
+            Some(t) => parse_duration(t).map_err(|m| invalid("timeout", m))?,
+            None => Duration::from_secs(10),
+        };
+        let client_id = ctx.secret("client_id", &raw.client_id)?;
+        let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
+        let seed = ctx.secret("refresh_token", &raw.refresh_token)?;
+        let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, StateError::NoKey))?;
+        let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
+        let state =
+            StateFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
+        let seed_sha256 = sha256_hex(seed.expose());
+        // A state file that cannot be read makes the credential unavailable and is never
+        // overwritten: it may hold the only live refresh token.
+        let saved = state.load().map_err(|e| unusable("state file", e))?;
+        let current = match saved {
+            Some(s) if s.seed_sha256 == seed_sha256 => Secret::new(s.refresh_token),
+            Some(_) => {
+                ctx.warnings.push((
+                    "refresh_token".into(),
+                    "the seed changed since the state file was written: starting from the new seed"
+                        .into(),
+                ));
+                seed
+            }
+            None => seed,
+        };
+        Ok(RefreshToken {
+            url,
+            endpoint,
+            client_id,
+            client_secret,
+            seed_sha256,
+            scopes: raw.scopes.clone(),
+            basic_auth,
+            policy: Policy {
+                default_lifetime: Duration::from_secs(45),
+                ttl,
+                keep: None,
+            },
+            timeout,
+            state,
+            current: Mutex::new(current),
+            reconnect: AtomicBool::new(false),
+        })
+    }
+
+    fn current(&self) -> Result<Secret, TokenError> {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .map_err(|_| self.bad("internal lock poisoned".into()))
+    }
+
+    fn bad(&self, reason: String) -> TokenError {
+        TokenError::BadResponse {
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+
+    fn request(&self, http: &reqwest::Client, rt: &Secret) -> reqwest::RequestBuilder {
+        let scope = self.scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.expose()),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let mut rb = http
+            .post(self.url.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .timeout(self.timeout);
+        if self.basic_auth {
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let pair = format!(
+                "{}:{}",
+                enc(self.client_id.expose()),
+                enc(self.client_secret.expose())
+            );
+            rb = rb.header(
+                http::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            );
+        } else {
+            form.push(("client_id", self.client_id.expose()));
+            form.push(("client_secret", self.client_secret.expose()));
+        }
+        rb.form(&form)
+    }
+
+    /// Keeps the rotated token: memory first (never lost while running), then disk.
+    fn rotate(&self, new: String) -> Result<(), TokenError> {
+        if let Ok(mut c) = self.current.lock() {
+            *c = Secret::new(new.clone());
+        }
+        let saved = Saved {
+            refresh_token: new,
+            seed_sha256: self.seed_sha256.clone(),
+            updated_at: super::jwt_key_pair::unix_now(),
+        };
+        self.state.save(&saved).map_err(|e| {
+            self.bad(format!(
+                "rotated refresh token kept in memory but not persisted: {e}"
+            ))
+        })
+    }
+}
+
+fn is_invalid_grant(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct E {
+        error: Option<String>,
+    }
+    serde_json::from_slice::<E>(body)
+        .ok()
+        .and_then(|e| e.error)
+        .is_some_and(|e| e == "invalid_grant")
+}
+
+#[async_trait]
+impl TokenSource for RefreshToken {
+    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
+        if self.reconnect.load(Ordering::Relaxed) {
+            return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); configure a new refresh_token seed".into()));
+        }
+        // Disk is the source of truth: another instance (an old config during a reload) may have
+        // rotated the token since this one was built.
+        match self.state.load() {
+            Ok(Some(saved)) if saved.seed_sha256 == self.seed_sha256 => {
+                if let Ok(mut c) = self.current.lock() {
+                    *c = Secret::new(saved.refresh_token);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(self.bad(e.to_string())),
+        }
+        let rt = self.current()?;
+        let resp = self
+            .request(http, &rt)
+            .send()
+            .await
+            .map_err(|e| transport_error(&self.endpoint, &e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&self.endpoint, &e))?;
+        if !(200..300).contains(&status) {
+            if matches!(status, 400 | 401) && is_invalid_grant(&body) {
+                self.reconnect.store(true, Ordering::Relaxed);
+                tracing::error!(endpoint = %self.endpoint, "refresh token refused (invalid_grant): credential needs reconnect");
+            }
+            return Err(TokenError::Status {
+                endpoint: self.endpoint.clone(),
+                status,
+                detail: oauth_error_detail(&body),
+            });
+        }
+        let a: Answer = serde_json::from_slice(&body)
+            .map_err(|_| self.bad(format!("status {status} with a body that is not JSON")))?;
+        // Persist a rotated refresh token before anything else, even if the rest is unusable.
+        if let Some(new) = a
+            .refresh_token
+            .filter(|n| !n.is_empty() && n != rt.expose())
+        {
+            self.rotate(new)?;
+        }
+        let token = a
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| self.bad(format!("status {status} without access_token")))?;
+        let life = lifetime(a.expires_in.as_ref()).map_err(|r| self.bad(r))?;
+        Ok(Fetched {
+            value: Secret::new(token),
+            lifetime: life,
+        })
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    fn prefix(&self) -> &str {
+        "Bearer "
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn needs_reconnect(&self) -> bool {
+        self.reconnect.load(Ordering::Relaxed)
+    }
+}

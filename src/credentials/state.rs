@@ -1,0 +1,238 @@
+//! Encrypted, crash-safe state files for rotated refresh tokens.
+//!
+//! Format: `CPS1` | 12-byte nonce | AES-256-GCM(JSON), with the credential name as associated
+//! data, so a file copied to another credential's name does not decrypt. Writes are atomic:
+//! a temp file (mode 0600) is written and fsynced, renamed over the old file, and the directory
+//! is fsynced, so a crash at any moment leaves either the old or the new token on disk.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"CPS1";
+pub const KEY_ENV: &str = "CREDPROXY_STATE_KEY";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("{KEY_ENV} is not set: refresh-token credentials need it to persist rotated tokens (32 random bytes, base64 or hex)")]
+    NoKey,
+    #[error("{KEY_ENV} must be 32 bytes, as 64 hex digits or base64")]
+    BadKey,
+    #[error("state file {0} cannot be decrypted (corrupted, or written under another {KEY_ENV}); it is left untouched: restore the key or move the file away to start from the seed")]
+    Undecryptable(String),
+    #[error("cannot read state file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("cannot write state file {path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// What a state file holds.
+#[derive(Serialize, Deserialize)]
+pub struct Saved {
+    pub refresh_token: String,
+    /// SHA-256 of the seed this chain started from; a new seed in the config starts a new chain.
+    pub seed_sha256: String,
+    pub updated_at: u64,
+}
+
+pub struct StateFile {
+    path: PathBuf,
+    name: String,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `CREDPROXY_STATE_KEY`: 64 hex digits or base64 of 32 bytes.
+pub fn parse_key(text: &str) -> Result<[u8; 32], StateError> {
+    let t = text.trim();
+    let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| StateError::BadKey))
+            .collect::<Result<Vec<u8>, _>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .map_err(|_| StateError::BadKey)?
+    };
+    bytes.try_into().map_err(|_| StateError::BadKey)
+}
+
+impl StateFile {
+    pub fn new(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Self, StateError> {
+        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| StateError::BadKey)?;
+        Ok(StateFile {
+            path: dir.join(format!("{name}.state")),
+            name: name.to_string(),
+            key: LessSafeKey::new(key),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, None when there is no file yet.
+    pub fn load(&self) -> Result<Option<Saved>, StateError> {
+        let data = match std::fs::read(&self.path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StateError::Read {
+                    path: self.path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let undecryptable = || StateError::Undecryptable(self.path.display().to_string());
+        if data.len() < MAGIC.len() + NONCE_LEN || &data[..4] != MAGIC {
+            return Err(undecryptable());
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&data[4..4 + NONCE_LEN])
+            .map_err(|_| undecryptable())?;
+        let mut body = data[4 + NONCE_LEN..].to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut body)
+            .map_err(|_| undecryptable())?;
+        serde_json::from_slice(plain)
+            .map(Some)
+            .map_err(|_| undecryptable())
+    }
+
+    /// Encrypts and replaces the file atomically.
+    pub fn save(&self, saved: &Saved) -> Result<(), StateError> {
+        let werr = |e: std::io::Error| StateError::Write {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| werr(std::io::Error::other("no randomness")))?;
+        let mut body = serde_json::to_vec(saved).map_err(|e| werr(std::io::Error::other(e)))?;
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.name.as_bytes()),
+                &mut body,
+            )
+            .map_err(|_| werr(std::io::Error::other("encryption failed")))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(werr)?;
+        let tmp = dir.join(format!(".{}.state.tmp-{}", self.name, std::process::id()));
+        let mut f = open_private(&tmp).map_err(werr)?;
+        f.write_all(MAGIC)
+            .and_then(|_| f.write_all(&nonce))
+            .and_then(|_| f.write_all(&body))
+            .map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(werr)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(rt: &str) -> Saved {
+        Saved {
+            refresh_token: rt.into(),
+            seed_sha256: "s".into(),
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip_private_and_encrypted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::new(dir.path(), "hub", &[7; 32]).unwrap();
+        assert!(f.load().unwrap().is_none());
+        f.save(&saved("rt-secret-1")).unwrap();
+        assert_eq!(f.load().unwrap().unwrap().refresh_token, "rt-secret-1");
+        let raw = std::fs::read(f.path()).unwrap();
+        assert!(
+            !raw.windows(11).any(|w| w == b"rt-secret-1"),
+            "encrypted at rest"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(f.path()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        f.save(&saved("rt-secret-2")).unwrap();
+        assert_eq!(f.load().unwrap().unwrap().refresh_token, "rt-secret-2");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
+    }
+
+    #[test]
+    fn foreign_key_corruption_and_moved_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        StateFile::new(dir.path(), "hub", &[7; 32])
+            .unwrap()
+            .save(&saved("rt"))
+            .unwrap();
+        let other_key = StateFile::new(dir.path(), "hub", &[8; 32]).unwrap();
+        assert!(matches!(
+            other_key.load(),
+            Err(StateError::Undecryptable(_))
+        ));
+        std::fs::copy(dir.path().join("hub.state"), dir.path().join("evil.state")).unwrap();
+        let moved = StateFile::new(dir.path(), "evil", &[7; 32]).unwrap();
+        assert!(
+            matches!(moved.load(), Err(StateError::Undecryptable(_))),
+            "bound to the credential name"
+        );
+        let mut data = std::fs::read(dir.path().join("hub.state")).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        std::fs::write(dir.path().join("hub.state"), &data).unwrap();
+        let same = StateFile::new(dir.path(), "hub", &[7; 32]).unwrap();
+        assert!(matches!(same.load(), Err(StateError::Undecryptable(_))));
+    }
+
+    #[test]
+    fn key_formats() {
+        assert_eq!(parse_key(&"ab".repeat(32)).unwrap(), [0xab; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        assert_eq!(parse_key(&b64).unwrap(), [1; 32]);
+        assert!(parse_key("short").is_err());
+        assert!(parse_key(&base64::engine::general_purpose::STANDARD.encode([1u8; 16])).is_err());
+    }
+}
