@@ -294,6 +294,39 @@ impl TokenCache {
         result
     }
 
+    /// After an upstream rejected `rejected` (401): a new token, fetched once for all requests
+    /// that were rejected with the same one.
+    pub async fn renew_after_reject(
+        &self,
+        name: &Arc<str>,
+        src: &Arc<dyn TokenSource>,
+        rejected: &Arc<Token>,
+    ) -> Result<Arc<Token>, TokenError> {
+        let slot = self.slot(name, src);
+        let _guard = slot.lock.lock().await;
+        if let Some(cur) = slot.valid(Instant::now()) {
+            if !Arc::ptr_eq(&cur, rejected) {
+                return Ok(cur);
+            }
+        }
+        slot.current.store(None);
+        let result = self.fetch(src.as_ref()).await;
+        slot.record(&result, self.negative_ttl);
+        result
+    }
+
+    /// Forgets `rejected` if it is still current, so the next request fetches a new one.
+    pub fn reject(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, rejected: &Arc<Token>) {
+        let slot = self.slot(name, src);
+        if slot
+            .current
+            .load_full()
+            .is_some_and(|cur| Arc::ptr_eq(&cur, rejected))
+        {
+            slot.current.store(None);
+        }
+    }
+
     fn refresh_in_background(&self, slot: Arc<Slot>, src: Arc<dyn TokenSource>) {
         let cache = self.clone();
         tokio::spawn(async move {

@@ -528,3 +528,174 @@ fn google_self_signed_jwt_mode_audience_is_the_target() {
     .expect("valid JWT for the target API");
     assert_eq!(claims["iss"], "robot@proj.iam.gserviceaccount.com");
 }
+
+/// A token server issuing tok-1, tok-2, ... and an origin that rejects tok-1 (revoked early).
+fn revoking_pair() -> (Origin, Origin) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let n = Arc::new(AtomicU32::new(0));
+    let ts = Origin::start_with(Arc::new(move |_s: &Seen| {
+        let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+        TokenReply::ok(&format!("tok-{i}"), "3600")
+    }));
+    let origin = Origin::start_with(Arc::new(|s: &Seen| {
+        if s.header("authorization").as_deref() == Some("Bearer tok-1") {
+            return TokenReply::raw(401, r#"{"error":"invalid_token"}"#, "application/json");
+        }
+        TokenReply::raw(
+            200,
+            &format!(
+                "{{\"len\":{},\"sha\":\"{}\"}}",
+                s.body.len(),
+                sha256_hex(&s.body)
+            ),
+            "application/json",
+        )
+    }));
+    (ts, origin)
+}
+
+fn replay_proxy(ts: &Origin, origin: &Origin) -> Proxy {
+    let body = format!(
+        "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"http://127.0.0.1:{}/token\"\n    client_id: id\n    client_secret: \"${{S}}\"\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
+        ts.port(),
+        origin.port()
+    );
+    Proxy::start_with("", &body, &[("S", SECRET)])
+}
+
+#[test]
+fn upstream_401_drops_the_token_and_replays_get_once() {
+    let (ts, origin) = revoking_pair();
+    let p = replay_proxy(&ts, &origin);
+    let (status, _) = get(&p, &origin);
+    assert_eq!(status, 200);
+    let auths: Vec<_> = origin
+        .seen()
+        .iter()
+        .map(|s| s.header("authorization").unwrap())
+        .collect();
+    assert_eq!(auths, vec!["Bearer tok-1", "Bearer tok-2"]);
+    assert_eq!(ts.count(), 2);
+    // The new token is cached for the next request.
+    assert_eq!(get(&p, &origin).0, 200);
+    assert_eq!(ts.count(), 2);
+}
+
+#[test]
+fn upstream_401_replays_post_bodies_whole() {
+    for size in [0usize, 10_000, 1 << 20, 3 << 20] {
+        let (ts, origin) = revoking_pair();
+        let p = replay_proxy(&ts, &origin);
+        let body: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        let want = sha256_hex(&body);
+        let url = format!("http://127.0.0.1:{}/upload", origin.port());
+        let resp = runtime()
+            .block_on(p.client().post(&url).body(body.clone()).send())
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{size}");
+        let text = runtime().block_on(resp.text()).unwrap();
+        assert!(text.contains(&want), "{size}: {text}");
+        let seen = origin.seen();
+        assert_eq!(seen.len(), 2, "{size}");
+        assert!(
+            seen.iter().all(|s| s.body.len() == size),
+            "both attempts carried the whole body ({size})"
+        );
+    }
+}
+
+#[test]
+fn upstream_401_with_expect_continue_and_curl() {
+    let (ts, origin) = revoking_pair();
+    let p = replay_proxy(&ts, &origin);
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let file = p.dir.path().join("b.bin");
+    std::fs::write(&file, &body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-x",
+            &p.url(),
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{}/up", origin.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&sha256_hex(&body)),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn chunked_bodies_are_not_replayed_but_the_token_is_dropped() {
+    let (ts, origin) = revoking_pair();
+    let p = replay_proxy(&ts, &origin);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &p.url(),
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "hello",
+        ])
+        .arg(format!("http://127.0.0.1:{}/c", origin.port()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "401",
+        "a streamed body cannot be sent twice: the 401 passes through"
+    );
+    assert_eq!(get(&p, &origin).0, 200, "the next request gets a new token");
+    assert_eq!(ts.count(), 2);
+}
+
+#[test]
+fn concurrent_401s_share_one_renewal() {
+    let (ts, origin) = revoking_pair();
+    let p = replay_proxy(&ts, &origin);
+    // Cold: all 50 share the fetch of tok-1, are all rejected, and share one renewal.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/x", origin.port());
+    let statuses = rt.block_on(async {
+        let c = p.client();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(c.get(url.clone()).send()))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap().status().as_u16());
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(ts.count(), 2, "one fetch, one renewal");
+    let rejected = origin
+        .seen()
+        .iter()
+        .filter(|s| s.header("authorization").as_deref() == Some("Bearer tok-1"))
+        .count();
+    assert!(
+        rejected >= 1 && origin.count() == 50 + rejected,
+        "every rejected request was replayed once"
+    );
+}

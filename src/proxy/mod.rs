@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod plan;
+mod replay;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::config::Config;
 use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
 use crate::state::AppState;
-use crate::tokens::{Token, TokenError};
+use crate::tokens::{Token, TokenError, TokenSource};
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
 
 pub struct CredProxy {
@@ -37,6 +38,12 @@ pub struct Ctx {
     upstream_sent: Option<Instant>,
     /// The token to inject, for token credentials.
     token: Option<Arc<Token>>,
+    /// The cache key and source of that token (for the 401 replay).
+    token_slot: Option<(Arc<str>, Arc<dyn TokenSource>)>,
+    replay: replay::Replay,
+    /// Set when an upstream 401 asked for the one replay; cleared when it is granted.
+    replay_armed: bool,
+    replayed: bool,
 }
 
 impl Ctx {
@@ -132,13 +139,40 @@ impl CredProxy {
             Some((n, s)) => (n, s),
             None => (&entry.name, src),
         };
+        let slot = (name.clone(), src.clone());
         match self.state.tokens.get(name, src).await {
             Ok(t) => {
                 ctx.token = Some(t);
+                ctx.token_slot = Some(slot);
                 Ok(())
             }
             Err(e @ TokenError::Timeout { .. }) => Err(ProxyError::TokenTimeout(e.to_string())),
             Err(e) => Err(ProxyError::TokenEndpoint(e.to_string())),
+        }
+    }
+
+    /// A new token after the upstream rejected ours (shared with concurrent rejections).
+    async fn renew_token(&self, ctx: &mut Ctx) -> Result<()> {
+        let (Some(old), Some((name, src))) = (&ctx.token, &ctx.token_slot) else {
+            return Ok(());
+        };
+        match self.state.tokens.renew_after_reject(name, src, old).await {
+            Ok(t) => {
+                ctx.token = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                let pe = match e {
+                    TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
+                    _ => ProxyError::TokenEndpoint(e.to_string()),
+                };
+                let status = pe.status();
+                ctx.error = Some(pe);
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "token renewal failed",
+                ))
+            }
         }
     }
 
@@ -191,6 +225,10 @@ impl ProxyHttp for CredProxy {
                             )
                             .await;
                     }
+                }
+                if ctx.token.is_some() {
+                    let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
+                    ctx.replay = replay::prepare(session, max_body).await?;
                 }
                 Ok(false)
             }
@@ -268,6 +306,9 @@ impl ProxyHttp for CredProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.replayed {
+            self.renew_token(ctx).await?;
+        }
         let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
@@ -281,6 +322,11 @@ impl ProxyHttp for CredProxy {
         req.insert_header(http::header::HOST, plan.target.authority.as_str())?;
         req.set_uri(uri);
         strip_proxy_headers(req);
+        if let replay::Replay::Whole(body) = &ctx.replay {
+            req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+            req.remove_header(&http::header::EXPECT);
+        }
         if let Some(c) = plan.credential {
             req.remove_header(&http::header::AUTHORIZATION);
             match (&ctx.token, &cfg.credentials[c].state) {
@@ -300,13 +346,68 @@ impl ProxyHttp for CredProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), (Some(route), _)) = (ctx.upstream_sent, ctx.labels()) {
             self.state.metrics.upstream_latency(&route, t.elapsed());
         }
+        if resp.status == http::StatusCode::UNAUTHORIZED {
+            if let (Some(token), Some((name, src))) = (&ctx.token, &ctx.token_slot) {
+                if !ctx.replayed && ctx.replay.possible() {
+                    ctx.replayed = true;
+                    ctx.replay_armed = true;
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(401),
+                        "upstream rejected the token; replaying once with a new one",
+                    );
+                    e.set_retry(true);
+                    return Err(e);
+                }
+                // Not replayable (or already replayed): the 401 goes to the client, and the
+                // token is dropped so the client's own retry gets a fresh one.
+                self.state.tokens.reject(name, src, token);
+            }
+        }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // pingora holds only the tail of a pre-read body; send the whole of it, once per attempt.
+        if let replay::Replay::Whole(whole) = &ctx.replay {
+            *body = end_of_stream.then(|| whole.clone());
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.replay_armed) {
+            // The one replay after a 401: the body is held (pingora's buffer or ours), so a
+            // non-idempotent method is safe to send again.
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.replayed
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -1,0 +1,103 @@
+//! Request bodies that must survive a second attempt (the replay after an upstream 401).
+//!
+//! pingora keeps at most 64 KiB of a request body for retries. Content-Length bodies up to
+//! `proxy.max_body` are therefore read whole before the request goes out; retry buffering is
+//! switched on only for the last ≤64 KiB (an HTTP/1 read never exceeds the remaining length
+//! or 64 KiB), so pingora's buffer ends complete, and `request_body_filter` swaps in the whole
+//! body on each attempt. Chunked bodies and bodies over `max_body` stream as usual and are not
+//! replayed.
+
+use bytes::{Bytes, BytesMut};
+use pingora::prelude::Session;
+use pingora::protocols::http::ServerSession;
+use pingora::{Error, ErrorType, Result};
+
+/// pingora's retry buffer limit (`BODY_BUF_LIMIT`, private in pingora-core).
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// How a request's body can be sent again.
+#[derive(Debug, Default)]
+pub enum Replay {
+    /// Not prepared (no token credential), or the body cannot be replayed.
+    #[default]
+    No,
+    /// Empty or small: pingora's own retry buffer holds it.
+    Buffered,
+    /// Read in full here; substituted on every attempt.
+    Whole(Bytes),
+}
+
+impl Replay {
+    pub fn possible(&self) -> bool {
+        !matches!(self, Replay::No)
+    }
+}
+
+fn content_length(session: &Session) -> Option<u64> {
+    let h = &session.req_header().headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    match h.get(http::header::CONTENT_LENGTH) {
+        None => Some(0),
+        Some(v) => v.to_str().ok()?.trim().parse().ok(),
+    }
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}
+
+/// Prepares the body for a possible replay. Errors are the client's (a body shorter than its
+/// Content-Length, a hang-up).
+pub async fn prepare(session: &mut Session, max_body: u64) -> Result<Replay> {
+    let Some(len) = content_length(session) else {
+        return Ok(Replay::No);
+    };
+    if len <= RETRY_BUFFER {
+        session.enable_retry_buffering();
+        return Ok(Replay::Buffered);
+    }
+    if len > max_body {
+        return Ok(Replay::No);
+    }
+    if expects_continue(session) {
+        // The body is read now, so the client must be told to send it now; Expect is not
+        // forwarded (the client would otherwise see a second 100).
+        if let ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.write_continue_response().await?;
+        }
+    }
+    let len = usize::try_from(len)
+        .map_err(|_| Error::explain(ErrorType::HTTPStatus(413), "body too large"))?;
+    let mut body = BytesMut::with_capacity(len);
+    let mut buffering = false;
+    loop {
+        if !buffering && (len - body.len()) as u64 <= RETRY_BUFFER {
+            session.enable_retry_buffering();
+            buffering = true;
+        }
+        match session.read_request_body().await? {
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => break,
+        }
+        if body.len() > len {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(400),
+                "body longer than Content-Length",
+            ));
+        }
+    }
+    if body.len() != len {
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(400),
+            "body shorter than Content-Length",
+        ));
+    }
+    Ok(Replay::Whole(body.freeze()))
+}
