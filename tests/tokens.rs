@@ -699,3 +699,31 @@ fn concurrent_401s_share_one_renewal() {
         "every rejected request was replayed once"
     );
 }
+
+#[test]
+fn no_token_secret_in_logs_even_at_trace() {
+    let o = Origin::start();
+    let ts = TokenServer::start(TokenReply::ok("at-trace-xyz", "3600"));
+    let body = format!(
+        "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"{}\"\n    client_id: client-1\n    client_secret: \"${{CSECRET}}\"\n    auth_method: get_query\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
+        ts.url("/token?tenant=acme"),
+        o.port()
+    );
+    let p = Proxy::start_with("", &body, &[("CSECRET", SECRET), ("RUST_LOG", "trace")]);
+    assert_eq!(get(&p, &o).0, 200);
+    ts.set(TokenReply::raw(500, "down", "text/plain"));
+    let _ = admin_post(p.admin, "/credentials/api/refresh");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = p.log_text();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"));
+    for s in [SECRET, "at-trace-xyz"] {
+        assert!(
+            !log.contains(s),
+            "{s} in log:\n{}",
+            log.lines()
+                .filter(|l| l.contains(s))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
