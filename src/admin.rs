@@ -59,12 +59,11 @@ pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
     cfg.credentials
         .iter()
         .map(|c| {
-            let is_token = c.state.as_ref().is_ok_and(|cr| cr.token_source().is_some());
-            let slot = if is_token {
-                state.tokens.status(&c.name)
-            } else {
-                Default::default()
-            };
+            let src = c.state.as_ref().ok().and_then(|cr| cr.token_source());
+            let is_token = src.is_some();
+            let slot = src
+                .map(|s| state.tokens.status(&c.name, s))
+                .unwrap_or_default();
             let reconnect = c
                 .state
                 .as_ref()
@@ -189,8 +188,13 @@ impl Admin {
         let tokens: Vec<_> = cfg
             .credentials
             .iter()
-            .filter(|c| c.state.as_ref().is_ok_and(|cr| cr.token_source().is_some()))
-            .map(|c| (c.name.replace('"', ""), self.state.tokens.status(&c.name)))
+            .filter_map(|c| {
+                let src = c.state.as_ref().ok()?.token_source()?;
+                Some((
+                    c.name.replace('"', ""),
+                    self.state.tokens.status(&c.name, src),
+                ))
+            })
             .collect();
         out.push_str("# HELP credproxy_token_fetches_total Token endpoint fetches by credential and result.\n");
         out.push_str("# TYPE credproxy_token_fetches_total counter\n");

@@ -133,10 +133,9 @@ pub struct SlotStatus {
     pub cache_hits: u64,
 }
 
-#[derive(Default)]
 struct Slot {
-    /// The `TokenSource` this slot belongs to; a reloaded credential gets a fresh slot.
-    source_id: usize,
+    /// Kept alive so its address (part of the key) cannot be reused by another source.
+    _source: Arc<dyn TokenSource>,
     current: ArcSwapOption<Token>,
     failure: Mutex<Option<(TokenError, Instant)>>,
     lock: tokio::sync::Mutex<()>,
@@ -199,9 +198,14 @@ impl Default for Retry {
     }
 }
 
+/// Credential name and source identity.
+type SlotKey = (Arc<str>, usize);
+
 #[derive(Clone)]
 pub struct TokenCache {
-    slots: Arc<DashMap<Arc<str>, Arc<Slot>>>,
+    /// Keyed by credential name and source identity: a reloaded credential gets its own slot,
+    /// and requests still on the old config keep theirs.
+    slots: Arc<DashMap<SlotKey, Arc<Slot>>>,
     http: reqwest::Client,
     negative_ttl: Duration,
     retry: Retry,
@@ -231,24 +235,25 @@ impl TokenCache {
     }
 
     fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
-        let id = source_id(src);
-        if let Some(s) = self.slots.get(name) {
-            if s.source_id == id {
-                return s.clone();
-            }
+        let key = (name.clone(), source_id(src));
+        if let Some(s) = self.slots.get(&key) {
+            return s.clone();
         }
-        let fresh = Arc::new(Slot {
-            source_id: id,
-            ..Slot::default()
-        });
-        let mut entry = self
-            .slots
-            .entry(name.clone())
-            .or_insert_with(|| fresh.clone());
-        if entry.source_id != id {
-            *entry = fresh;
-        }
-        entry.clone()
+        self.slots
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    _source: src.clone(),
+                    current: ArcSwapOption::empty(),
+                    failure: Mutex::new(None),
+                    lock: tokio::sync::Mutex::new(()),
+                    fetches_ok: AtomicU64::new(0),
+                    fetches_failed: AtomicU64::new(0),
+                    hits: AtomicU64::new(0),
+                    last_error: Mutex::new(None),
+                })
+            })
+            .clone()
     }
 
     /// A valid token for the credential, fetching it (once, for all waiters) when needed.
@@ -304,10 +309,14 @@ impl TokenCache {
     ) -> Result<Arc<Token>, TokenError> {
         let slot = self.slot(name, src);
         let _guard = slot.lock.lock().await;
-        if let Some(cur) = slot.valid(Instant::now()) {
+        let now = Instant::now();
+        if let Some(cur) = slot.valid(now) {
             if !Arc::ptr_eq(&cur, rejected) {
                 return Ok(cur);
             }
+        }
+        if let Some(e) = slot.recent_failure(now) {
+            return Err(e);
         }
         slot.current.store(None);
         let result = self.fetch(src.as_ref()).await;
@@ -334,21 +343,24 @@ impl TokenCache {
             let Ok(_guard) = slot.lock.try_lock() else {
                 return;
             };
-            if slot
-                .valid(Instant::now())
-                .is_some_and(|t| t.refresh_at > Instant::now())
-            {
+            let now = Instant::now();
+            let fresh = slot.valid(now).is_some_and(|t| t.refresh_at > now);
+            if fresh || slot.recent_failure(now).is_some() {
                 return;
             }
             match cache.fetch(src.as_ref()).await {
                 Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
-                // The current token stays in service until it expires; the error is visible.
+                // The current token stays in service until it expires; the failure is
+                // remembered like any other, so the endpoint is not asked on every request.
                 Err(e) => {
                     tracing::warn!(
                         endpoint = src.endpoint(),
                         "background token refresh failed: {e}"
                     );
                     slot.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut f) = slot.failure.lock() {
+                        *f = Some((e.clone(), Instant::now() + cache.negative_ttl));
+                    }
                     if let Ok(mut l) = slot.last_error.lock() {
                         *l = Some(e.to_string());
                     }
@@ -378,8 +390,8 @@ impl TokenCache {
         }
     }
 
-    pub fn status(&self, name: &str) -> SlotStatus {
-        let Some(slot) = self.slots.get(name) else {
+    pub fn status(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> SlotStatus {
+        let Some(slot) = self.slots.get(&(name.clone(), source_id(src))) else {
             return SlotStatus::default();
         };
         let now = Instant::now();

@@ -727,3 +727,33 @@ fn no_token_secret_in_logs_even_at_trace() {
         );
     }
 }
+
+#[test]
+fn a_token_that_expires_during_a_slow_upload_is_replaced_before_sending() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let n = Arc::new(AtomicU32::new(0));
+    let ts = Origin::start_with(Arc::new(move |_s: &Seen| {
+        let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+        TokenReply::ok(&format!("short-{i}"), "2")
+    }));
+    let origin = Origin::start();
+    let p = replay_proxy(&ts, &origin);
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let port = origin.port();
+    write!(s, "POST http://127.0.0.1:{port}/slow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    s.write_all(&[b'x'; 100_000]).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = origin.last();
+    assert_eq!(seen.body.len(), 100_000);
+    assert_eq!(
+        seen.header("authorization").as_deref(),
+        Some("Bearer short-2"),
+        "the expired short-1 was not sent"
+    );
+}

@@ -36,7 +36,15 @@ pub struct RefreshToken {
     /// The refresh token in use: the seed, or the latest rotated one.
     current: Mutex<Secret>,
     reconnect: AtomicBool,
+    /// Memory holds a newer token than the state file (a save failed): never adopt the file.
+    unsaved: AtomicBool,
 }
+
+/// One refresh at a time per state file, across config generations (an old and a new config
+/// during a reload, or `check` in the same process) so one refresh token is never spent twice.
+static FILE_LOCKS: std::sync::LazyLock<
+    dashmap::DashMap<std::path::PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>,
+> = std::sync::LazyLock::new(Default::default);
 
 impl std::fmt::Debug for RefreshToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +141,7 @@ impl RefreshToken {
             state,
             current: Mutex::new(current),
             reconnect: AtomicBool::new(false),
+            unsaved: AtomicBool::new(false),
         })
     }
 
@@ -195,11 +204,14 @@ impl RefreshToken {
             seed_sha256: self.seed_sha256.clone(),
             updated_at: super::jwt_key_pair::unix_now(),
         };
+        self.unsaved.store(true, Ordering::SeqCst);
         self.state.save(&saved).map_err(|e| {
             self.bad(format!(
                 "rotated refresh token kept in memory but not persisted: {e}"
             ))
-        })
+        })?;
+        self.unsaved.store(false, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -220,8 +232,18 @@ impl TokenSource for RefreshToken {
         if self.reconnect.load(Ordering::Relaxed) {
             return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); configure a new refresh_token seed".into()));
         }
-        // Disk is the source of truth: another instance (an old config during a reload) may have
-        // rotated the token since this one was built.
+        let lock = FILE_LOCKS
+            .entry(self.state.path().to_path_buf())
+            .or_default()
+            .clone();
+        let _file = lock.lock().await;
+        if self.unsaved.load(Ordering::SeqCst) {
+            // The live token is only in memory: persist it before spending it.
+            let cur = self.current()?;
+            self.rotate(cur.expose().to_string())?;
+        }
+        // Otherwise disk is the source of truth: another instance (an old config during a
+        // reload) may have rotated the token since this one was built.
         match self.state.load() {
             Ok(Some(saved)) if saved.seed_sha256 == self.seed_sha256 => {
                 if let Ok(mut c) = self.current.lock() {
@@ -289,3 +311,6 @@ impl TokenSource for RefreshToken {
         self.reconnect.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests;

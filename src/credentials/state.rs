@@ -14,6 +14,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"CPS1";
+
+/// Makes temp-file names unique within the process (two saves must never share one).
+static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub const KEY_ENV: &str = "CREDPROXY_STATE_KEY";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +46,9 @@ pub struct StateFile {
     path: PathBuf,
     name: String,
     key: LessSafeKey,
+    /// Tests make saves fail (root ignores read-only directories).
+    #[cfg(test)]
+    pub fail_saves: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for StateFile {
@@ -75,6 +81,8 @@ impl StateFile {
             path: dir.join(format!("{name}.state")),
             name: name.to_string(),
             key: LessSafeKey::new(key),
+            #[cfg(test)]
+            fail_saves: Default::default(),
         })
     }
 
@@ -116,6 +124,10 @@ impl StateFile {
             path: self.path.display().to_string(),
             reason: e.to_string(),
         };
+        #[cfg(test)]
+        if self.fail_saves.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(werr(std::io::Error::other("disk full (test)")));
+        }
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -130,7 +142,12 @@ impl StateFile {
             .map_err(|_| werr(std::io::Error::other("encryption failed")))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(werr)?;
-        let tmp = dir.join(format!(".{}.state.tmp-{}", self.name, std::process::id()));
+        let seq = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{}.state.tmp-{}-{seq}",
+            self.name,
+            std::process::id()
+        ));
         let mut f = open_private(&tmp).map_err(werr)?;
         f.write_all(MAGIC)
             .and_then(|_| f.write_all(&nonce))

@@ -75,6 +75,21 @@ pub async fn respond(
     Ok(())
 }
 
+fn proxy_error(e: TokenError) -> ProxyError {
+    match e {
+        TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
+        _ => ProxyError::TokenEndpoint(e.to_string()),
+    }
+}
+
+/// Records a token failure met after the request was planned, for `fail_to_proxy`.
+fn token_failure(ctx: &mut Ctx, e: TokenError) -> Box<Error> {
+    let pe = proxy_error(e);
+    let status = pe.status();
+    ctx.error = Some(pe);
+    Error::explain(ErrorType::HTTPStatus(status), "token unavailable")
+}
+
 /// Maps a pingora error to what the user sees.
 fn classify(e: &Error, host: &str) -> Option<ProxyError> {
     let h = host.to_string();
@@ -146,8 +161,7 @@ impl CredProxy {
                 ctx.token_slot = Some(slot);
                 Ok(())
             }
-            Err(e @ TokenError::Timeout { .. }) => Err(ProxyError::TokenTimeout(e.to_string())),
-            Err(e) => Err(ProxyError::TokenEndpoint(e.to_string())),
+            Err(e) => Err(proxy_error(e)),
         }
     }
 
@@ -161,18 +175,21 @@ impl CredProxy {
                 ctx.token = Some(t);
                 Ok(())
             }
-            Err(e) => {
-                let pe = match e {
-                    TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
-                    _ => ProxyError::TokenEndpoint(e.to_string()),
-                };
-                let status = pe.status();
-                ctx.error = Some(pe);
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "token renewal failed",
-                ))
+            Err(e) => Err(token_failure(ctx, e)),
+        }
+    }
+
+    /// The cached token again (or a new one) for a request whose token expired meanwhile.
+    async fn refresh_expired_token(&self, ctx: &mut Ctx) -> Result<()> {
+        let Some((name, src)) = &ctx.token_slot else {
+            return Ok(());
+        };
+        match self.state.tokens.get(name, src).await {
+            Ok(t) => {
+                ctx.token = Some(t);
+                Ok(())
             }
+            Err(e) => Err(token_failure(ctx, e)),
         }
     }
 
@@ -308,6 +325,13 @@ impl ProxyHttp for CredProxy {
     ) -> Result<()> {
         if ctx.replayed {
             self.renew_token(ctx).await?;
+        } else if ctx
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expires_at <= tokio::time::Instant::now())
+        {
+            // Expired while the body was being read: never send a token past its expiry.
+            self.refresh_expired_token(ctx).await?;
         }
         let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
@@ -364,9 +388,12 @@ impl ProxyHttp for CredProxy {
                     e.set_retry(true);
                     return Err(e);
                 }
-                // Not replayable (or already replayed): the 401 goes to the client, and the
-                // token is dropped so the client's own retry gets a fresh one.
-                self.state.tokens.reject(name, src, token);
+                // Not replayable: the 401 goes to the client, and the token is dropped so the
+                // client's own retry gets a fresh one. A 401 to the replay itself, with a token
+                // fetched a moment ago, is the API's answer, not a stale token: keep it.
+                if !ctx.replayed {
+                    self.state.tokens.reject(name, src, token);
+                }
             }
         }
         Ok(())

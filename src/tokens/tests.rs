@@ -175,7 +175,7 @@ async fn failed_background_refresh_keeps_the_valid_token() {
     assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
-    assert!(c.status("c").last_error.unwrap().contains("503"));
+    assert!(c.status(&name(), &src).last_error.unwrap().contains("503"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,7 +230,7 @@ async fn refresh_drops_and_refetches() {
     c.get(&name(), &src).await.unwrap();
     let t = c.refresh(&name(), &src).await.unwrap();
     assert_eq!(value(&t), "Bearer tok-1");
-    assert_eq!(c.status("c").fetches_ok, 2);
+    assert_eq!(c.status(&name(), &src).fetches_ok, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,4 +242,55 @@ async fn a_reloaded_credential_gets_a_fresh_slot() {
     c.get(&name(), &sa).await.unwrap();
     c.get(&name(), &sb).await.unwrap();
     assert_eq!((a.calls(), b.calls()), (1, 1), "new config, new token");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_background_refresh_is_negative_cached() {
+    let s = Script::new(vec![Ok(100), Err(status(400))], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let t0 = c.get(&name(), &src).await.unwrap();
+    tokio::time::advance(t0.refresh_at - Instant::now() + Duration::from_millis(1)).await;
+    for _ in 0..100 {
+        c.get(&name(), &src).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 1 s of traffic in the refresh window with a 2 s negative TTL: one background attempt.
+    assert_eq!(s.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_after_401_honours_the_negative_cache() {
+    let s = Script::new(vec![Ok(3600), Err(status(400))], Duration::from_millis(50));
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    let t0 = c.get(&name(), &src).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, src, t0) = (c.clone(), src.clone(), t0.clone());
+        tasks.push(tokio::spawn(async move {
+            c.renew_after_reject(&name(), &src, &t0).await.is_err()
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    assert_eq!(
+        s.calls(),
+        2,
+        "20 rejections with one token share one failed renewal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_and_new_config_do_not_evict_each_other() {
+    let a = Script::new(vec![Ok(3600)], Duration::from_millis(50));
+    let b = Script::new(vec![Ok(3600)], Duration::from_millis(50));
+    let (sa, sb): (Arc<dyn TokenSource>, Arc<dyn TokenSource>) = (a.clone(), b.clone());
+    let c = cache();
+    for _ in 0..5 {
+        c.get(&name(), &sa).await.unwrap();
+        c.get(&name(), &sb).await.unwrap();
+    }
+    assert_eq!((a.calls(), b.calls()), (1, 1));
 }
