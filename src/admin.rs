@@ -159,6 +159,12 @@ impl Admin {
             }
             Ok(cr) => cr.token_source(),
         };
+        if src.is_some_and(|s| s.per_target()) {
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"credential": name, "type": c.kind, "status": "nothing to refresh: self-signed JWTs are minted per target host as needed"}),
+            );
+        }
         let Some(src) = src else {
             return json(
                 StatusCode::OK,

@@ -117,6 +117,10 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn for_target(&self, _host: &str) -> Option<Arc<dyn TokenSource>> {
         None
     }
+    /// Tokens are minted per target host (see `for_target`); the source itself holds none.
+    fn per_target(&self) -> bool {
+        false
+    }
     /// The provider revoked the grant: a person has to reconnect; fetching again is pointless.
     fn needs_reconnect(&self) -> bool {
         false

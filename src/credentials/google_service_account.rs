@@ -235,6 +235,9 @@ impl TokenSource for SelfSigned {
     fn endpoint(&self) -> &str {
         "local self-signed JWT"
     }
+    fn per_target(&self) -> bool {
+        true
+    }
     fn for_target(&self, host: &str) -> Option<Arc<dyn TokenSource>> {
         if let Some(c) = self.children.get(host) {
             return Some(c.clone());
