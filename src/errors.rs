@@ -43,8 +43,12 @@ pub enum ProxyError {
     TokenEndpoint(String),
     #[error("credential unavailable: {0}")]
     TokenTimeout(String),
-    #[error("request body is larger than proxy.max_body ({0} bytes)")]
+    #[error("request body is larger than proxy.max_body ({0} bytes), and this credential signs the whole body")]
     BodyTooLarge(u64),
+    #[error(
+        "a chunked body cannot be signed: send Content-Length, or allow unsigned_payload (S3)"
+    )]
+    LengthRequired,
 }
 
 impl ProxyError {
@@ -56,6 +60,7 @@ impl ProxyError {
             Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } => 403,
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
+            LengthRequired => 411,
             DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) | TokenTimeout(_) => 504,
             TokenEndpoint(_) => 502,
             CredentialUnavailable(_)
@@ -89,6 +94,7 @@ impl ProxyError {
             TokenEndpoint(_) => "token_endpoint_error",
             TokenTimeout(_) => "token_endpoint_timeout",
             BodyTooLarge(_) => "body_too_large",
+            LengthRequired => "length_required",
         }
     }
 
@@ -113,7 +119,7 @@ impl ProxyError {
             Upstream(..) => "destination_unavailable",
             TokenEndpoint(_) => "proxy_internal_error",
             TokenTimeout(_) => "connection_timeout",
-            BodyTooLarge(_) => "http_request_error",
+            BodyTooLarge(_) | LengthRequired => "http_request_error",
         }
     }
 }

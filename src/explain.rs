@@ -67,6 +67,20 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
                             let _ = writeln!(out, "inject:      {name}: {value}");
                         }
                     }
+                    Ok((None, None)) => {
+                        if let Some(sig) = entry.state.as_ref().ok().and_then(|c| c.signer()) {
+                            let how = if sig.sign_query {
+                                "presigned query (X-Amz-Signature=***)"
+                            } else {
+                                "authorization: AWS4-HMAC-SHA256 ***"
+                            };
+                            let _ = writeln!(
+                                out,
+                                "inject:      {how} (SigV4 {}/{})",
+                                sig.service, sig.region
+                            );
+                        }
+                    }
                     Ok((None, Some(src))) => {
                         let _ = writeln!(
                             out,

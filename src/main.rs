@@ -73,9 +73,11 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // pingora's debug and trace events include raw request bytes, injected credentials
-    // among them: cap pingora at INFO whatever RUST_LOG asks for.
+    // among them, and aws-sigv4 traces canonical requests (session token included): cap both
+    // at INFO whatever RUST_LOG asks for.
     let no_pingora_wire = tracing_subscriber::filter::filter_fn(|m| {
-        !(m.target().starts_with("pingora") && *m.level() > tracing::Level::INFO)
+        !((m.target().starts_with("pingora") || m.target().starts_with("aws_sigv4"))
+            && *m.level() > tracing::Level::INFO)
     });
     tracing_subscriber::registry()
         .with(

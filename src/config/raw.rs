@@ -175,6 +175,7 @@ pub enum RawCredential {
     SalesforceData360(RawData360),
     GoogleServiceAccount(RawGoogle),
     Oauth2RefreshToken(RawRefreshToken),
+    AwsSigv4(RawAwsSigv4),
 }
 
 impl RawCredential {
@@ -218,6 +219,26 @@ pub struct RawJwtKeyPair {
     /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
     pub prefix: Option<String>,
     pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAwsSigv4 {
+    /// Omit to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
+    pub access_key_id: Option<SecretText>,
+    pub secret_access_key: Option<SecretText>,
+    pub session_token: Option<SecretText>,
+    /// Signing name, e.g. `s3`, `execute-api`, `sqs`.
+    pub service: String,
+    pub region: String,
+    /// Presigned query string instead of the Authorization header.
+    #[serde(default)]
+    pub sign_query: bool,
+    /// Validity of a presigned request. Default 5m, at most 7d.
+    pub expires: Option<String>,
+    /// Allow `UNSIGNED-PAYLOAD` (streamed, not hashed) for bodies over max_body or chunked.
+    #[serde(default)]
+    pub unsigned_payload: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -440,6 +440,7 @@ impl Resolver<'_> {
             "salesforce_data360" => RawCredential::SalesforceData360(self.sub(path, v)?),
             "google_service_account" => RawCredential::GoogleServiceAccount(self.sub(path, v)?),
             "oauth2_refresh_token" => RawCredential::Oauth2RefreshToken(self.sub(path, v)?),
+            "aws_sigv4" => RawCredential::AwsSigv4(self.sub(path, v)?),
             other => {
                 self.err(
                     &format!("{path}.type"),

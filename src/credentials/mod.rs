@@ -4,6 +4,7 @@
 //! config load, so injecting them on the request path is a few header inserts, no allocation
 //! of secrets.
 
+pub mod aws_sigv4;
 pub mod basic;
 pub mod bearer;
 pub mod google_service_account;
@@ -134,6 +135,8 @@ pub enum Credential {
     Headers(headers::Headers),
     /// Injects `Authorization: Bearer <token>` from the token cache.
     Token(Arc<dyn TokenSource>),
+    /// Signs each request (AWS SigV4).
+    AwsSigV4(Arc<aws_sigv4::AwsSigV4>),
 }
 
 impl Credential {
@@ -142,6 +145,9 @@ impl Credential {
             RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
             RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
             RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
+            RawCredential::AwsSigv4(r) => {
+                Credential::AwsSigV4(Arc::new(aws_sigv4::AwsSigV4::build(r, ctx)?))
+            }
             RawCredential::Oauth2RefreshToken(r) => {
                 Credential::Token(Arc::new(oauth2_refresh_token::RefreshToken::build(r, ctx)?))
             }
@@ -166,7 +172,14 @@ impl Credential {
             Credential::Basic(c) => Some(&c.injection),
             Credential::Bearer(c) => Some(&c.injection),
             Credential::Headers(c) => Some(&c.injection),
-            Credential::Token(_) => None,
+            Credential::Token(_) | Credential::AwsSigV4(_) => None,
+        }
+    }
+
+    pub fn signer(&self) -> Option<&Arc<aws_sigv4::AwsSigV4>> {
+        match self {
+            Credential::AwsSigV4(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -189,6 +202,7 @@ pub fn type_name(raw: &RawCredential) -> &'static str {
         RawCredential::SalesforceData360(_) => "salesforce_data360",
         RawCredential::GoogleServiceAccount(_) => "google_service_account",
         RawCredential::Oauth2RefreshToken(_) => "oauth2_refresh_token",
+        RawCredential::AwsSigv4(_) => "aws_sigv4",
     }
 }
 

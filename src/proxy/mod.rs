@@ -16,6 +16,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::Config;
+use crate::credentials::aws_sigv4::Payload;
 use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
 use crate::state::AppState;
@@ -44,6 +45,8 @@ pub struct Ctx {
     /// Set when an upstream 401 asked for the one replay; cleared when it is granted.
     replay_armed: bool,
     replayed: bool,
+    /// SigV4 with UNSIGNED-PAYLOAD (body streamed, not hashed).
+    unsigned_payload: bool,
 }
 
 impl Ctx {
@@ -165,6 +168,56 @@ impl CredProxy {
         }
     }
 
+    fn signer(&self, ctx: &Ctx) -> Option<Arc<crate::credentials::aws_sigv4::AwsSigV4>> {
+        let (cfg, plan) = (ctx.cfg.as_ref()?, ctx.plan.as_ref()?);
+        cfg.credentials[plan.credential?]
+            .state
+            .as_ref()
+            .ok()?
+            .signer()
+            .cloned()
+    }
+
+    /// Gets the body ready for SigV4: read whole (hashed), or streamed as UNSIGNED-PAYLOAD.
+    /// The outer error is the client's (hang-up); the inner one is a refusal to answer.
+    async fn prepare_signing(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        signer: &crate::credentials::aws_sigv4::AwsSigV4,
+        max_body: u64,
+    ) -> Result<std::result::Result<(), ProxyError>> {
+        let client = session
+            .req_header()
+            .headers
+            .get("x-amz-content-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_default();
+        if client.starts_with("STREAMING-") {
+            return Ok(Err(ProxyError::BadRequest(format!(
+                "x-amz-content-sha256: {client} (aws-chunked) cannot be re-signed by credproxy; \
+                 send single-part uploads, or let the SDK use UNSIGNED-PAYLOAD"
+            ))));
+        }
+        if client == "UNSIGNED-PAYLOAD" && signer.is_s3() {
+            ctx.unsigned_payload = true;
+            return Ok(Ok(()));
+        }
+        Ok(match replay::prepare_whole(session, max_body).await? {
+            replay::Whole::Body(b) => {
+                ctx.replay = replay::Replay::Whole(b);
+                Ok(())
+            }
+            replay::Whole::Chunked | replay::Whole::TooLarge if signer.unsigned_payload => {
+                ctx.unsigned_payload = true;
+                Ok(())
+            }
+            replay::Whole::Chunked => Err(ProxyError::LengthRequired),
+            replay::Whole::TooLarge => Err(ProxyError::BodyTooLarge(max_body)),
+        })
+    }
+
     /// A new token after the upstream rejected ours (shared with concurrent rejections).
     async fn renew_token(&self, ctx: &mut Ctx) -> Result<()> {
         let (Some(old), Some((name, src))) = (&ctx.token, &ctx.token_slot) else {
@@ -243,9 +296,27 @@ impl ProxyHttp for CredProxy {
                             .await;
                     }
                 }
+                let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
                 if ctx.token.is_some() {
-                    let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
                     ctx.replay = replay::prepare(session, max_body).await?;
+                } else if let Some(signer) = self.signer(ctx) {
+                    if let Err(error) = self
+                        .prepare_signing(session, ctx, &signer, max_body)
+                        .await?
+                    {
+                        let route = ctx.plan.as_ref().and_then(|p| p.route);
+                        return self
+                            .refuse(
+                                session,
+                                ctx,
+                                Refusal {
+                                    error,
+                                    route,
+                                    credential: cred,
+                                },
+                            )
+                            .await;
+                    }
                 }
                 Ok(false)
             }
@@ -347,7 +418,10 @@ impl ProxyHttp for CredProxy {
         req.set_uri(uri);
         strip_proxy_headers(req);
         if let replay::Replay::Whole(body) = &ctx.replay {
-            req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            // A bodiless GET stays without Content-Length.
+            if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
+                req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+            }
             req.remove_header(&http::header::TRANSFER_ENCODING);
             req.remove_header(&http::header::EXPECT);
         }
@@ -361,6 +435,24 @@ impl ProxyHttp for CredProxy {
                     }
                 }
                 (None, Err(_)) => {}
+            }
+            if let Some(signer) = cfg.credentials[c]
+                .state
+                .as_ref()
+                .ok()
+                .and_then(|cr| cr.signer())
+            {
+                let payload = match &ctx.replay {
+                    replay::Replay::Whole(b) => Payload::Bytes(b),
+                    _ if ctx.unsigned_payload => Payload::Unsigned,
+                    _ => Payload::Bytes(&[]),
+                };
+                if let Err(e) =
+                    signer.sign(req, plan.target.tls, payload, std::time::SystemTime::now())
+                {
+                    ctx.error = Some(ProxyError::CredentialUnavailable(e.to_string()));
+                    return Err(Error::explain(ErrorType::HTTPStatus(502), "signing failed"));
+                }
             }
         }
         ctx.upstream_sent = Some(Instant::now());

@@ -66,6 +66,33 @@ pub async fn prepare(session: &mut Session, max_body: u64) -> Result<Replay> {
     if len > max_body {
         return Ok(Replay::No);
     }
+    Ok(Replay::Whole(read_whole(session, len).await?))
+}
+
+/// What a signer gets: the whole body, or why not.
+pub enum Whole {
+    Body(Bytes),
+    /// Chunked (no length known in advance).
+    Chunked,
+    TooLarge,
+}
+
+/// Reads the whole body for signing (any size up to `max_body`), keeping it sendable.
+pub async fn prepare_whole(session: &mut Session, max_body: u64) -> Result<Whole> {
+    match content_length(session) {
+        None => Ok(Whole::Chunked),
+        Some(len) if len > max_body => Ok(Whole::TooLarge),
+        Some(len) => Ok(Whole::Body(read_whole(session, len).await?)),
+    }
+}
+
+/// Reads exactly `len` bytes of body, with retry buffering switched on for the last ≤64 KiB so
+/// pingora's own buffer (which is what it sends) ends complete.
+async fn read_whole(session: &mut Session, len: u64) -> Result<Bytes> {
+    if len == 0 {
+        session.enable_retry_buffering();
+        return Ok(Bytes::new());
+    }
     if expects_continue(session) {
         // The body is read now, so the client must be told to send it now; Expect is not
         // forwarded (the client would otherwise see a second 100).
@@ -99,5 +126,5 @@ pub async fn prepare(session: &mut Session, max_body: u64) -> Result<Replay> {
             "body shorter than Content-Length",
         ));
     }
-    Ok(Replay::Whole(body.freeze()))
+    Ok(body.freeze())
 }

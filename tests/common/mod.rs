@@ -348,6 +348,19 @@ impl Proxy {
     pub fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").unwrap().1
     }
+
+    /// Metrics once they contain every `needle`: request counters are written in pingora's
+    /// logging phase, just after the client has its response. Bounded: 5 s, then as they are.
+    pub fn metrics_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics();
+            if needles.iter().all(|n| m.contains(n)) || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proxy {

@@ -1,0 +1,293 @@
+//! `aws_sigv4`: AWS Signature Version 4 on every request, with the `aws-sigv4` crate.
+//!
+//! The request is signed as it leaves: whatever signature the client attached (throwaway keys,
+//! an SDK's own signing) is removed first, the signed `host` is the authority actually
+//! contacted, and the payload hash is the SHA-256 of the body (read whole, up to
+//! `proxy.max_body`) unless `UNSIGNED-PAYLOAD` applies.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    SignatureLocation, SigningSettings, UriPathNormalizationMode,
+};
+use aws_smithy_runtime_api::client::identity::Identity;
+use pingora::http::RequestHeader;
+
+use super::{BuildCtx, BuildError};
+use crate::config::raw::RawAwsSigv4;
+use crate::config::units::parse_duration;
+use crate::secret::Secret;
+
+/// Headers a client may have set from its own signing attempt; always replaced.
+const CLIENT_SIGNING_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+];
+/// Presign parameters a client may have put in the query; always removed.
+const PRESIGN_PARAMS: [&str; 7] = [
+    "x-amz-algorithm",
+    "x-amz-credential",
+    "x-amz-date",
+    "x-amz-expires",
+    "x-amz-signedheaders",
+    "x-amz-signature",
+    "x-amz-security-token",
+];
+/// Not signed: changed by intermediaries or meaningless to AWS (botocore's list plus framing).
+const UNSIGNED_HEADERS: [&str; 5] = [
+    "user-agent",
+    "expect",
+    "x-amzn-trace-id",
+    "transfer-encoding",
+    "connection",
+];
+
+/// What the signature covers of the body.
+pub enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Unsigned,
+}
+
+pub struct AwsSigV4 {
+    access_key_id: Secret,
+    secret_access_key: Secret,
+    session_token: Option<Secret>,
+    pub service: String,
+    pub region: String,
+    pub sign_query: bool,
+    pub expires: Duration,
+    pub unsigned_payload: bool,
+    /// Send the payload hash as `x-amz-content-sha256` (S3 requires it).
+    pub payload_hash_header: bool,
+}
+
+impl std::fmt::Debug for AwsSigV4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSigV4")
+            .field("service", &self.service)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SigV4 signing failed: {0}")]
+pub struct SignError(pub String);
+
+impl AwsSigV4 {
+    pub fn build(raw: &RawAwsSigv4, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
+        let invalid = |key: &str, message: String| BuildError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if raw.unsigned_payload && raw.service != "s3" {
+            return Err(invalid(
+                "unsigned_payload",
+                "only S3 accepts UNSIGNED-PAYLOAD".into(),
+            ));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&raw.service) {
+            return Err(invalid(
+                "service",
+                format!(
+                    "`{}` is not a signing name (e.g. s3, execute-api)",
+                    raw.service
+                ),
+            ));
+        }
+        if !name_ok(&raw.region) {
+            return Err(invalid(
+                "region",
+                format!("`{}` is not a region (e.g. us-east-1)", raw.region),
+            ));
+        }
+        let expires = match &raw.expires {
+            Some(e) => parse_duration(e).map_err(|m| invalid("expires", m))?,
+            None => Duration::from_secs(300),
+        };
+        if expires < Duration::from_secs(1) || expires > Duration::from_secs(7 * 86400) {
+            return Err(invalid("expires", "between 1s and 7d (AWS's limit)".into()));
+        }
+        // Without keys in the config, the standard AWS variables are used.
+        let env_ref = |name: &str| format!("${{{name}}}");
+        let ak = match &raw.access_key_id {
+            Some(v) => ctx.secret("access_key_id", v)?,
+            None => ctx.secret("access_key_id", &env_ref("AWS_ACCESS_KEY_ID"))?,
+        };
+        let sk = match (&raw.secret_access_key, &raw.access_key_id) {
+            (Some(v), _) => ctx.secret("secret_access_key", v)?,
+            (None, None) => ctx.secret("secret_access_key", &env_ref("AWS_SECRET_ACCESS_KEY"))?,
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "secret_access_key",
+                    "required with access_key_id".into(),
+                ))
+            }
+        };
+        let token = match (&raw.session_token, &raw.access_key_id) {
+            (Some(v), _) => Some(ctx.secret("session_token", v)?),
+            (None, None) if (ctx.env)("AWS_SESSION_TOKEN").is_some_and(|t| !t.is_empty()) => {
+                Some(ctx.secret("session_token", &env_ref("AWS_SESSION_TOKEN"))?)
+            }
+            _ => None,
+        };
+        Ok(AwsSigV4 {
+            access_key_id: ak,
+            secret_access_key: sk,
+            session_token: token,
+            service: raw.service.clone(),
+            region: raw.region.clone(),
+            sign_query: raw.sign_query,
+            expires,
+            unsigned_payload: raw.unsigned_payload,
+            payload_hash_header: raw.service == "s3" || raw.service == "s3-object-lambda",
+        })
+    }
+
+    pub fn is_s3(&self) -> bool {
+        self.service == "s3" || self.service == "s3-object-lambda"
+    }
+
+    fn settings(&self) -> SigningSettings {
+        let mut s = SigningSettings::default();
+        if self.is_s3() {
+            // S3 encodes the path once and never normalises it; it also wants the payload hash
+            // as a header.
+            s.percent_encoding_mode = PercentEncodingMode::Single;
+            s.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        }
+        if self.payload_hash_header {
+            s.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        }
+        if self.sign_query {
+            s.signature_location = SignatureLocation::QueryParams;
+            s.expires_in = Some(self.expires);
+        }
+        s.excluded_headers = Some(UNSIGNED_HEADERS.iter().map(|h| Cow::Borrowed(*h)).collect());
+        s
+    }
+
+    /// Signs `req` (already rewritten to origin-form with the outgoing `Host`) in place.
+    pub fn sign(
+        &self,
+        req: &mut RequestHeader,
+        tls: bool,
+        payload: Payload<'_>,
+        time: SystemTime,
+    ) -> Result<(), SignError> {
+        for h in CLIENT_SIGNING_HEADERS {
+            req.remove_header(h);
+        }
+        let path_and_query =
+            strip_presign_params(req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| SignError("no Host header".into()))?
+            .to_string();
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{host}{path_and_query}");
+        let headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = match payload {
+            Payload::Bytes(b) => SignableBody::Bytes(b),
+            Payload::Unsigned => SignableBody::UnsignedPayload,
+        };
+        let method = req.method.as_str().to_string();
+        let signable = SignableRequest::new(
+            &method,
+            url.as_str(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            body,
+        )
+        .map_err(|e| SignError(e.to_string()))?;
+        let creds = aws_credential_types::Credentials::new(
+            self.access_key_id.expose(),
+            self.secret_access_key.expose(),
+            self.session_token.as_ref().map(|t| t.expose().to_string()),
+            None,
+            "credproxy",
+        );
+        let identity: Identity = creds.into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name(&self.service)
+            .time(time)
+            .settings(self.settings())
+            .build()
+            .map_err(|e| SignError(e.to_string()))?
+            .into();
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| SignError(e.to_string()))?
+            .into_parts();
+        let (headers, query) = instructions.into_parts();
+        for h in headers {
+            let mut v = http::HeaderValue::from_str(h.value())
+                .map_err(|_| SignError("bad header value".into()))?;
+            v.set_sensitive(h.sensitive() || h.name() == "authorization");
+            req.insert_header(h.name(), v)
+                .map_err(|e| SignError(e.to_string()))?;
+        }
+        let mut pq = path_and_query;
+        for (k, v) in query {
+            pq.push(if pq.contains('?') { '&' } else { '?' });
+            pq.push_str(k);
+            pq.push('=');
+            pq.push_str(&percent_encode(&v));
+        }
+        let uri = pq
+            .parse::<http::Uri>()
+            .map_err(|e| SignError(e.to_string()))?;
+        req.set_uri(uri);
+        Ok(())
+    }
+}
+
+/// RFC 3986 unreserved characters stay; everything else is %XX (what SigV4 expects in queries).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Removes any presign parameters the client sent (its own, throwaway signature).
+fn strip_presign_params(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let key = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+            !PRESIGN_PARAMS.contains(&key.as_str())
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+//! aws_sigv4 through the real proxy: what reaches the origin carries a signature that verifies
+//! for exactly the request the origin received.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
+};
+use common::*;
+
+const AK: &str = "AKIDEXAMPLE";
+const SK: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+/// Recomputes the Authorization header for the request the origin saw (as AWS would).
+fn expected_authorization(seen: &Seen, port: u16, s3: bool) -> String {
+    let amz_date = seen.header("x-amz-date").unwrap();
+    // 20150830T123600Z -> SystemTime
+    let n = |a: usize, b: usize| amz_date[a..b].parse::<u64>().unwrap();
+    let (y, m, d) = (n(0, 4) as i64, n(4, 6) as i64, n(6, 8) as i64);
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + (153 * m2 + 2) / 5 + d - 1 - 719468;
+    let time = UNIX_EPOCH
+        + Duration::from_secs(days as u64 * 86400 + n(9, 11) * 3600 + n(11, 13) * 60 + n(13, 15));
+    let signed: Vec<String> = seen
+        .header("authorization")
+        .unwrap()
+        .split("SignedHeaders=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .split(';')
+        .map(String::from)
+        .collect();
+    let headers: Vec<(String, String)> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            signed.contains(&k.as_str().to_string()) && k.as_str() != "x-amz-content-sha256"
+        })
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    let url = format!("http://127.0.0.1:{port}{}", seen.uri);
+    let mut settings = SigningSettings::default();
+    if s3 {
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let unsigned = seen.header("x-amz-content-sha256").as_deref() == Some("UNSIGNED-PAYLOAD");
+    let body = if unsigned {
+        SignableBody::UnsignedPayload
+    } else {
+        SignableBody::Bytes(&seen.body)
+    };
+    let req = SignableRequest::new(
+        &seen.method,
+        url.as_str(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        body,
+    )
+    .unwrap();
+    let identity = aws_credential_types::Credentials::new(AK, SK, None, None, "test").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name(if s3 { "s3" } else { "execute-api" })
+        .time(time)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let (instructions, _) = sign(req, &params).unwrap().into_parts();
+    let (hs, _) = instructions.into_parts();
+    hs.into_iter()
+        .find(|h| h.name() == "authorization")
+        .unwrap()
+        .value()
+        .to_string()
+}
+
+fn proxy(origin: &Origin, extra: &str) -> Proxy {
+    let body = format!(
+        "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: \"${{AK}}\"\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\n{extra}  api:\n    type: aws_sigv4\n    service: execute-api\n    region: us-east-1\nroutes:\n  - {{ host: \"127.0.0.1:{0}\", path: /bucket/*, credential: s3 }}\n  - {{ host: \"127.0.0.1:{0}\", credential: api }}\n",
+        origin.port()
+    );
+    // The second credential takes its keys from the standard AWS variables.
+    Proxy::start_with(
+        "max_body: 2MiB",
+        &body,
+        &[
+            ("AK", AK),
+            ("SK", SK),
+            ("AWS_ACCESS_KEY_ID", AK),
+            ("AWS_SECRET_ACCESS_KEY", SK),
+        ],
+    )
+}
+
+fn send(
+    p: &Proxy,
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    runtime().block_on(async {
+        let mut r = p.client().request(method.parse().unwrap(), url).body(body);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    })
+}
+
+#[test]
+fn s3_put_and_get_are_signed_with_the_real_payload_hash() {
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let body: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    let url = format!(
+        "http://127.0.0.1:{}/bucket/key%20with%20space.bin?x-id=PutObject",
+        o.port()
+    );
+    // Throwaway client signing is replaced, not forwarded alongside.
+    let (status, _) = send(
+        &p,
+        "PUT",
+        &url,
+        body.clone(),
+        &[
+            ("Authorization", "AWS4-HMAC-SHA256 Credential=THROWAWAY"),
+            ("X-Amz-Date", "19990101T000000Z"),
+        ],
+    );
+    assert_eq!(status, 200);
+    let seen = o.last();
+    assert_eq!(seen.body.len(), body.len());
+    assert_eq!(
+        seen.header("x-amz-content-sha256").unwrap(),
+        sha256_hex(&body)
+    );
+    let auth = seen.header("authorization").unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{auth}"
+    );
+    assert_eq!(auth, expected_authorization(&seen, o.port(), true));
+    assert_eq!(seen.all("x-amz-date").len(), 1);
+
+    let (status, _) = send(
+        &p,
+        "GET",
+        &format!(
+            "http://127.0.0.1:{}/bucket/a?list-type=2&prefix=b",
+            o.port()
+        ),
+        vec![],
+        &[],
+    );
+    assert_eq!(status, 200);
+    let seen = o.last();
+    assert_eq!(
+        seen.header("x-amz-content-sha256").unwrap(),
+        sha256_hex(b"")
+    );
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        expected_authorization(&seen, o.port(), true)
+    );
+    assert!(!p.log_text().contains(SK));
+}
+
+#[test]
+fn non_s3_service_with_keys_from_aws_env_vars() {
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let url = format!("http://127.0.0.1:{}/prod/items?b=2&a=1", o.port());
+    assert_eq!(
+        send(
+            &p,
+            "POST",
+            &url,
+            b"{\"n\":1}".to_vec(),
+            &[("Content-Type", "application/json")]
+        )
+        .0,
+        200
+    );
+    let seen = o.last();
+    assert!(
+        seen.header("x-amz-content-sha256").is_none(),
+        "only S3 gets the payload header"
+    );
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        expected_authorization(&seen, o.port(), false)
+    );
+}
+
+#[test]
+fn bodies_that_cannot_be_signed_are_refused_clearly() {
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let url = format!("http://127.0.0.1:{}/bucket/big", o.port());
+    let (status, body) = send(&p, "PUT", &url, vec![0u8; 3 << 20], &[]);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"));
+    let (status, body) = send(
+        &p,
+        "PUT",
+        &url,
+        b"x".to_vec(),
+        &[("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("aws-chunked"), "{body}");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &p.url(),
+            "-X",
+            "PUT",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "hello",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "411");
+    assert_eq!(o.count(), 0);
+}
+
+#[test]
+fn unsigned_payload_streams_large_s3_bodies_when_allowed() {
+    let o = Origin::start();
+    let p = proxy(&o, "    unsigned_payload: true\n");
+    let body = vec![7u8; 3 << 20];
+    let url = format!("http://127.0.0.1:{}/bucket/big", o.port());
+    assert_eq!(send(&p, "PUT", &url, body.clone(), &[]).0, 200);
+    let seen = o.last();
+    assert_eq!(seen.body.len(), body.len());
+    assert_eq!(
+        seen.header("x-amz-content-sha256").as_deref(),
+        Some("UNSIGNED-PAYLOAD")
+    );
+    assert_eq!(
+        seen.header("authorization").unwrap(),
+        expected_authorization(&seen, o.port(), true)
+    );
+}
