@@ -265,3 +265,82 @@ fn unsigned_payload_streams_large_s3_bodies_when_allowed() {
         expected_authorization(&seen, o.port(), true)
     );
 }
+
+/// Captures what reached the origin and asks botocore to verify each signature.
+#[test]
+fn botocore_agrees_with_every_signature() {
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\n  api:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: execute-api\n    region: us-east-1\n  apiq:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: execute-api\n    region: us-east-1\n    sign_query: true\n    expires: 10m\nroutes:\n  - {{ host: \"127.0.0.1:{0}\", path: /bucket/*, credential: s3 }}\n  - {{ host: \"127.0.0.1:{0}\", path: /q/*, credential: apiq }}\n  - {{ host: \"127.0.0.1:{0}\", credential: api }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with("", &body, &[("SK", SK)]);
+    let base = format!("http://127.0.0.1:{}", o.port());
+    let cases: [(&str, &str, &[u8]); 7] = [
+        ("GET", "/bucket/photos/2024/a%20b.jpg?versionId=3&acl", b""),
+        ("PUT", "/bucket/k.txt", b"hello s3"),
+        ("POST", "/bucket/k?uploads", b""),
+        ("GET", "/prod/items?b=2&a=1&a=0&empty=", b""),
+        ("POST", "/prod/items", b"{\"n\": 1}"),
+        ("PUT", "/prod/items/%C3%A9t%C3%A9", b"x"),
+        ("GET", "/q/items?limit=5", b""),
+    ];
+    let mut captured = Vec::new();
+    for (m, path, b) in cases {
+        let (status, _) = send(
+            &p,
+            m,
+            &format!("{base}{path}"),
+            b.to_vec(),
+            &[("Content-Type", "application/octet-stream")],
+        );
+        assert_eq!(status, 200, "{m} {path}");
+        let s = o.last();
+        let headers: serde_json::Map<String, serde_json::Value> = s
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().into()))
+            .collect();
+        let service = if path.starts_with("/bucket") {
+            "s3"
+        } else {
+            "execute-api"
+        };
+        let mode = if path.starts_with("/q/") {
+            "query"
+        } else {
+            "header"
+        };
+        let body_hex: String = s.body.iter().map(|x| format!("{x:02x}")).collect();
+        captured.push(serde_json::json!({"method": s.method, "url": format!("{base}{}", s.uri), "headers": headers, "body_hex": body_hex, "service": service, "mode": mode}));
+    }
+    let mut child = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/botocore_check.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with botocore (.ci/setup installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&captured).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("OK")).count(),
+        7,
+        "{text}"
+    );
+}
