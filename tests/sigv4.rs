@@ -344,3 +344,60 @@ fn botocore_agrees_with_every_signature() {
         "{text}"
     );
 }
+
+/// boto3 (unsigned, HTTP_PROXY) -> credproxy -> a server validating SigV4 with botocore.
+#[test]
+fn boto3_end_to_end_and_signature_mismatch_passes_through() {
+    use std::io::BufRead;
+    let port = free_port();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = std::process::Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sigv4_server.py"),
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with botocore");
+    let stdout = server.stdout.take().unwrap();
+    let _server = KillOnDrop(server);
+    let mut ready = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let run = |secret: &str| {
+        let body = format!(
+            "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"s3.test:{port}\", credential: s3 }}\n"
+        );
+        let p = Proxy::start_with(
+            "dns: { overrides: { s3.test: 127.0.0.1 } }",
+            &body,
+            &[("SK", secret)],
+        );
+        let out = std::process::Command::new("python3")
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3_client.py"),
+                &format!("http://s3.test:{port}"),
+            ])
+            .env("HTTP_PROXY", p.url())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .expect("boto3 (.ci/setup installs it)");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    assert_eq!(run(SK), "OK");
+    assert_eq!(run("not-the-secret"), "SignatureDoesNotMatch");
+}
