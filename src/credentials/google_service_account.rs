@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 
 use super::jwt_key_pair::{random_id, signing_key, unix_now};
-use super::oauth2_client_credentials::{parse_response, token_url, transport_error};
+use super::oauth2_client_credentials::{exchange, parse_response, token_url};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{GoogleMode, RawGoogle};
 use crate::config::units::parse_duration;
@@ -186,22 +186,15 @@ impl ClassifyName for serde_json::Error {
 impl TokenSource for AccessToken {
     async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
         let assertion = self.signer.sign(self.url.as_str(), true, &self.endpoint)?;
-        let resp = http
+        let rb = http
             .post(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
             .form(&[
                 ("grant_type", JWT_BEARER),
                 ("assertion", assertion.as_str()),
             ])
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
+            .timeout(self.timeout);
+        let (status, body) = exchange(rb, &self.endpoint).await?;
         parse_response(&self.endpoint, status, &body)
     }
     fn policy(&self) -> Policy {

@@ -238,6 +238,33 @@ pub fn parse_response(endpoint: &str, status: u16, body: &[u8]) -> Result<Fetche
     })
 }
 
+/// Sends a token-endpoint request and reads its answer (at most 1 MiB: a token response is
+/// small). Errors name `endpoint`, never the URL's query (it may hold the client secret).
+pub async fn exchange(
+    rb: reqwest::RequestBuilder,
+    endpoint: &str,
+) -> Result<(u16, bytes::Bytes), TokenError> {
+    let resp = rb.send().await.map_err(|e| transport_error(endpoint, &e))?;
+    let status = resp.status().as_u16();
+    if resp.content_length().is_some_and(|n| n > 1 << 20) {
+        return Err(TokenError::BadResponse {
+            endpoint: endpoint.to_string(),
+            reason: "body larger than 1 MiB".into(),
+        });
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| transport_error(endpoint, &e))?;
+    if body.len() > 1 << 20 {
+        return Err(TokenError::BadResponse {
+            endpoint: endpoint.to_string(),
+            reason: "body larger than 1 MiB".into(),
+        });
+    }
+    Ok((status, body))
+}
+
 /// Maps a transport failure, without the URL's query (it may hold the client secret).
 pub fn transport_error(endpoint: &str, e: &reqwest::Error) -> TokenError {
     if e.is_timeout() {
@@ -265,23 +292,7 @@ pub fn transport_error(endpoint: &str, e: &reqwest::Error) -> TokenError {
 #[async_trait]
 impl TokenSource for OAuth2ClientCredentials {
     async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
-        let resp = self
-            .request(http)
-            .send()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
-        let status = resp.status().as_u16();
-        // A token response is small; a huge body is not one.
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
-        if body.len() > 1 << 20 {
-            return Err(TokenError::BadResponse {
-                endpoint: self.endpoint.clone(),
-                reason: "body larger than 1 MiB".into(),
-            });
-        }
+        let (status, body) = exchange(self.request(http), &self.endpoint).await?;
         parse_response(&self.endpoint, status, &body)
     }
 

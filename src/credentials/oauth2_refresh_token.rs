@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::oauth2_client_credentials::{lifetime, oauth_error_detail, token_url, transport_error};
+use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
 use super::state::{parse_key, Saved, StateError, StateFile, KEY_ENV};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{AuthMethod, RawRefreshToken};
@@ -254,16 +254,7 @@ impl TokenSource for RefreshToken {
             Err(e) => return Err(self.bad(e.to_string())),
         }
         let rt = self.current()?;
-        let resp = self
-            .request(http, &rt)
-            .send()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&self.endpoint, &e))?;
+        let (status, body) = exchange(self.request(http, &rt), &self.endpoint).await?;
         if !(200..300).contains(&status) {
             if matches!(status, 400 | 401) && is_invalid_grant(&body) {
                 self.reconnect.store(true, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::oauth2_client_credentials::{lifetime, oauth_error_detail, token_url, transport_error};
+use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::RawData360;
 use crate::config::units::parse_duration;
@@ -104,16 +104,12 @@ impl Data360 {
         label: &str,
         form: &[(&str, &str)],
     ) -> Result<(u16, bytes::Bytes), TokenError> {
-        let resp = http
+        let rb = http
             .post(url)
             .header(http::header::ACCEPT, "application/json")
             .form(form)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| transport_error(label, &e))?;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| transport_error(label, &e))?;
+            .timeout(self.timeout);
+        let (status, body) = exchange(rb, label).await?;
         if !(200..300).contains(&status) {
             return Err(TokenError::Status {
                 endpoint: label.to_string(),
