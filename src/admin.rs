@@ -136,8 +136,26 @@ impl Admin {
             );
         }
         self.token_metrics(&mut extra);
+        self.tls_metrics(&mut extra);
         let body = self.state.metrics.render(&extra);
         reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+    }
+
+    fn tls_metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP credproxy_intercepted_connections Intercepted CONNECT tunnels now open.\n",
+        );
+        out.push_str("# TYPE credproxy_intercepted_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "credproxy_intercepted_connections {}",
+            self.state.tunnels.len()
+        );
+        if let Some(i) = &self.state.config().proxy.interceptor {
+            out.push_str("# HELP credproxy_tls_leaf_mints_total Interception certificates minted since the config was loaded.\n");
+            out.push_str("# TYPE credproxy_tls_leaf_mints_total counter\n");
+            let _ = writeln!(out, "credproxy_tls_leaf_mints_total {}", i.mints());
+        }
     }
 
     /// `POST /credentials/NAME/refresh`: static credentials hold no token, so there is nothing

@@ -14,7 +14,7 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
         .map_err(|e| format!("cannot build a request from `{method} {url}`: {e}"))?;
     let mut out = String::new();
     let _ = writeln!(out, "request:     {method} {url}");
-    match route_request(cfg, &req, None) {
+    match route_request(cfg, &req, None, None) {
         Err(Refusal {
             error,
             route,

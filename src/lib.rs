@@ -12,4 +12,5 @@ pub mod routing;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod tokens;

@@ -61,8 +61,10 @@ enum Command {
 enum CaCommand {
     /// Create the CA certificate and key
     Init {
+        /// Where to write ca.pem and ca.key
         #[arg(long, default_value = "ca")]
         dir: PathBuf,
+        /// Replace an existing CA (clients trusting the old one will refuse credproxy)
         #[arg(long)]
         force: bool,
     },
@@ -124,11 +126,51 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Ca(CaCommand::Init { .. })) => {
-            eprintln!("error: HTTPS interception (and `ca init`) is not in this build yet; CONNECT is tunnelled");
-            ExitCode::FAILURE
-        }
+        Some(Command::Ca(CaCommand::Init { dir, force })) => ca_init(&dir, force),
     }
+}
+
+fn ca_init(dir: &std::path::Path, force: bool) -> ExitCode {
+    let created = match credproxy::tls::ca::init(dir, force) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let abs = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let (cert, key) = (abs(&created.cert), abs(&created.key));
+    println!(
+        r#"Created the credproxy CA (ECDSA P-256, valid 10 years):
+  certificate  {cert}
+  private key  {key}  (mode 0600: whoever reads it can impersonate any HTTPS site to clients that trust this CA)
+  SHA-256      {fp}
+
+1. Point credproxy at it, in credentials.yaml:
+     proxy:
+       ca: {{ cert: {cert}, key: {key} }}
+
+2. Make the workflows that use credproxy trust it. Hosts without a route are tunnelled and
+   show their real certificates, so clients need the system roots too: where a variable
+   replaces the roots, give it a bundle of both:
+     cat /etc/ssl/certs/ca-certificates.crt {cert} > credproxy-bundle.pem
+
+   curl             curl --cacert credproxy-bundle.pem ...   (or CURL_CA_BUNDLE=credproxy-bundle.pem)
+   Python requests  export REQUESTS_CA_BUNDLE=$PWD/credproxy-bundle.pem
+   Python ssl/httpx export SSL_CERT_FILE=$PWD/credproxy-bundle.pem
+   Node.js          export NODE_EXTRA_CA_CERTS={cert}   (added to Node's own roots)
+   Java             keytool -importcert -noprompt -alias credproxy -file {cert} \
+                      -keystore "$JAVA_HOME/lib/security/cacerts" -storepass changeit
+   Debian/Ubuntu    sudo cp {cert} /usr/local/share/ca-certificates/credproxy.crt \
+                      && sudo update-ca-certificates   (system-wide: every program on the host)"#,
+        fp = created.fingerprint
+    );
+    ExitCode::SUCCESS
 }
 
 fn run(arg: &ConfigArg) -> ExitCode {

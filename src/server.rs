@@ -48,11 +48,7 @@ pub fn log_startup(cfg: &Config) {
         }
     }
     if cfg.proxy.ca.is_none() && cfg.routes.iter().any(|r| r.upstream.is_none()) {
-        tracing::warn!("no proxy.ca: HTTPS (CONNECT) to routed hosts is tunnelled without injection; plain HTTP and sidecar routes are injected");
-    } else if cfg.proxy.ca.is_some() {
-        tracing::warn!(
-            "proxy.ca is set but HTTPS interception is not in this build yet: CONNECT is tunnelled"
-        );
+        tracing::warn!("no proxy.ca: injection into HTTPS is off; CONNECT to routed hosts is tunnelled untouched (run `credproxy ca init` and set proxy.ca to intercept them); plain HTTP and sidecar routes are injected");
     }
     if cfg.proxy.egress.deny_private {
         tracing::warn!("proxy.egress.deny_private is not enforced yet by this build: requests to private and metadata addresses are not refused");

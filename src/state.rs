@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use crate::config::{self, Config, ConfigErrors};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::proxy::intercept::Tunnels;
 use crate::tokens::{Retry, TokenCache};
 
 pub struct AppState {
@@ -17,6 +18,8 @@ pub struct AppState {
     pub dns: Resolver,
     pub metrics: Metrics,
     pub tokens: TokenCache,
+    /// Intercepted CONNECT tunnels, for the requests inside them.
+    pub tunnels: Tunnels,
 }
 
 impl AppState {
@@ -31,6 +34,7 @@ impl AppState {
             dns,
             metrics: Metrics::default(),
             tokens,
+            tunnels: Tunnels::default(),
         })
     }
 

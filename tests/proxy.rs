@@ -309,7 +309,7 @@ fn dns_failure_is_502() {
 #[test]
 fn connection_refused_is_502() {
     let o = Origin::start();
-    let closed = free_port();
+    let (_held, closed) = refusing_port();
     let p = start(
         &o,
         &format!("  - {{ host: \"127.0.0.1:{closed}\", credential: gh }}\n"),

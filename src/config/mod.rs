@@ -49,7 +49,11 @@ pub struct ProxySettings {
     pub dns: DnsSettings,
     pub threads: usize,
     pub ca: Option<CaPaths>,
+    /// The loaded CA and leaf cache; `None` without `proxy.ca` (HTTPS is then tunnelled).
+    pub interceptor: Option<Arc<crate::tls::Interceptor>>,
     pub upstream_ca: Option<PathBuf>,
+    /// System roots plus `upstream_ca`; `None` uses the system roots alone.
+    pub upstream_roots: Option<crate::tls::roots::Roots>,
     pub egress: Egress,
     pub state_dir: PathBuf,
 }
@@ -60,6 +64,7 @@ pub struct Timeouts {
     pub read: Duration,
     pub idle: Duration,
     pub client_idle: Duration,
+    pub handshake: Duration,
 }
 
 #[derive(Debug, Clone)]

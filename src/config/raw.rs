@@ -140,6 +140,9 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     /// Longest wait for a client's next request on a kept-alive connection. Default 60s.
     pub client_idle: Option<String>,
+    /// Longest wait for a client to finish the TLS handshake inside an intercepted CONNECT.
+    /// Default 10s.
+    pub handshake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -262,6 +263,13 @@ impl Resolver<'_> {
                 Duration::from_secs(1),
                 24 * hour,
             ),
+            handshake: self.duration(
+                "proxy.timeouts.handshake",
+                t.and_then(|t| t.handshake.as_ref()),
+                Duration::from_secs(10),
+                ms,
+                Duration::from_secs(300),
+            ),
         };
         let d = p.dns.as_ref();
         let dns = DnsSettings {
@@ -295,6 +303,13 @@ impl Resolver<'_> {
             cert: self.base_dir.join(&c.cert),
             key: self.base_dir.join(&c.key),
         });
+        let interceptor = ca.as_ref().and_then(|c| self.interceptor(c));
+        let upstream_ca = p.upstream_ca.as_ref().map(|u| self.base_dir.join(u));
+        let upstream_roots = upstream_ca.as_ref().and_then(|u| {
+            crate::tls::roots::with_extra(u)
+                .map_err(|e| self.err("proxy.upstream_ca", e))
+                .ok()
+        });
         let egress = self.egress(p);
         Some(ProxySettings {
             listen: listen?,
@@ -305,12 +320,36 @@ impl Resolver<'_> {
             dns,
             threads,
             ca,
-            upstream_ca: p.upstream_ca.as_ref().map(|u| self.base_dir.join(u)),
+            interceptor,
+            upstream_ca,
+            upstream_roots,
             state_dir: self
                 .base_dir
                 .join(p.state_dir.as_deref().unwrap_or(".credproxy/state")),
             egress,
         })
+    }
+
+    /// Loads the CA named by `proxy.ca`; its problems are config errors (exit 2 at startup,
+    /// the running config kept on reload).
+    fn interceptor(&mut self, c: &CaPaths) -> Option<Arc<crate::tls::Interceptor>> {
+        let ca = match crate::tls::ca::load(&c.cert, &c.key) {
+            Ok(ca) => ca,
+            Err(e) => {
+                self.err(e.key(), e.to_string());
+                return None;
+            }
+        };
+        for w in &ca.warnings {
+            self.warn("proxy.ca.key", w.clone());
+        }
+        match crate::tls::Interceptor::new(ca) {
+            Ok(i) => Some(Arc::new(i)),
+            Err(e) => {
+                self.err("proxy.ca", e.to_string());
+                None
+            }
+        }
     }
 
     fn dns_overrides(

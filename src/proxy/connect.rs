@@ -2,8 +2,9 @@
 //! connection is peeked here first: CONNECT is handled (tunnel or deny), anything else goes to
 //! the HTTP proxy.
 //!
-//! Without a CA, HTTPS cannot be intercepted: CONNECT to a host that has a route is tunnelled
-//! untouched (a startup warning says so), unmatched hosts follow `proxy.unmatched`.
+//! CONNECT to a host that some route could match is intercepted when `proxy.ca` is set
+//! (`intercept`), and tunnelled untouched otherwise (a startup warning says so); unmatched
+//! hosts follow `proxy.unmatched`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::intercept::{self, InterceptError, Tunnel};
 use super::plan::authenticate;
 use super::CredProxy;
 use crate::config::{Config, Unmatched};
@@ -44,7 +46,7 @@ impl ServerApp for Front {
         let mut head = [0u8; 8];
         match tokio::time::timeout(idle, stream.try_peek(&mut head)).await {
             Ok(Ok(true)) if &head == b"CONNECT " => {
-                self.connect(stream).await;
+                self.connect(stream, shutdown).await;
                 None
             }
             Ok(Ok(_)) => self.http.process_new(stream, shutdown).await,
@@ -60,6 +62,8 @@ pub struct ConnectPlan {
     pub host: String,
     pub port: u16,
     pub has_route: bool,
+    /// The authenticated client (index into `clients:`).
+    pub client: Option<usize>,
 }
 
 /// Decides a CONNECT from its authority (`host:port`) and `Proxy-Authorization`.
@@ -68,7 +72,7 @@ pub fn plan_connect(
     authority: &str,
     proxy_auth: Option<&[u8]>,
 ) -> Result<ConnectPlan, ProxyError> {
-    authenticate(cfg, proxy_auth)?;
+    let client = authenticate(cfg, proxy_auth)?;
     let bad = |m: &str| ProxyError::BadRequest(format!("CONNECT target `{authority}`: {m}"));
     if authority.contains(['@', '/', '?', '#']) {
         return Err(bad("expected host:port"));
@@ -83,11 +87,12 @@ pub fn plan_connect(
         host,
         port,
         has_route,
+        client,
     })
 }
 
 impl Front {
-    async fn connect(&self, stream: Stream) {
+    async fn connect(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(stream);
         match tokio::time::timeout(HEAD_TIMEOUT, session.read_request()).await {
             Ok(Ok(true)) => {}
@@ -110,32 +115,76 @@ impl Front {
         let auth = session
             .get_header(http::header::PROXY_AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
-        let result = match plan_connect(&cfg, &authority, auth.as_deref()) {
-            Ok(p) => self.dial(&cfg, &p).await.map(|up| (p, up)),
-            Err(e) => Err(e),
-        };
-        let (label, status) = match result {
-            Ok((p, upstream)) => {
-                let label = if p.has_route {
-                    "(connect: tunnelled, no CA)"
-                } else {
-                    "(connect: unmatched)"
-                };
-                self.tunnel(session, upstream).await;
-                (label, 200)
+        // Counted when answered: a tunnel may stay open for hours.
+        match plan_connect(&cfg, &authority, auth.as_deref()) {
+            Ok(p) if p.has_route && cfg.proxy.interceptor.is_some() => {
+                self.count("(connect: intercepted)", 200);
+                self.intercept(session, &cfg, p, shutdown).await;
             }
-            Err(e) => {
-                let status = e.status();
-                if let Ok((resp, body)) = errors::render(&e, None, None) {
-                    let _ = session.write_error_response(resp, body).await;
+            Ok(p) => match self.dial(&cfg, &p).await {
+                Ok(upstream) => {
+                    self.count(
+                        if p.has_route {
+                            "(connect: tunnelled, no CA)"
+                        } else {
+                            "(connect: unmatched)"
+                        },
+                        200,
+                    );
+                    self.tunnel(session, upstream).await;
                 }
-                tracing::warn!(target = %authority, error = %e, "CONNECT refused");
-                ("(connect)", status)
-            }
-        };
+                Err(e) => self.count(refuse(session, &authority, &e).await, e.status()),
+            },
+            Err(e) => self.count(refuse(session, &authority, &e).await, e.status()),
+        }
+    }
+
+    fn count(&self, label: &str, status: u16) {
         self.state
             .metrics
             .request(&Arc::from(label), &Arc::from("(none)"), status);
+    }
+
+    async fn intercept(
+        &self,
+        session: ServerSession,
+        cfg: &Config,
+        p: ConnectPlan,
+        shutdown: &ShutdownWatch,
+    ) {
+        let (Some(interceptor), ServerSession::H1(h1)) = (&cfg.proxy.interceptor, session) else {
+            return;
+        };
+        let mut raw = h1.into_inner();
+        if established(&mut raw).await.is_err() {
+            return;
+        }
+        let tunnel = Tunnel {
+            client: p
+                .client
+                .and_then(|i| cfg.clients.as_ref().map(|c| c[i].name.clone())),
+            host: p.host,
+            port: p.port,
+        };
+        let host = format!("{}:{}", tunnel.host, tunnel.port);
+        let timeout = cfg.proxy.timeouts.handshake;
+        let served = intercept::serve(
+            &self.http,
+            &self.state.tunnels,
+            interceptor,
+            raw,
+            tunnel,
+            timeout,
+            shutdown,
+        )
+        .await;
+        match served {
+            Ok(()) => {}
+            Err(e @ InterceptError::Untrusted(_)) => {
+                tracing::warn!(target = %host, "{e}");
+            }
+            Err(e) => tracing::info!(target = %host, "interception ended: {e}"),
+        }
     }
 
     async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
@@ -170,14 +219,7 @@ impl Front {
             return;
         };
         let mut client = h1.into_inner();
-        if client
-            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if client.flush().await.is_err() {
+        if established(&mut client).await.is_err() {
             return;
         }
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
@@ -185,6 +227,22 @@ impl Front {
             Err(e) => tracing::debug!("tunnel ended: {e}"),
         }
     }
+}
+
+async fn established(client: &mut Stream) -> std::io::Result<()> {
+    client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await?;
+    client.flush().await
+}
+
+/// Answers a refused CONNECT; returns the metrics label.
+async fn refuse(mut session: ServerSession, authority: &str, e: &ProxyError) -> &'static str {
+    if let Ok((resp, body)) = errors::render(e, None, None) {
+        let _ = session.write_error_response(resp, body).await;
+    }
+    tracing::warn!(target = %authority, error = %e, "CONNECT refused");
+    "(connect)"
 }
 
 #[cfg(test)]
@@ -209,7 +267,8 @@ mod tests {
             ConnectPlan {
                 host: "api.github.com".into(),
                 port: 443,
-                has_route: true
+                has_route: true,
+                client: None,
             }
         );
         assert!(!plan_connect(&c, "example.com:443", None).unwrap().has_route);

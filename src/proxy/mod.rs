@@ -2,6 +2,7 @@
 //! do), `credentials` (what to inject), `dns` (where to connect) and `errors` (what to answer).
 
 pub mod connect;
+pub mod intercept;
 pub mod plan;
 mod replay;
 
@@ -107,6 +108,7 @@ fn classify(e: &Error, host: &str) -> Option<ProxyError> {
                 .unwrap_or_default(),
         ),
         ErrorType::InvalidCert => ProxyError::TlsCertificate(h),
+        ErrorType::TLSHandshakeFailure if is_certificate_error(e) => ProxyError::TlsCertificate(h),
         ErrorType::TLSHandshakeFailure
         | ErrorType::TLSHandshakeTimedout
         | ErrorType::HandshakeError => ProxyError::Tls(h, e.etype().as_str().to_string()),
@@ -125,6 +127,12 @@ fn classify(e: &Error, host: &str) -> Option<ProxyError> {
         },
         _ => ProxyError::Upstream(h, e.etype().as_str().to_string()),
     })
+}
+
+/// rustls reports a refused origin certificate as a handshake failure whose cause says so.
+fn is_certificate_error(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("invalid peer certificate") || text.contains("CertificateUnknown")
 }
 
 fn is_connect_error(e: &Error) -> bool {
@@ -275,7 +283,8 @@ impl ProxyHttp for CredProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = self.state.config();
-        let result = plan::plan(&cfg, session.req_header());
+        let tunnel = intercept::tunnel_of(&self.state.tunnels, session);
+        let result = plan::plan(&cfg, session.req_header(), tunnel.as_deref());
         ctx.cfg = Some(cfg);
         match result {
             Ok(p) => {
@@ -365,6 +374,7 @@ impl ProxyHttp for CredProxy {
             // Offer HTTP/2 first; origins without it get HTTP/1.1.
             peer.options.set_http_version(2, 1);
             peer.options.max_h2_streams = 100;
+            peer.options.ca = cfg.proxy.upstream_roots.clone();
         }
         Ok(Box::new(peer))
     }

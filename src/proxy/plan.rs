@@ -5,6 +5,7 @@ use base64::Engine;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
+use super::intercept::Tunnel;
 use crate::config::{Config, Unmatched, Upstream};
 use crate::errors::ProxyError;
 use crate::routing::split_host_port;
@@ -94,24 +95,77 @@ pub fn authenticate(cfg: &Config, header: Option<&[u8]>) -> Result<Option<usize>
     found.map(Some).ok_or(ProxyError::ProxyAuthRequired)
 }
 
+/// The `Host` value for a normalised host: IPv6 bracketed, the port only when not the default.
+fn authority_of(host: &str, port: u16, tls: bool) -> String {
+    let h = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == if tls { 443 } else { 80 } {
+        h
+    } else {
+        format!("{h}:{port}")
+    }
+}
+
+/// The destination of a request inside an intercepted tunnel: always the CONNECT host and
+/// port. Every name the request gives for its destination (`Host`, HTTP/2 `:authority`, an
+/// absolute-form URL) must be that same host and port, or the request is refused.
+fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<Target, ProxyError> {
+    let mut claims: Vec<&str> = Vec::new();
+    let path = match rt {
+        RequestTarget::Origin { path, query } => match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        },
+        RequestTarget::Absolute {
+            tls,
+            authority,
+            path_and_query,
+        } => {
+            if !tls {
+                return Err(bad("an http:// URL inside an HTTPS tunnel"));
+            }
+            claims.push(authority);
+            path_and_query.to_string()
+        }
+    };
+    if let Some(a) = req.uri.authority() {
+        claims.push(a.as_str());
+    }
+    for h in req.headers.get_all(http::header::HOST) {
+        claims.push(h.to_str().map_err(|_| bad("Host is not valid text"))?);
+    }
+    let connect = authority_of(&t.host, t.port, true);
+    for c in claims {
+        if c.contains('@') {
+            return Err(bad("userinfo in the request authority is not allowed"));
+        }
+        let same = split_host_port(c).is_ok_and(|(h, p)| h == t.host && p.unwrap_or(443) == t.port);
+        if !same {
+            return Err(bad(format!(
+                "`{c}` does not match the CONNECT target `{connect}`"
+            )));
+        }
+    }
+    Ok(Target {
+        tls: true,
+        host: t.host.clone(),
+        port: t.port,
+        authority: connect,
+        path,
+    })
+}
+
 /// Parses an authority from an absolute-form URI, refusing userinfo.
 fn forward_target(auth: &str, tls: bool, path: String) -> Result<Target, ProxyError> {
     if auth.contains('@') {
         return Err(bad("userinfo in the request URL is not allowed"));
     }
     let (host, port) = split_host_port(auth).map_err(|e| bad(format!("host: {e}")))?;
-    let default = if tls { 443 } else { 80 };
-    let port = port.unwrap_or(default);
-    let h = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
-    let authority = if port == default {
-        h
-    } else {
-        format!("{h}:{port}")
-    };
+    let port = port.unwrap_or(if tls { 443 } else { 80 });
+    let authority = authority_of(&host, port, tls);
     Ok(Target {
         tls,
         host,
@@ -143,15 +197,31 @@ fn sidecar_target(up: &Upstream, strip: Option<&str>, path: &str, query: Option<
     }
 }
 
-/// Plans a request that arrived on the proxy listener.
-pub fn plan(cfg: &Config, req: &RequestHeader) -> Result<Plan, Refusal> {
-    let client = authenticate(
-        cfg,
-        req.headers
-            .get(http::header::PROXY_AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    )?;
-    route_request(cfg, req, client)
+/// Plans a request that arrived on the proxy listener, or inside an intercepted tunnel (whose
+/// client authenticated on the CONNECT).
+pub fn plan(cfg: &Config, req: &RequestHeader, tunnel: Option<&Tunnel>) -> Result<Plan, Refusal> {
+    let client = match tunnel {
+        Some(t) => tunnel_client(cfg, t)?,
+        None => authenticate(
+            cfg,
+            req.headers
+                .get(http::header::PROXY_AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )?,
+    };
+    route_request(cfg, req, client, tunnel)
+}
+
+/// The tunnel's client in the current config (it may have been reloaded since the CONNECT).
+fn tunnel_client(cfg: &Config, t: &Tunnel) -> Result<Option<usize>, ProxyError> {
+    let Some(clients) = &cfg.clients else {
+        return Ok(None);
+    };
+    t.client
+        .as_ref()
+        .and_then(|n| clients.iter().position(|c| &c.name == n))
+        .map(Some)
+        .ok_or(ProxyError::ProxyAuthRequired)
 }
 
 /// The request target, as sent by the client.
@@ -239,37 +309,49 @@ fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Matches a forward-proxy destination (absolute-form or tunnelled) against the routes.
+fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option<usize>, Refusal> {
+    let path = t.path.split('?').next().unwrap_or("/");
+    match cfg.router.match_forward(&t.host, t.port, path, &req.method) {
+        None if cfg.proxy.unmatched == Unmatched::Deny => {
+            Err(ProxyError::Unmatched(t.authority.clone()).into())
+        }
+        None => Ok(None),
+        Some(i) => {
+            check_path(path, cfg.router.has_path(i)).map_err(|error| Refusal {
+                error,
+                route: Some(i),
+                credential: None,
+            })?;
+            Ok(Some(i))
+        }
+    }
+}
+
 /// Plans a request whose client is already known (`explain` passes none).
 pub fn route_request(
     cfg: &Config,
     req: &RequestHeader,
     client: Option<usize>,
+    tunnel: Option<&Tunnel>,
 ) -> Result<Plan, Refusal> {
-    let (route, target) = match request_target(req)? {
-        RequestTarget::Absolute {
-            tls,
-            authority,
-            path_and_query,
-        } => {
-            let target = forward_target(authority, tls, path_and_query.to_string())?;
-            let path = path_and_query.split('?').next().unwrap_or("/");
-            let route = cfg
-                .router
-                .match_forward(&target.host, target.port, path, &req.method);
-            match route {
-                None if cfg.proxy.unmatched == Unmatched::Deny => {
-                    return Err(ProxyError::Unmatched(target.authority).into());
-                }
-                None => {}
-                Some(i) => check_path(path, cfg.router.has_path(i)).map_err(|error| Refusal {
-                    error,
-                    route: Some(i),
-                    credential: None,
-                })?,
-            }
-            (route, target)
+    let (route, target) = match (tunnel, request_target(req)?) {
+        (Some(t), rt) => {
+            let target = tunnel_target(t, req, rt)?;
+            (match_forward(cfg, req, &target)?, target)
         }
-        RequestTarget::Origin { path, query } => {
+        (
+            None,
+            RequestTarget::Absolute {
+                tls,
+                authority,
+                path_and_query,
+            },
+        ) => {
+            let target = forward_target(authority, tls, path_and_query.to_string())?;
+            (match_forward(cfg, req, &target)?, target)
+        }
+        (None, RequestTarget::Origin { path, query }) => {
             let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
                 return Err(ProxyError::NoRoute(path.to_string()).into());
             };

@@ -238,6 +238,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port that refuses connections for as long as the socket lives: bound, never listening,
+/// so no other test can take it meanwhile.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_credproxy")
 }

@@ -512,3 +512,72 @@ fn a_broken_credential_does_not_cascade_into_route_errors() {
     let e = load("credentials:\n  gh: { type: bearer, token: 12 }\nroutes:\n  - { host: a.com, credential: gh }\n").unwrap_err();
     assert_eq!(e.0.len(), 1, "{e}");
 }
+
+#[test]
+fn rejects_missing_ca_files() {
+    rejects(
+        "proxy:\n  ca: { cert: /nonexistent/ca.pem, key: /nonexistent/ca.key }\n",
+        "proxy.ca.cert",
+        2,
+        "credproxy ca init",
+    );
+}
+
+#[test]
+fn rejects_a_ca_key_that_does_not_match() {
+    let d = tempfile::tempdir().unwrap();
+    let a = crate::tls::ca::init(&d.path().join("a"), false).unwrap();
+    let b = crate::tls::ca::init(&d.path().join("b"), false).unwrap();
+    rejects(
+        &format!(
+            "proxy:\n  ca:\n    cert: {}\n    key: {}\n",
+            a.cert.display(),
+            b.key.display()
+        ),
+        "proxy.ca.key",
+        4,
+        "does not match",
+    );
+    let ok = load(&format!(
+        "proxy:\n  ca: {{ cert: {}, key: {} }}\n",
+        a.cert.display(),
+        a.key.display()
+    ))
+    .unwrap();
+    assert!(ok.proxy.interceptor.is_some());
+}
+
+#[test]
+fn rejects_an_upstream_ca_without_certificates() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("empty.pem");
+    std::fs::write(&f, "not a certificate\n").unwrap();
+    rejects(
+        &format!("proxy:\n  upstream_ca: {}\n", f.display()),
+        "proxy.upstream_ca",
+        2,
+        "no `BEGIN CERTIFICATE`",
+    );
+    rejects(
+        "proxy:\n  upstream_ca: /nonexistent/roots.pem\n",
+        "proxy.upstream_ca",
+        2,
+        "cannot read",
+    );
+}
+
+#[test]
+fn rejects_bad_handshake_timeout() {
+    rejects(
+        "proxy:\n  timeouts:\n    handshake: 10 minutes\n",
+        "proxy.timeouts.handshake",
+        3,
+        "",
+    );
+    rejects(
+        "proxy:\n  timeouts:\n    handshake: 1h\n",
+        "proxy.timeouts.handshake",
+        3,
+        "",
+    );
+}

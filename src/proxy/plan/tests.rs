@@ -3,6 +3,19 @@ use std::path::Path;
 use super::*;
 use crate::config::load_str;
 
+/// A request on the listener itself (not inside an intercepted tunnel).
+fn plan(c: &Config, r: &RequestHeader) -> Result<Plan, Refusal> {
+    super::plan(c, r, None)
+}
+
+fn tunnel(host: &str, port: u16, client: Option<&str>) -> Tunnel {
+    Tunnel {
+        host: host.into(),
+        port,
+        client: client.map(Into::into),
+    }
+}
+
 const CLIENTS: &str = "
 clients:
   - { name: billing, secret: \"${BILLING}\", credentials: [gh] }
@@ -312,4 +325,106 @@ fn path_scope_cannot_be_stretched() {
     .is_ok());
     // Unmatched requests are forwarded untouched (no credential at stake).
     assert!(plan(&c, &req("GET", "http://example.org/a/../b", &[])).is_ok());
+}
+
+#[test]
+fn tunnelled_requests_go_only_to_the_connect_target() {
+    let c = no_clients();
+    let t = tunnel("api.github.com", 443, None);
+    let p = super::plan(
+        &c,
+        &req("GET", "/repos?x=1", &[("host", "API.github.com")]),
+        Some(&t),
+    )
+    .unwrap();
+    assert_eq!(
+        p.target,
+        Target {
+            tls: true,
+            host: "api.github.com".into(),
+            port: 443,
+            authority: "api.github.com".into(),
+            path: "/repos?x=1".into(),
+        }
+    );
+    assert_eq!(p.route, Some(0));
+    // No Host at all (HTTP/1.0): the tunnel decides.
+    assert!(super::plan(&c, &req("GET", "/", &[]), Some(&t)).is_ok());
+    // Every other name for the destination is refused, whatever routes exist for it.
+    for (target, host) in [
+        ("/", "x.erp.example.com"),
+        ("/", "api.github.com:8443"),
+        ("/", "api.github.com.evil.io"),
+        ("/", "user@api.github.com"),
+        ("https://x.erp.example.com/api/v1", "api.github.com"),
+        ("http://api.github.com/", "api.github.com"),
+    ] {
+        let e = super::plan(&c, &req("GET", target, &[("host", host)]), Some(&t)).unwrap_err();
+        assert_eq!(e.error.status(), 400, "{target} {host}: {}", e.error);
+    }
+    // Sidecar paths mean nothing inside a tunnel: forwarded to the tunnel's host.
+    let p = super::plan(
+        &c,
+        &req("GET", "/hub/x", &[("host", "api.github.com")]),
+        Some(&t),
+    )
+    .unwrap();
+    assert_eq!(p.target.host, "api.github.com");
+    // A non-default port is kept in the authority; IPv6 is bracketed.
+    let t6 = tunnel("::1", 8443, None);
+    let p = super::plan(&c, &req("GET", "/", &[("host", "[::1]:8443")]), Some(&t6)).unwrap();
+    assert_eq!(p.target.authority, "[::1]:8443");
+    assert_eq!(p.route, None);
+}
+
+#[test]
+fn tunnelled_requests_use_the_connect_client() {
+    let c = cfg(&format!("{CLIENTS}{BODY}"));
+    let ok = |t: &Tunnel| super::plan(&c, &req("GET", "/", &[("host", "api.github.com")]), Some(t));
+    let p = ok(&tunnel("api.github.com", 443, Some("billing"))).unwrap();
+    assert_eq!(p.client, Some(0));
+    // A Proxy-Authorization inside the tunnel changes nothing.
+    let r = req(
+        "GET",
+        "/",
+        &[
+            ("host", "api.github.com"),
+            ("proxy-authorization", &basic("ops", "o-secret")),
+        ],
+    );
+    let p = super::plan(
+        &c,
+        &r,
+        Some(&tunnel("api.github.com", 443, Some("billing"))),
+    )
+    .unwrap();
+    assert_eq!(p.client, Some(0));
+    // Billing may not pick erp.
+    let r = req(
+        "GET",
+        "/",
+        &[("host", "api.github.com"), (CREDENTIAL_HEADER, "erp")],
+    );
+    let e = super::plan(
+        &c,
+        &r,
+        Some(&tunnel("api.github.com", 443, Some("billing"))),
+    )
+    .unwrap_err();
+    assert_eq!(e.error.status(), 403);
+    // A tunnel opened before `clients:` existed, or by a client since removed: 407.
+    assert_eq!(
+        ok(&tunnel("api.github.com", 443, None))
+            .unwrap_err()
+            .error
+            .status(),
+        407
+    );
+    assert_eq!(
+        ok(&tunnel("api.github.com", 443, Some("gone")))
+            .unwrap_err()
+            .error
+            .status(),
+        407
+    );
 }
