@@ -656,3 +656,45 @@ fn without_a_ca_routed_hosts_are_tunnelled_with_a_warning() {
     let m = p.metrics_with(&["(connect: tunnelled, no CA)"]);
     assert!(m.contains("(connect: tunnelled, no CA)"), "{m}");
 }
+
+#[test]
+fn plain_http_inside_a_connect_tunnel_is_served_too() {
+    // `curl -p` (and ws:// clients) tunnel plain HTTP: not TLS, so not handshaken, but still
+    // routed and injected, with the tunnel's host enforced.
+    let plain = Origin::start();
+    let s = setup_with(
+        "",
+        true,
+        &format!(
+            "  - {{ host: \"localhost:{}\", credential: gh }}\n",
+            plain.port()
+        ),
+    );
+    let url = format!("http://localhost:{}/p", plain.port());
+    succeed(Command::new("curl").args(["-sS", "--fail", "-p", "-x", &s.proxy.url(), &url]));
+    assert_eq!(plain.last().uri, "/p");
+    assert_eq!(
+        plain.last().all("authorization"),
+        vec![format!("Bearer {TOKEN}")]
+    );
+    let authority = format!("localhost:{}", plain.port());
+    let mut c = std::net::TcpStream::connect(s.proxy.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        c,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 39];
+    c.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    write!(
+        c,
+        "GET / HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = c.read_to_string(&mut resp);
+    assert_eq!(status_of(&resp), 400, "{resp}");
+    assert_eq!(plain.count(), 1, "{resp}");
+}

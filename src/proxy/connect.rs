@@ -165,6 +165,7 @@ impl Front {
                 .and_then(|i| cfg.clients.as_ref().map(|c| c[i].name.clone())),
             host: p.host,
             port: p.port,
+            tls: true,
         };
         let host = format!("{}:{}", tunnel.host, tunnel.port);
         let timeout = cfg.proxy.timeouts.handshake;

@@ -13,11 +13,12 @@ use std::time::Duration;
 use dashmap::DashMap;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::{GetSocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, Peek, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
 use super::CredProxy;
+use crate::errors::ProxyError;
 use crate::tls::Interceptor;
 
 /// Where an intercepted connection's requests may go, and who opened it.
@@ -26,6 +27,8 @@ pub struct Tunnel {
     /// Normalised host (IPv6 without brackets).
     pub host: String,
     pub port: u16,
+    /// TLS was intercepted; false for a CONNECT that carries plain HTTP (`curl -p http://..`).
+    pub tls: bool,
     /// The `clients:` name that authenticated the CONNECT.
     pub client: Option<String>,
 }
@@ -104,25 +107,41 @@ fn is_trust_alert(text: &str) -> bool {
     .any(|a| text.contains(a))
 }
 
-/// TLS-accepts the client side of an answered CONNECT and serves its requests.
+/// TLS handshake records start with this byte; anything else is plain HTTP in the tunnel.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Serves the requests inside an answered CONNECT: TLS-accepted with a minted leaf, or as
+/// plain HTTP when the client speaks that (a CONNECT to port 80, `ws://`).
 pub async fn serve(
     http: &Arc<HttpProxy<CredProxy>>,
     tunnels: &Tunnels,
     interceptor: &Arc<Interceptor>,
     raw: Stream,
-    tunnel: Tunnel,
+    mut tunnel: Tunnel,
     handshake_timeout: Duration,
     shutdown: &ShutdownWatch,
 ) -> Result<(), InterceptError> {
-    let config = interceptor
-        .server_config(&tunnel.host)
-        .map_err(InterceptError::Config)?;
-    let acceptor = Acceptor::from_server_config(config);
-    let l4 = raw
+    let mut l4 = raw
         .into_any()
         .downcast::<pingora::protocols::l4::stream::Stream>()
         .map_err(|_| InterceptError::NotTcp)?;
     let key = addresses(l4.as_ref()).ok_or(InterceptError::NotTcp)?;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(handshake_timeout, l4.try_peek(&mut first)).await {
+        Err(_) => return Err(InterceptError::HandshakeTimeout(handshake_timeout)),
+        Ok(Err(e)) => return Err(InterceptError::Handshake(e.to_string())),
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE => {
+            tunnel.tls = false;
+            let _reg = tunnels.register(key, Arc::new(tunnel));
+            http.process_new(l4, shutdown).await;
+            return Ok(());
+        }
+        Ok(Ok(_)) => {}
+    }
+    let config = interceptor
+        .server_config(&tunnel.host)
+        .map_err(InterceptError::Config)?;
+    let acceptor = Acceptor::from_server_config(config);
     let tls = match tokio::time::timeout(handshake_timeout, acceptor.tls_handshake(*l4)).await {
         Err(_) => return Err(InterceptError::HandshakeTimeout(handshake_timeout)),
         Ok(Err(e)) => {
@@ -145,8 +164,32 @@ fn addresses(s: &dyn GetSocketDigest) -> Option<(SocketAddr, SocketAddr)> {
     Some((*d.local_addr()?.as_inet()?, *d.peer_addr()?.as_inet()?))
 }
 
-/// The tunnel a request arrived through, when its connection is an intercepted one.
-pub fn tunnel_of(tunnels: &Tunnels, session: &pingora::proxy::Session) -> Option<Arc<Tunnel>> {
+/// Where a request came from.
+pub enum Arrival {
+    /// The listener itself: absolute-form or sidecar requests.
+    Listener,
+    Tunnel(Arc<Tunnel>),
+}
+
+/// Finds the tunnel a request arrived through. A TLS connection is always an intercepted
+/// one (the listener is plain TCP): if its tunnel is gone (an HTTP/2 stream still running
+/// after its connection ended) the request is refused rather than read as a sidecar request.
+pub fn arrival(
+    tunnels: &Tunnels,
+    session: &pingora::proxy::Session,
+) -> Result<Arrival, ProxyError> {
+    let found = lookup(tunnels, session);
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    match found {
+        Some(t) => Ok(Arrival::Tunnel(t)),
+        None if tls => Err(ProxyError::BadRequest(
+            "the CONNECT tunnel this request came through has closed".into(),
+        )),
+        None => Ok(Arrival::Listener),
+    }
+}
+
+fn lookup(tunnels: &Tunnels, session: &pingora::proxy::Session) -> Option<Arc<Tunnel>> {
     if tunnels.is_empty() {
         return None;
     }
@@ -170,6 +213,7 @@ mod tests {
             Arc::new(Tunnel {
                 host: h.into(),
                 port: 443,
+                tls: true,
                 client: None,
             })
         };

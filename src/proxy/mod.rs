@@ -283,8 +283,11 @@ impl ProxyHttp for CredProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = self.state.config();
-        let tunnel = intercept::tunnel_of(&self.state.tunnels, session);
-        let result = plan::plan(&cfg, session.req_header(), tunnel.as_deref());
+        let result = match intercept::arrival(&self.state.tunnels, session) {
+            Ok(intercept::Arrival::Tunnel(t)) => plan::plan(&cfg, session.req_header(), Some(&t)),
+            Ok(intercept::Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
+            Err(e) => Err(e.into()),
+        };
         ctx.cfg = Some(cfg);
         match result {
             Ok(p) => {

@@ -110,7 +110,7 @@ fn authority_of(host: &str, port: u16, tls: bool) -> String {
 }
 
 /// The destination of a request inside an intercepted tunnel: always the CONNECT host and
-/// port. Every name the request gives for its destination (`Host`, HTTP/2 `:authority`, an
+/// port, over TLS when the client spoke TLS in the tunnel. Every name the request gives for its destination (`Host`, HTTP/2 `:authority`, an
 /// absolute-form URL) must be that same host and port, or the request is refused.
 fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<Target, ProxyError> {
     let mut claims: Vec<&str> = Vec::new();
@@ -124,8 +124,8 @@ fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<T
             authority,
             path_and_query,
         } => {
-            if !tls {
-                return Err(bad("an http:// URL inside an HTTPS tunnel"));
+            if tls != t.tls {
+                return Err(bad("the URL's scheme does not match the tunnel"));
             }
             claims.push(authority);
             path_and_query.to_string()
@@ -137,12 +137,14 @@ fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<T
     for h in req.headers.get_all(http::header::HOST) {
         claims.push(h.to_str().map_err(|_| bad("Host is not valid text"))?);
     }
-    let connect = authority_of(&t.host, t.port, true);
+    let connect = authority_of(&t.host, t.port, t.tls);
+    let default_port = if t.tls { 443 } else { 80 };
     for c in claims {
         if c.contains('@') {
             return Err(bad("userinfo in the request authority is not allowed"));
         }
-        let same = split_host_port(c).is_ok_and(|(h, p)| h == t.host && p.unwrap_or(443) == t.port);
+        let same = split_host_port(c)
+            .is_ok_and(|(h, p)| h == t.host && p.unwrap_or(default_port) == t.port);
         if !same {
             return Err(bad(format!(
                 "`{c}` does not match the CONNECT target `{connect}`"
@@ -150,7 +152,7 @@ fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<T
         }
     }
     Ok(Target {
-        tls: true,
+        tls: t.tls,
         host: t.host.clone(),
         port: t.port,
         authority: connect,

@@ -125,7 +125,16 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
     let cert = CertificateDer::from(der.clone());
     let issuer = Issuer::from_ca_cert_der(&cert, key)
         .map_err(|e| invalid(CaFile::Cert, format!("cannot sign with it: {e}")))?;
+    check_issuer_name(&issuer, x509.subject().as_raw()).map_err(|r| invalid(CaFile::Cert, r))?;
     let mut warnings = Vec::new();
+    let left = not_after - OffsetDateTime::now_utc();
+    if left < Duration::days(30) {
+        warnings.push(format!(
+            "{} expires in {} days: create a new CA (`credproxy ca init --force`) and make clients trust it",
+            cert_path.display(),
+            left.whole_days()
+        ));
+    }
     if let Some(w) = permission_warning(key_path) {
         warnings.push(w);
     }
@@ -135,6 +144,23 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
         not_after,
         warnings,
     })
+}
+
+/// Signs a probe leaf and checks that its issuer name is the CA's subject byte for byte:
+/// rcgen keeps one value per attribute type, so a subject with two `OU=` or `DC=` would give
+/// leaves that no client can chain to the CA.
+fn check_issuer_name(issuer: &Issuer<'static, KeyPair>, subject: &[u8]) -> Result<(), String> {
+    let probe = CertificateParams::new(vec!["probe.invalid".to_string()])
+        .and_then(|p| p.signed_by(issuer.key(), issuer))
+        .map_err(|e| format!("cannot sign with it: {e}"))?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(probe.der())
+        .map_err(|e| format!("cannot sign with it: {e}"))?;
+    if leaf.issuer().as_raw() != subject {
+        return Err("its subject name cannot be reproduced in the certificates credproxy signs \
+                    (repeated attributes such as two OU= or DC=); create one with `credproxy ca init`"
+            .into());
+    }
+    Ok(())
 }
 
 fn first_certificate(pem: &str) -> Result<Vec<u8>, String> {
@@ -325,6 +351,38 @@ mod tests {
         std::fs::write(&kp, key.serialize_pem()).unwrap();
         let e = load(&lp, &kp).unwrap_err();
         assert!(e.to_string().contains("not a CA"), "{e}");
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/tls/testdata")
+            .join(name)
+    }
+
+    #[test]
+    fn openssl_cas_load_unless_their_name_cannot_be_reproduced() {
+        load(&fixture("rsa.pem"), &fixture("rsa.key")).unwrap();
+        let e = load(&fixture("two-ou.pem"), &fixture("two-ou.key")).unwrap_err();
+        assert_eq!(e.key(), "proxy.ca.cert");
+        assert!(e.to_string().contains("repeated attributes"), "{e}");
+    }
+
+    #[test]
+    fn ca_near_expiry_is_warned() {
+        let d = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut p = ca_params(OffsetDateTime::now_utc());
+        p.not_after = OffsetDateTime::now_utc() + Duration::days(5);
+        let cert = p.self_signed(&key).unwrap();
+        let (cp, kp) = (d.path().join("ca.pem"), d.path().join("ca.key"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        write_atomic(&kp, key.serialize_pem().as_bytes(), 0o600).unwrap();
+        let ca = load(&cp, &kp).unwrap();
+        assert!(ca.warnings[0].contains("expires in"), "{:?}", ca.warnings);
+        p.not_after = OffsetDateTime::now_utc() - Duration::days(1);
+        std::fs::write(&cp, p.self_signed(&key).unwrap().pem()).unwrap();
+        let e = load(&cp, &kp).unwrap_err();
+        assert!(e.to_string().contains("validity"), "{e}");
     }
 
     #[cfg(unix)]

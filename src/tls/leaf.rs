@@ -31,9 +31,27 @@ pub enum MintError {
     Key(String),
     #[error("cannot mint a certificate for `{0}`: {1}")]
     Mint(String, String),
+    #[error("the CA in proxy.ca expired on {0}: HTTPS interception is off until it is replaced (`credproxy ca init --force`)")]
+    CaExpired(OffsetDateTime),
 }
 
-type Minted = Result<(Arc<CertifiedKey>, OffsetDateTime), String>;
+/// A minted leaf with its validity period.
+#[derive(Clone)]
+struct Leaf {
+    key: Arc<CertifiedKey>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Leaf {
+    /// Still worth presenting: more than a quarter of its own validity left (a leaf cut short
+    /// by the CA's end is judged by what it got, so the cache keeps working then).
+    fn fresh(&self, now: OffsetDateTime) -> bool {
+        self.not_after - now > (self.not_after - self.not_before) / 4
+    }
+}
+
+type Minted = Result<Leaf, String>;
 
 /// The CA plus the leaf cache: what interception needs, built once per config load.
 pub struct Interceptor {
@@ -110,7 +128,7 @@ impl Interceptor {
         let cell = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let fresh = cache.get(host).filter(|c| match c.get() {
-                Some(Ok((_, not_after))) => *not_after - now > LEAF_VALIDITY / 4,
+                Some(Ok(leaf)) => leaf.fresh(now),
                 Some(Err(_)) => false,
                 None => true, // being minted
             });
@@ -125,15 +143,14 @@ impl Interceptor {
         };
         cell.get_or_init(|| self.mint(host, now).map_err(|e| e.to_string()))
             .as_ref()
-            .map(|(k, _)| k.clone())
+            .map(|leaf| leaf.key.clone())
             .map_err(Clone::clone)
     }
 
-    fn mint(
-        &self,
-        host: &str,
-        now: OffsetDateTime,
-    ) -> Result<(Arc<CertifiedKey>, OffsetDateTime), MintError> {
+    fn mint(&self, host: &str, now: OffsetDateTime) -> Result<Leaf, MintError> {
+        if now >= self.ca.not_after {
+            return Err(MintError::CaExpired(self.ca.not_after));
+        }
         let fail = |e: rcgen::Error| MintError::Mint(host.to_string(), e.to_string());
         let mut p = CertificateParams::new(vec![host.to_string()]).map_err(fail)?;
         let mut dn = DistinguishedName::new();
@@ -151,10 +168,11 @@ impl Interceptor {
         self.mints.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(host, "minted interception certificate");
         let chain = vec![cert.der().clone(), self.ca.cert.clone()];
-        Ok((
-            Arc::new(CertifiedKey::new(chain, self.leaf_signer.clone())),
-            p.not_after,
-        ))
+        Ok(Leaf {
+            key: Arc::new(CertifiedKey::new(chain, self.leaf_signer.clone())),
+            not_before: p.not_before,
+            not_after: p.not_after,
+        })
     }
 }
 
@@ -225,6 +243,48 @@ mod tests {
         assert!(sans[0].starts_with("IPAddress("), "{sans:?}");
     }
 
+    /// What a client does: chain the leaf to the CA and check the name.
+    fn verify(ca: &[u8], leaf: &CertifiedKey, name: &str) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.to_vec().into()).unwrap();
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        v.verify_server_cert(
+            &leaf.cert[0],
+            &leaf.cert[1..],
+            &name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn leaves_verify_against_our_ca_and_an_openssl_rsa_ca() {
+        let (_d, i) = interceptor();
+        let ca = i.ca().cert.to_vec();
+        let leaf = i.leaf("api.example.com").unwrap();
+        verify(&ca, &leaf, "api.example.com").unwrap();
+        assert!(verify(&ca, &leaf, "other.example.com").is_err());
+        verify(&ca, &i.leaf("127.0.0.1").unwrap(), "127.0.0.1").unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tls/testdata");
+        let rsa = super::super::ca::load(&dir.join("rsa.pem"), &dir.join("rsa.key")).unwrap();
+        let rsa_der = rsa.cert.to_vec();
+        let i = Interceptor::new(rsa).unwrap();
+        verify(
+            &rsa_der,
+            &i.leaf("api.example.com").unwrap(),
+            "api.example.com",
+        )
+        .unwrap();
+    }
+
     #[test]
     fn cached_per_host_and_minted_once_under_concurrency() {
         let (_d, i) = interceptor();
@@ -239,6 +299,21 @@ mod tests {
         assert!(keys.iter().all(|k| Arc::ptr_eq(k, &keys[0])));
         i.leaf("other.test").unwrap();
         assert_eq!(i.mints(), 2);
+    }
+
+    #[test]
+    fn freshness_is_judged_by_the_leafs_own_validity() {
+        let now = OffsetDateTime::now_utc();
+        let leaf = |hours_before: i64, hours_after: i64| Leaf {
+            key: interceptor().1.leaf("x.test").unwrap(),
+            not_before: now - Duration::hours(hours_before),
+            not_after: now + Duration::hours(hours_after),
+        };
+        assert!(leaf(1, 24).fresh(now));
+        assert!(!leaf(20, 5).fresh(now));
+        // Cut short by a CA ending in 3 hours: still cached.
+        assert!(leaf(1, 3).fresh(now));
+        assert!(!leaf(24, 0).fresh(now));
     }
 
     #[test]

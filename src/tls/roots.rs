@@ -19,8 +19,11 @@ pub fn with_extra(extra: &Path) -> Result<Roots, String> {
     let mut ders = Vec::new();
     for c in CertificateDer::pem_slice_iter(&pem) {
         let c = c.map_err(|e| format!("{}: not a PEM certificate: {e}", extra.display()))?;
-        if x509_parser::parse_x509_certificate(&c).is_err() {
-            return Err(format!("{}: a certificate does not parse", extra.display()));
+        if !usable(&c) {
+            return Err(format!(
+                "{}: a certificate cannot be used as a root (it does not parse)",
+                extra.display()
+            ));
         }
         ders.push(c.to_vec());
     }
@@ -34,12 +37,11 @@ pub fn with_extra(extra: &Path) -> Result<Roots, String> {
     for e in &system.errors {
         tracing::debug!("system roots: {e}");
     }
-    // pingora's WrappedX509 panics on certificates its parser refuses: skip those.
     ders.extend(
         system
             .certs
             .into_iter()
-            .filter(|c| x509_parser::parse_x509_certificate(c).is_ok())
+            .filter(|c| usable(c))
             .map(|c| c.to_vec()),
     );
     let roots: Vec<WrappedX509> = ders
@@ -47,6 +49,13 @@ pub fn with_extra(extra: &Path) -> Result<Roots, String> {
         .map(|d| WrappedX509::new(d, pingora::utils::tls::parse_x509))
         .collect();
     Ok(Arc::from(roots))
+}
+
+/// Both parsers that will see the root accept it: pingora's WrappedX509 panics on what
+/// x509-parser refuses, and one root that webpki refuses fails every upstream handshake.
+fn usable(c: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(c).is_ok()
+        && rustls::RootCertStore::empty().add(c.clone()).is_ok()
 }
 
 #[cfg(test)]

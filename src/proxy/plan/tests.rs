@@ -12,6 +12,7 @@ fn tunnel(host: &str, port: u16, client: Option<&str>) -> Tunnel {
     Tunnel {
         host: host.into(),
         port,
+        tls: true,
         client: client.map(Into::into),
     }
 }
