@@ -187,6 +187,26 @@ pub fn render(
     Ok((resp, Bytes::from(json)))
 }
 
+/// An error response as HTTP/1.1 bytes, for connections pingora does not drive (CONNECT).
+/// The connection is closed after it.
+pub fn to_wire(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        resp.status.as_u16(),
+        resp.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in resp.headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -698,3 +698,41 @@ fn plain_http_inside_a_connect_tunnel_is_served_too() {
     assert_eq!(status_of(&resp), 400, "{resp}");
     assert_eq!(plain.count(), 1, "{resp}");
 }
+
+#[test]
+fn bytes_sent_right_after_the_connect_head_are_kept() {
+    // Clients that do not wait for the 200 (pipelining the request or the ClientHello).
+    let plain = Origin::start();
+    let unrouted = Origin::start();
+    let s = setup_with(
+        "",
+        true,
+        &format!(
+            "  - {{ host: \"localhost:{}\", credential: gh }}\n",
+            plain.port()
+        ),
+    );
+    for (authority, o, auth) in [
+        (
+            format!("localhost:{}", plain.port()),
+            &plain,
+            format!("Bearer {TOKEN}"),
+        ),
+        (
+            format!("127.0.0.1:{}", unrouted.port()),
+            &unrouted,
+            "Bearer mine".to_string(),
+        ),
+    ] {
+        let resp = raw(
+            s.proxy.addr,
+            format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\nGET /piped HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer mine\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            resp.starts_with("HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 200"),
+            "{resp}"
+        );
+        assert_eq!(o.last().uri, "/piped");
+        assert_eq!(o.last().all("authorization"), vec![auth]);
+    }
+}

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::connect_head;
 use super::intercept::{self, InterceptError, Tunnel};
 use super::plan::authenticate;
 use super::CredProxy;
@@ -93,33 +94,24 @@ pub fn plan_connect(
 
 impl Front {
     async fn connect(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(stream);
-        match tokio::time::timeout(HEAD_TIMEOUT, session.read_request()).await {
-            Ok(Ok(true)) => {}
-            Ok(Err(e)) => {
-                // pingora's parser refused the head (userinfo, Host not matching the target, ...).
-                let err =
-                    ProxyError::BadRequest(format!("CONNECT request: {}", e.etype().as_str()));
-                if let Ok((resp, body)) = errors::render(&err, None, None) {
-                    let _ = session.write_error_response(resp, body).await;
-                }
-                self.state
-                    .metrics
-                    .request(&Arc::from("(connect)"), &Arc::from("(none)"), 400);
-                return;
+        let Ok(mut client) = stream.into_any().downcast::<L4>() else {
+            return; // the listener is TCP: not reached
+        };
+        let head = match connect_head::read(&mut client, HEAD_TIMEOUT).await {
+            Ok(h) => h,
+            Err(connect_head::ReadError::Gone) => return,
+            Err(connect_head::ReadError::Refused(e)) => {
+                let label = refuse(&mut client, "(unparsed)", &e).await;
+                return self.count(label, e.status());
             }
-            _ => return,
-        }
+        };
         let cfg = self.state.config();
-        let authority = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
-        let auth = session
-            .get_header(http::header::PROXY_AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
+        let authority = head.authority;
         // Counted when answered: a tunnel may stay open for hours.
-        match plan_connect(&cfg, &authority, auth.as_deref()) {
+        match plan_connect(&cfg, &authority, head.proxy_authorization.as_deref()) {
             Ok(p) if p.has_route && cfg.proxy.interceptor.is_some() => {
                 self.count("(connect: intercepted)", 200);
-                self.intercept(session, &cfg, p, shutdown).await;
+                self.intercept(client, &cfg, p, shutdown).await;
             }
             Ok(p) => match self.dial(&cfg, &p).await {
                 Ok(upstream) => {
@@ -131,11 +123,11 @@ impl Front {
                         },
                         200,
                     );
-                    self.tunnel(session, upstream).await;
+                    tunnel(client, upstream).await;
                 }
-                Err(e) => self.count(refuse(session, &authority, &e).await, e.status()),
+                Err(e) => self.count(refuse(&mut client, &authority, &e).await, e.status()),
             },
-            Err(e) => self.count(refuse(session, &authority, &e).await, e.status()),
+            Err(e) => self.count(refuse(&mut client, &authority, &e).await, e.status()),
         }
     }
 
@@ -147,16 +139,15 @@ impl Front {
 
     async fn intercept(
         &self,
-        session: ServerSession,
+        mut client: Box<L4>,
         cfg: &Config,
         p: ConnectPlan,
         shutdown: &ShutdownWatch,
     ) {
-        let (Some(interceptor), ServerSession::H1(h1)) = (&cfg.proxy.interceptor, session) else {
+        let Some(interceptor) = &cfg.proxy.interceptor else {
             return;
         };
-        let mut raw = h1.into_inner();
-        if established(&mut raw).await.is_err() {
+        if established(&mut client).await.is_err() {
             return;
         }
         let tunnel = Tunnel {
@@ -173,7 +164,7 @@ impl Front {
             &self.http,
             &self.state.tunnels,
             interceptor,
-            raw,
+            client,
             tunnel,
             timeout,
             shutdown,
@@ -214,33 +205,32 @@ impl Front {
         }
         Err(last)
     }
+}
 
-    async fn tunnel(&self, session: ServerSession, mut upstream: TcpStream) {
-        let ServerSession::H1(h1) = session else {
-            return;
-        };
-        let mut client = h1.into_inner();
-        if established(&mut client).await.is_err() {
-            return;
-        }
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-            Err(e) => tracing::debug!("tunnel ended: {e}"),
-        }
+/// Splices the client and the origin; bytes the client sent after the CONNECT head are in
+/// `client` still and go first.
+async fn tunnel(mut client: Box<L4>, mut upstream: TcpStream) {
+    if established(&mut client).await.is_err() {
+        return;
+    }
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(e) => tracing::debug!("tunnel ended: {e}"),
     }
 }
 
-async fn established(client: &mut Stream) -> std::io::Result<()> {
+async fn established(client: &mut L4) -> std::io::Result<()> {
     client
         .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         .await?;
     client.flush().await
 }
 
-/// Answers a refused CONNECT; returns the metrics label.
-async fn refuse(mut session: ServerSession, authority: &str, e: &ProxyError) -> &'static str {
+/// Answers a refused CONNECT and closes; returns the metrics label.
+async fn refuse(client: &mut L4, authority: &str, e: &ProxyError) -> &'static str {
     if let Ok((resp, body)) = errors::render(e, None, None) {
-        let _ = session.write_error_response(resp, body).await;
+        let _ = client.write_all(&errors::to_wire(&resp, &body)).await;
+        let _ = client.flush().await;
     }
     tracing::warn!(target = %authority, error = %e, "CONNECT refused");
     "(connect)"

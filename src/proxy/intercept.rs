@@ -13,7 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::{GetSocketDigest, Peek, Stream};
+use pingora::protocols::{GetSocketDigest, Peek};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
@@ -116,15 +116,11 @@ pub async fn serve(
     http: &Arc<HttpProxy<CredProxy>>,
     tunnels: &Tunnels,
     interceptor: &Arc<Interceptor>,
-    raw: Stream,
+    mut l4: Box<pingora::protocols::l4::stream::Stream>,
     mut tunnel: Tunnel,
     handshake_timeout: Duration,
     shutdown: &ShutdownWatch,
 ) -> Result<(), InterceptError> {
-    let mut l4 = raw
-        .into_any()
-        .downcast::<pingora::protocols::l4::stream::Stream>()
-        .map_err(|_| InterceptError::NotTcp)?;
     let key = addresses(l4.as_ref()).ok_or(InterceptError::NotTcp)?;
     let mut first = [0u8; 1];
     match tokio::time::timeout(handshake_timeout, l4.try_peek(&mut first)).await {

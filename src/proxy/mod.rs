@@ -2,6 +2,7 @@
 //! do), `credentials` (what to inject), `dns` (where to connect) and `errors` (what to answer).
 
 pub mod connect;
+pub mod connect_head;
 pub mod intercept;
 pub mod plan;
 mod replay;
