@@ -273,7 +273,7 @@ fn main() {
     std::fs::write(
         &conf,
         format!(
-            "proxy:\n  listen: 127.0.0.1:{port}\n  admin: 127.0.0.1:{admin}\n  threads: 1\n  ca: {{ cert: {}, key: {} }}\n  upstream_ca: {}\ncredentials:\n  b: {{ type: bearer, token: \"${{BENCH_TOKEN}}\" }}\nroutes:\n  - {{ host: \"localhost:{}\", credential: b }}\n  - {{ host: \"127.0.0.1:{}\", credential: b }}\n  - {{ host: \"*.bench.test\", credential: b }}\n",
+            "proxy:\n  listen: 127.0.0.1:{port}\n  admin: 127.0.0.1:{admin}\n  threads: 1\n  egress: {{ allow: [127.0.0.0/8, \"::1/128\"] }}\n  ca: {{ cert: {}, key: {} }}\n  upstream_ca: {}\ncredentials:\n  b: {{ type: bearer, token: \"${{BENCH_TOKEN}}\" }}\nroutes:\n  - {{ host: \"localhost:{}\", credential: b }}\n  - {{ host: \"127.0.0.1:{}\", credential: b }}\n  - {{ host: \"*.bench.test\", credential: b }}\n",
             ca.cert.display(),
             ca.key.display(),
             origin_ca.display(),

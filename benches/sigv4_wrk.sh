@@ -10,7 +10,7 @@ tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 o1=$(port); o2=$(port); pp=$(port); ap=$(port)
 cat > "$tmp/c.yaml" <<YAML
-proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1 }
+proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1, egress: { allow: [127.0.0.0/8] } }
 credentials:
   key: { type: headers, headers: { X-Api-Key: "\${BENCH_KEY}" } }
   aws: { type: aws_sigv4, access_key_id: "\${BENCH_KEY}", secret_access_key: "\${BENCH_KEY}", service: execute-api, region: us-east-1 }

@@ -20,7 +20,7 @@ class T(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), T).serve_forever()
 PY
 cat > "$tmp/c.yaml" <<YAML
-proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1 }
+proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1, egress: { allow: [127.0.0.0/8] } }
 credentials:
   static: { type: bearer, token: "\${BENCH_TOKEN}" }
   oauth:

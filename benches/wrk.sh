@@ -10,7 +10,7 @@ tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 op=$(port); pp=$(port); ap=$(port)
 cat > "$tmp/c.yaml" <<YAML
-proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1 }
+proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1, egress: { allow: [127.0.0.0/8] } }
 credentials:
   tok: { type: bearer, token: "\${BENCH_TOKEN}" }
 routes:

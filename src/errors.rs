@@ -49,6 +49,8 @@ pub enum ProxyError {
         "a chunked body cannot be signed: send Content-Length, or allow unsigned_payload (S3)"
     )]
     LengthRequired,
+    #[error("{0}")]
+    EgressDenied(#[from] crate::egress::Denied),
 }
 
 impl ProxyError {
@@ -57,7 +59,9 @@ impl ProxyError {
         match self {
             BadRequest(_) => 400,
             NoRoute(_) => 404,
-            Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } => 403,
+            Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } | EgressDenied(_) => {
+                403
+            }
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
             LengthRequired => 411,
@@ -95,6 +99,7 @@ impl ProxyError {
             TokenTimeout(_) => "token_endpoint_timeout",
             BodyTooLarge(_) => "body_too_large",
             LengthRequired => "length_required",
+            EgressDenied(_) => "egress_denied",
         }
     }
 
@@ -120,6 +125,7 @@ impl ProxyError {
             TokenEndpoint(_) => "proxy_internal_error",
             TokenTimeout(_) => "connection_timeout",
             BodyTooLarge(_) | LengthRequired => "http_request_error",
+            EgressDenied(_) => "destination_ip_prohibited",
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod credentials;
 pub mod dns;
+pub mod egress;
 pub mod errors;
 pub mod explain;
 pub mod metrics;

@@ -50,8 +50,8 @@ pub fn log_startup(cfg: &Config) {
     if cfg.proxy.ca.is_none() && cfg.routes.iter().any(|r| r.upstream.is_none()) {
         tracing::warn!("no proxy.ca: injection into HTTPS is off; CONNECT to routed hosts is tunnelled untouched (run `credproxy ca init` and set proxy.ca to intercept them); plain HTTP and sidecar routes are injected");
     }
-    if cfg.proxy.egress.deny_private {
-        tracing::warn!("proxy.egress.deny_private is not enforced yet by this build: requests to private and metadata addresses are not refused");
+    if !cfg.proxy.egress.deny_private {
+        tracing::warn!("proxy.egress.deny_private is false: clients can reach loopback, private and cloud metadata addresses (169.254.169.254) through credproxy");
     }
     if !cfg.proxy.listen.ip().is_loopback() && cfg.clients.is_none() {
         tracing::warn!(listen = %cfg.proxy.listen, "listening on a non-loopback address without `clients:`: anyone who can reach it can use every credential");

@@ -85,6 +85,7 @@ pub struct CaPaths {
 pub struct Egress {
     pub deny_private: bool,
     pub allow: Vec<String>,
+    pub policy: crate::egress::Policy,
 }
 
 /// A named credential: usable, or unavailable with the reason (its routes answer 502).

@@ -384,8 +384,10 @@ impl Resolver<'_> {
                 );
             }
         }
+        let deny_private = e.and_then(|e| e.deny_private).unwrap_or(true);
         Egress {
-            deny_private: e.and_then(|e| e.deny_private).unwrap_or(true),
+            deny_private,
+            policy: crate::egress::Policy::new(deny_private, &allow),
             allow,
         }
     }

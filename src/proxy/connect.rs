@@ -187,6 +187,7 @@ impl Front {
                 reason,
             },
         })?;
+        let addrs = cfg.proxy.egress.policy.filter(&p.host, addrs)?;
         let hp = format!("{}:{}", p.host, p.port);
         let mut last = ProxyError::ConnectRefused(hp.clone());
         for ip in addrs.iter().take(4) {

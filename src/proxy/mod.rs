@@ -345,10 +345,16 @@ impl ProxyHttp for CredProxy {
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
             None => match self.state.dns.resolve(&t.host).await {
-                Ok(a) => {
-                    ctx.addrs = Some(a.clone());
-                    a
-                }
+                Ok(a) => match cfg.proxy.egress.policy.filter(&t.host, a) {
+                    Ok(a) => {
+                        ctx.addrs = Some(a.clone());
+                        a
+                    }
+                    Err(denied) => {
+                        ctx.error = Some(denied.into());
+                        return Err(Error::explain(ErrorType::HTTPStatus(403), "egress policy"));
+                    }
+                },
                 Err(e) => {
                     let pe = match e {
                         DnsError::Timeout => ProxyError::DnsTimeout(t.host.clone()),

@@ -281,7 +281,11 @@ impl Proxy {
     fn try_start(proxy_extra: &str, body: &str, env: &[(&str, &str)]) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        let extra: String = proxy_extra.lines().map(|l| format!("  {l}\n")).collect();
+        let mut extra: String = proxy_extra.lines().map(|l| format!("  {l}\n")).collect();
+        if !proxy_extra.contains("egress") {
+            // The mocks listen on loopback, which the egress guard refuses by default.
+            extra.push_str("  egress: { allow: [127.0.0.0/8, \"::1/128\"] }\n");
+        }
         let text = format!("proxy:\n  listen: 127.0.0.1:{port}\n  admin: 127.0.0.1:{admin_port}\n  threads: 2\n{extra}{body}");
         let conf = dir.path().join("credentials.yaml");
         std::fs::write(&conf, text).unwrap();

@@ -1,0 +1,139 @@
+//! Security properties through the real binary: the egress guard, proxy clients, and
+//! credproxy's own responses never carrying a secret.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+const TOKEN: &str = "sec-token-7f3a9";
+
+fn get(p: &Proxy, target: &str, host: &str) -> String {
+    raw(
+        p.addr,
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[track_caller]
+fn assert_egress_denied(resp: &str) {
+    assert_eq!(status_of(resp), 403, "{resp}");
+    assert!(
+        header_of(resp, "proxy-status")
+            .unwrap()
+            .contains("error=destination_ip_prohibited"),
+        "{resp}"
+    );
+    assert!(body_of(resp).contains("egress_denied"), "{resp}");
+    assert!(!resp.contains(TOKEN));
+}
+
+#[test]
+fn egress_guard_refuses_private_destinations_by_default() {
+    let o = Origin::start();
+    let port = o.port();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{port}\", credential: t }}\n  - {{ path: /side/*, upstream: \"http://127.0.0.1:{port}\", credential: t }}\n"
+    );
+    let p = Proxy::start_with(
+        "egress: { deny_private: true }\ndns: { overrides: { rebind.test: 127.0.0.1, meta.test: 169.254.169.254 } }",
+        &body,
+        &[],
+    );
+    let cases = [
+        (
+            format!("http://127.0.0.1:{port}/routed"),
+            format!("127.0.0.1:{port}"),
+        ),
+        (
+            format!("http://localhost:{port}/unmatched"),
+            format!("localhost:{port}"),
+        ),
+        (
+            format!("http://rebind.test:{port}/x"),
+            format!("rebind.test:{port}"),
+        ),
+        (
+            "http://169.254.169.254/latest/meta-data/".into(),
+            "169.254.169.254".into(),
+        ),
+        (
+            "http://meta.test/latest/meta-data/".into(),
+            "meta.test".into(),
+        ),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            format!("[::ffff:127.0.0.1]:{port}"),
+        ),
+        (format!("http://[::1]:{port}/"), format!("[::1]:{port}")),
+        (format!("http://0.0.0.0:{port}/"), format!("0.0.0.0:{port}")),
+        ("http://10.0.0.1/".into(), "10.0.0.1".into()),
+        ("http://192.168.0.1/".into(), "192.168.0.1".into()),
+        ("http://100.64.0.1/".into(), "100.64.0.1".into()),
+        ("http://[fd00::1]/".into(), "[fd00::1]".into()),
+        ("http://[fe80::1]/".into(), "[fe80::1]".into()),
+    ];
+    for (target, host) in &cases {
+        assert_egress_denied(&get(&p, target, host));
+    }
+    // Sidecar upstreams and CONNECT tunnels too.
+    assert_egress_denied(&get(&p, "/side/x", "x"));
+    let resp = raw(
+        p.addr,
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+    );
+    assert_egress_denied(&resp);
+    let resp = raw(
+        p.addr,
+        b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: 169.254.169.254:80\r\n\r\n",
+    );
+    assert_egress_denied(&resp);
+    assert_eq!(o.count(), 0, "nothing reached the private origin");
+    assert_eq!(o.connections(), 0);
+}
+
+#[test]
+fn egress_allow_exempts_cidrs_and_hosts() {
+    let o = Origin::start();
+    let port = o.port();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"localhost:{port}\", credential: t }}\n"
+    );
+    // By host name: any address it resolves to.
+    let p = Proxy::start_with("egress: { allow: [localhost] }", &body, &[]);
+    let resp = get(
+        &p,
+        &format!("http://localhost:{port}/a"),
+        &format!("localhost:{port}"),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(
+        o.last().header("authorization").unwrap(),
+        format!("Bearer {TOKEN}")
+    );
+    // The same address under another name is still refused.
+    assert_egress_denied(&get(
+        &p,
+        &format!("http://127.0.0.1:{port}/b"),
+        &format!("127.0.0.1:{port}"),
+    ));
+    // By CIDR: only that range.
+    let p = Proxy::start_with("egress: { allow: [127.0.0.1/32] }", &body, &[]);
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{port}/c"),
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_egress_denied(&get(&p, "http://127.0.0.2:1/", "127.0.0.2:1"));
+    // Off: a loud startup warning.
+    let p = Proxy::start_with("egress: { deny_private: false }", &body, &[]);
+    assert!(p.log_text().contains("deny_private is false"));
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{port}/d"),
+        &format!("127.0.0.1:{port}"),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+}
