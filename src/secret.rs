@@ -92,6 +92,22 @@ impl SecretSource {
         }
     }
 
+    /// For a `file:` secret that group or others may read: what is wrong, to warn or refuse.
+    pub fn permission_problem(&self, base_dir: &Path) -> Option<String> {
+        let SecretSource::File(p) = self else {
+            return None;
+        };
+        let full = base_dir.join(p);
+        let mode = file_mode(&full)?;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "secret file {} is readable by group or others (mode {:o}): chmod 600 it",
+                full.display(),
+                mode & 0o777
+            )
+        })
+    }
+
     /// Resolves the value; `lookup` reads the environment (injectable for tests).
     pub fn resolve(
         &self,
@@ -182,6 +198,17 @@ fn substitute(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+#[cfg(unix)]
+fn file_mode(p: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).ok().map(|m| m.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn file_mode(_: &Path) -> Option<u32> {
+    None
 }
 
 fn read_secret_file(base_dir: &Path, path: &str) -> Result<String, SecretError> {

@@ -40,6 +40,40 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The error with every `secrets` value replaced by `***`: an endpoint's error text is
+    /// shown to clients and in logs, and a careless endpoint may quote what it was sent.
+    pub fn redacted(self, secrets: &[Secret]) -> TokenError {
+        let scrub = |mut text: String| {
+            for s in secrets {
+                let v = s.expose();
+                if v.len() >= 4 {
+                    text = text.replace(v, "***");
+                }
+            }
+            text
+        };
+        match self {
+            TokenError::Status {
+                endpoint,
+                status,
+                detail,
+            } => TokenError::Status {
+                endpoint,
+                status,
+                detail: scrub(detail),
+            },
+            TokenError::BadResponse { endpoint, reason } => TokenError::BadResponse {
+                endpoint,
+                reason: scrub(reason),
+            },
+            TokenError::Connect { endpoint, reason } => TokenError::Connect {
+                endpoint,
+                reason: scrub(reason),
+            },
+            e @ TokenError::Timeout { .. } => e,
+        }
+    }
+
     /// Worth another try: the endpoint may answer differently in a moment.
     pub fn retryable(&self) -> bool {
         match self {
@@ -124,6 +158,11 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     /// The provider revoked the grant: a person has to reconnect; fetching again is pointless.
     fn needs_reconnect(&self) -> bool {
         false
+    }
+    /// Values this source sends to its endpoint that an endpoint might echo back in an
+    /// error (a client secret, a refresh token): scrubbed from every error message.
+    fn sent_secrets(&self) -> Vec<Secret> {
+        Vec::new()
     }
 }
 
@@ -378,7 +417,11 @@ impl TokenCache {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match src.fetch(&self.http).await {
+            match src
+                .fetch(&self.http)
+                .await
+                .map_err(|e| e.redacted(&src.sent_secrets()))
+            {
                 Ok(f) => return make_token(src, f),
                 Err(e) if e.retryable() && attempt < self.retry.attempts => {
                     let delay = self.retry.base_delay * 2u32.pow(attempt - 1);

@@ -137,3 +137,69 @@ fn egress_allow_exempts_cidrs_and_hosts() {
     );
     assert_eq!(status_of(&resp), 200, "{resp}");
 }
+
+#[test]
+fn logs_are_at_trace_and_scanned_for_every_configured_secret() {
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\n  b: {{ type: basic, username: u, password: \"${{SEC_PASSWORD}}\" }}\n  h: {{ type: headers, headers: {{ X-Api-Key: \"hdr-secret-991\" }} }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credentials: [t, b, h] }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with("", &body, &[("SEC_PASSWORD", "pw-from-env-123")]);
+    for c in ["t", "b", "h"] {
+        let resp = raw(
+            p.addr,
+            format!("GET http://127.0.0.1:{0}/{c} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nX-Credproxy-Credential: {c}\r\nConnection: close\r\n\r\n", o.port()).as_bytes(),
+        );
+        assert_eq!(status_of(&resp), 200, "{resp}");
+    }
+    let secrets = registered_secrets();
+    for s in [TOKEN, "pw-from-env-123", "hdr-secret-991"] {
+        assert!(secrets.iter().any(|x| x == s), "{s} not registered");
+    }
+    // The scan is not vacuous: the log is at trace level, and a leak would be caught.
+    let log = p.log_text();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "{log}");
+    let caught = std::panic::catch_unwind(|| assert_no_secret("text", &format!("x {TOKEN} y")));
+    assert!(caught.is_err());
+    // The origin received them (so they did pass through the process that was logging).
+    assert_eq!(
+        o.seen()[2].header("x-api-key").as_deref(),
+        Some("hdr-secret-991")
+    );
+}
+
+#[test]
+fn a_token_endpoint_quoting_the_client_secret_does_not_leak_it() {
+    const CLIENT_SECRET: &str = "cs-reflected-4411";
+    let ts = TokenServer::start(TokenReply::raw(
+        401,
+        &format!("{{\"error\":\"invalid_client\",\"error_description\":\"bad secret {CLIENT_SECRET} for client app\"}}"),
+        "application/json",
+    ));
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"{}\"\n    client_id: app\n    client_secret: \"{CLIENT_SECRET}\"\n    auth_method: post_body\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
+        ts.url("/token"),
+        o.port()
+    );
+    let p = Proxy::start_with("", &body, &[]);
+    // `raw` itself asserts no registered secret is in the response.
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{}/x", o.port()),
+        &format!("127.0.0.1:{}", o.port()),
+    );
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    assert!(
+        body_of(&resp).contains("bad secret *** for client app"),
+        "{resp}"
+    );
+    let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+    assert!(creds.contains("***"), "{creds}");
+    assert_no_secret("/credentials", &creds);
+    assert!(ts.requests()[0]
+        .body
+        .windows(CLIENT_SECRET.len())
+        .any(|w| w == CLIENT_SECRET.as_bytes()));
+}

@@ -103,6 +103,9 @@ pub struct RawProxy {
     /// Where rotated refresh tokens are kept (encrypted with CREDPROXY_STATE_KEY).
     /// Default `.credproxy/state`, relative to the config file.
     pub state_dir: Option<String>,
+    /// Refuse `file:` secrets (and the CA key) that group or others can read, instead of
+    /// warning. Default false.
+    pub strict_permissions: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

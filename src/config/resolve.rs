@@ -145,7 +145,8 @@ impl Resolver<'_> {
         let state_dir = self
             .base_dir
             .join(raw.proxy.state_dir.as_deref().unwrap_or(".credproxy/state"));
-        let credentials = self.credentials(raw.credentials, &state_dir);
+        let strict = raw.proxy.strict_permissions.unwrap_or(false);
+        let credentials = self.credentials(raw.credentials, &state_dir, strict);
         // Names as declared: a credential that failed to build still exists for route checks
         // (the config is rejected anyway, and its own error says why).
         let names: Vec<&str> = declared.iter().map(String::as_str).collect();
@@ -303,7 +304,8 @@ impl Resolver<'_> {
             cert: self.base_dir.join(&c.cert),
             key: self.base_dir.join(&c.key),
         });
-        let interceptor = ca.as_ref().and_then(|c| self.interceptor(c));
+        let strict = p.strict_permissions.unwrap_or(false);
+        let interceptor = ca.as_ref().and_then(|c| self.interceptor(c, strict));
         let upstream_ca = p.upstream_ca.as_ref().map(|u| self.base_dir.join(u));
         let upstream_roots = upstream_ca.as_ref().and_then(|u| {
             crate::tls::roots::with_extra(u)
@@ -332,7 +334,7 @@ impl Resolver<'_> {
 
     /// Loads the CA named by `proxy.ca`; its problems are config errors (exit 2 at startup,
     /// the running config kept on reload).
-    fn interceptor(&mut self, c: &CaPaths) -> Option<Arc<crate::tls::Interceptor>> {
+    fn interceptor(&mut self, c: &CaPaths, strict: bool) -> Option<Arc<crate::tls::Interceptor>> {
         let ca = match crate::tls::ca::load(&c.cert, &c.key) {
             Ok(ca) => ca,
             Err(e) => {
@@ -341,6 +343,13 @@ impl Resolver<'_> {
             }
         };
         for w in &ca.warnings {
+            if strict && w.contains("chmod") {
+                self.err(
+                    "proxy.ca.key",
+                    format!("{w} (proxy.strict_permissions is on)"),
+                );
+                return None;
+            }
             self.warn("proxy.ca.key", w.clone());
         }
         match crate::tls::Interceptor::new(ca) {
@@ -396,6 +405,7 @@ impl Resolver<'_> {
         &mut self,
         raw: IndexMap<String, serde_yaml::Value>,
         state_dir: &Path,
+        strict_permissions: bool,
     ) -> Vec<CredentialEntry> {
         let mut out = Vec::new();
         for (name, value) in raw {
@@ -421,6 +431,7 @@ impl Resolver<'_> {
                 warnings: Vec::new(),
                 name: &name,
                 state_dir,
+                strict_permissions,
             };
             let built = Credential::build(&raw, &mut ctx);
             for (key, msg) in std::mem::take(&mut ctx.warnings) {

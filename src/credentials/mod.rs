@@ -45,6 +45,8 @@ pub struct BuildCtx<'a> {
     pub name: &'a str,
     /// `proxy.state_dir`.
     pub state_dir: &'a Path,
+    /// `proxy.strict_permissions`: refuse secret files others can read.
+    pub strict_permissions: bool,
 }
 
 impl BuildCtx<'_> {
@@ -76,6 +78,14 @@ impl BuildCtx<'_> {
                 key.to_string(),
                 "secret written as a literal; prefer ${ENV_VAR} or file:PATH".to_string(),
             ));
+        }
+        if let Some(problem) = source.permission_problem(self.base_dir) {
+            if self.strict_permissions {
+                return Err(invalid(format!(
+                    "{problem} (proxy.strict_permissions is on)"
+                )));
+            }
+            self.warnings.push((key.to_string(), problem));
         }
         let resolved = if multiline {
             source.resolve_multiline(self.base_dir, self.env)
@@ -261,6 +271,7 @@ pub(crate) mod test_support {
             warnings: Vec::new(),
             name: "test",
             state_dir: Path::new(".credproxy-test-state"),
+            strict_permissions: false,
         }
     }
 

@@ -304,6 +304,10 @@ impl TokenSource for OAuth2ClientCredentials {
         "Bearer "
     }
 
+    fn sent_secrets(&self) -> Vec<Secret> {
+        vec![self.client_secret.clone()]
+    }
+
     fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -294,6 +294,12 @@ impl TokenSource for RefreshToken {
         "Bearer "
     }
 
+    fn sent_secrets(&self) -> Vec<Secret> {
+        let mut v = vec![self.client_secret.clone()];
+        v.extend(self.current().ok());
+        v
+    }
+
     fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -199,6 +199,10 @@ impl TokenSource for Data360 {
         "Bearer "
     }
 
+    fn sent_secrets(&self) -> Vec<Secret> {
+        vec![self.client_secret.clone()]
+    }
+
     fn endpoint(&self) -> &str {
         &self.step1_label
     }

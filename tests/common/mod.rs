@@ -18,6 +18,90 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 
+/// Every secret value a test handed to credproxy (config literals, env values, tokens served
+/// by mock endpoints). None may appear in a proxy's log (tests run it at trace level) or in
+/// a response read with `raw`.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn registered_secrets() -> Vec<String> {
+    SECRETS.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Too short to search for without false hits.
+const MIN_SECRET_LEN: usize = 6;
+
+pub fn register_secret(s: &str) {
+    let s = s.trim();
+    if s.len() >= MIN_SECRET_LEN {
+        let mut all = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.iter().any(|x| x == s) {
+            all.push(s.to_string());
+        }
+    }
+}
+
+#[track_caller]
+pub fn assert_no_secret(what: &str, text: &str) {
+    let all = SECRETS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for s in all {
+        assert!(
+            !text.contains(&s),
+            "a secret ({}...) appears in {what}",
+            &s[..3]
+        );
+    }
+}
+
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "password",
+    "client_secret",
+    "secret_access_key",
+    "session_token",
+    "refresh_token",
+    "secret",
+];
+
+/// Registers the secrets written literally in a config, and the env values it references.
+fn register_config_secrets(text: &str, env: &[(&str, &str)]) {
+    fn walk(v: &serde_yaml::Value, key: Option<&str>, env: &[(&str, &str)]) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m {
+                    let k = k.as_str();
+                    if k == Some("headers") {
+                        if let serde_yaml::Value::Mapping(h) = v {
+                            h.values().for_each(|hv| walk(hv, Some("secret"), env));
+                        }
+                        continue;
+                    }
+                    walk(v, k, env);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|x| walk(x, key, env)),
+            serde_yaml::Value::String(s) if key.is_some_and(|k| SECRET_KEYS.contains(&k)) => {
+                match s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+                    Some(var) => env
+                        .iter()
+                        .filter(|(k, _)| *k == var)
+                        .for_each(|(_, v)| register_secret(v)),
+                    None if !s.starts_with("file:") => register_secret(s),
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        walk(&v, None, env);
+    }
+    for (k, v) in env {
+        if k.contains("KEY") || k.contains("SECRET") || k.contains("TOKEN") {
+            register_secret(v);
+        }
+    }
+}
+
 /// One request as the origin saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -288,6 +372,7 @@ impl Proxy {
         }
         let text = format!("proxy:\n  listen: 127.0.0.1:{port}\n  admin: 127.0.0.1:{admin_port}\n  threads: 2\n{extra}{body}");
         let conf = dir.path().join("credentials.yaml");
+        register_config_secrets(&text, env);
         std::fs::write(&conf, text).unwrap();
         let log = dir.path().join("proxy.log");
         let logf = std::fs::File::create(&log).unwrap();
@@ -299,7 +384,8 @@ impl Proxy {
             .stderr(logf);
         cmd.env(
             "RUST_LOG",
-            std::env::var("CREDPROXY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            // Every test runs the proxy at trace level: its log is scanned for secrets.
+            std::env::var("CREDPROXY_TEST_LOG").unwrap_or_else(|_| "trace".into()),
         );
         cmd.env_remove("HTTP_PROXY")
             .env_remove("http_proxy")
@@ -382,6 +468,8 @@ impl Drop for Proxy {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("---- credproxy log ----\n{}", self.log_text());
+        } else {
+            assert_no_secret("the proxy log", &self.log_text());
         }
     }
 }
@@ -393,7 +481,9 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     s.write_all(request).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert_no_secret("a response", &text);
+    text
 }
 
 /// A minimal GET for admin endpoints: (status, body).
@@ -464,6 +554,7 @@ pub struct TokenReply {
 
 impl TokenReply {
     pub fn ok(token: &str, expires_in: &str) -> Self {
+        register_secret(token);
         TokenReply {
             status: 200,
             body: format!("{{\"access_token\":\"{token}\",\"token_type\":\"Bearer\",\"expires_in\":{expires_in}}}"),

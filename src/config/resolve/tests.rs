@@ -581,3 +581,59 @@ fn rejects_bad_handshake_timeout() {
         "",
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn readable_secret_files_are_warned_or_refused_when_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("pw");
+    std::fs::write(&f, "s3cret\n").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = |strict: bool| {
+        format!(
+            "proxy:\n  strict_permissions: {strict}\ncredentials:\n  erp:\n    type: basic\n    username: u\n    password: \"file:{}\"\n",
+            f.display()
+        )
+    };
+    let c = load(&text(false)).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.path == "credentials.erp.password" && w.message.contains("chmod 600")),
+        "{:?}",
+        c.warnings
+    );
+    rejects(
+        &text(true),
+        "credentials.erp.password",
+        7,
+        "strict_permissions",
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = load(&text(true)).unwrap();
+    assert!(
+        !c.warnings.iter().any(|w| w.message.contains("chmod")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn readable_ca_key_is_refused_when_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let a = crate::tls::ca::init(d.path(), false).unwrap();
+    std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let text = |strict: bool| {
+        format!(
+            "proxy:\n  strict_permissions: {strict}\n  ca:\n    cert: {}\n    key: {}\n",
+            a.cert.display(),
+            a.key.display()
+        )
+    };
+    let c = load(&text(false)).unwrap();
+    assert!(c.warnings.iter().any(|w| w.path == "proxy.ca.key"));
+    rejects(&text(true), "proxy.ca.key", 5, "strict_permissions");
+}

@@ -79,6 +79,7 @@ fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
         warnings: Vec::new(),
         name: "hub",
         state_dir: dir,
+        strict_permissions: false,
     };
     let raw = RawRefreshToken {
         token_url: format!("http://127.0.0.1:{port}/token"),
