@@ -142,6 +142,13 @@ impl Admin {
     }
 
     fn tls_metrics(&self, out: &mut String) {
+        out.push_str("# HELP credproxy_client_connections Client connections open now on the proxy listener.\n");
+        out.push_str("# TYPE credproxy_client_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "credproxy_client_connections {}",
+            self.state.client_connections.total()
+        );
         out.push_str(
             "# HELP credproxy_intercepted_connections Intercepted CONNECT tunnels now open.\n",
         );

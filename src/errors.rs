@@ -51,6 +51,12 @@ pub enum ProxyError {
     LengthRequired,
     #[error("{0}")]
     EgressDenied(#[from] crate::egress::Denied),
+    #[error("the request head did not arrive within proxy.timeouts.header ({0:?})")]
+    HeaderTimeout(std::time::Duration),
+    #[error("request head too large: {0}")]
+    HeadersTooLarge(String),
+    #[error("{0} connections already open from this client address (proxy.limits.max_connections_per_client)")]
+    TooManyConnections(usize),
 }
 
 impl ProxyError {
@@ -64,6 +70,9 @@ impl ProxyError {
             }
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
+            HeaderTimeout(_) => 408,
+            HeadersTooLarge(_) => 431,
+            TooManyConnections(_) => 429,
             LengthRequired => 411,
             DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) | TokenTimeout(_) => 504,
             TokenEndpoint(_) => 502,
@@ -100,6 +109,9 @@ impl ProxyError {
             BodyTooLarge(_) => "body_too_large",
             LengthRequired => "length_required",
             EgressDenied(_) => "egress_denied",
+            HeaderTimeout(_) => "request_timeout",
+            HeadersTooLarge(_) => "headers_too_large",
+            TooManyConnections(_) => "too_many_connections",
         }
     }
 
@@ -126,6 +138,8 @@ impl ProxyError {
             TokenTimeout(_) => "connection_timeout",
             BodyTooLarge(_) | LengthRequired => "http_request_error",
             EgressDenied(_) => "destination_ip_prohibited",
+            HeaderTimeout(_) | HeadersTooLarge(_) => "http_request_error",
+            TooManyConnections(_) => "http_request_denied",
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::proxy::intercept::Tunnels;
+use crate::proxy::limits::ClientConnections;
 use crate::tokens::{Retry, TokenCache};
 
 pub struct AppState {
@@ -20,6 +21,8 @@ pub struct AppState {
     pub tokens: TokenCache,
     /// Intercepted CONNECT tunnels, for the requests inside them.
     pub tunnels: Tunnels,
+    /// Open connections per client address (`proxy.limits.max_connections_per_client`).
+    pub client_connections: ClientConnections,
 }
 
 impl AppState {
@@ -35,6 +38,7 @@ impl AppState {
             metrics: Metrics::default(),
             tokens,
             tunnels: Tunnels::default(),
+            client_connections: ClientConnections::default(),
         })
     }
 

@@ -203,3 +203,139 @@ fn a_token_endpoint_quoting_the_client_secret_does_not_leak_it() {
         .windows(CLIENT_SECRET.len())
         .any(|w| w == CLIENT_SECRET.as_bytes()));
 }
+
+#[test]
+fn slowloris_connections_are_capped_and_timed_out_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: t }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with("timeouts: { header: 2s }", &body, &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 500 half-open connections from 127.0.0.2, each with part of a request head.
+    let conns = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..500 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut c = s.connect(p.addr).await.unwrap();
+            c.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .await
+                .unwrap();
+            v.push(c);
+        }
+        v
+    });
+    // Meanwhile a normal client is served.
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{}/normal", o.port()),
+        &format!("127.0.0.1:{}", o.port()),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    // Every slow connection ends: 429 over the per-client cap, 408 when the head's time is up.
+    let answers = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for mut c in conns {
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    c.read_to_end(&mut out),
+                )
+                .await;
+                assert!(read.is_ok(), "the proxy closed the connection");
+                status_of(&String::from_utf8_lossy(&out))
+            }));
+        }
+        let mut v = Vec::new();
+        for t in tasks {
+            v.push(t.await.unwrap());
+        }
+        v
+    });
+    let n = |code| answers.iter().filter(|&&s| s == code).count();
+    assert_eq!((n(429), n(408)), (244, 256), "{answers:?}");
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{}/after", o.port()),
+        &format!("127.0.0.1:{}", o.port()),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+}
+
+#[test]
+fn oversized_heads_and_too_many_headers_get_431() {
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: t }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with(
+        "limits: { max_header_bytes: 8KiB, max_headers: 20 }",
+        &body,
+        &[],
+    );
+    let target = format!("http://127.0.0.1:{}/", o.port());
+    let big = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let resp = raw(p.addr, big.as_bytes());
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    let many: String = (0..25).map(|i| format!("X-{i}: v\r\n")).collect();
+    let resp = raw(
+        p.addr,
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{many}Connection: close\r\n\r\n",
+            o.port()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    assert!(body_of(&resp).contains("max_headers"), "{resp}");
+    assert_eq!(o.count(), 0);
+    let resp = get(&p, &target, &format!("127.0.0.1:{}", o.port()));
+    assert_eq!(status_of(&resp), 200, "{resp}");
+}
+
+#[test]
+fn per_client_connection_cap() {
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: t }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with("limits: { max_connections_per_client: 3 }", &body, &[]);
+    let held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(p.addr).unwrap())
+        .collect();
+    // The proxy counts a connection when its task starts: wait until all three are.
+    p.metrics_with(&["credproxy_client_connections 3"]);
+    let until = |want: u16, target: &str, host: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let resp = get(&p, target, host);
+            if status_of(&resp) == want || std::time::Instant::now() > deadline {
+                return resp;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let resp = until(429, "http://127.0.0.1:1/", "127.0.0.1:1");
+    assert_eq!(status_of(&resp), 429, "{resp}");
+    assert!(body_of(&resp).contains("too_many_connections"), "{resp}");
+    drop(held);
+    let resp = until(
+        200,
+        &format!("http://127.0.0.1:{}/", o.port()),
+        &format!("127.0.0.1:{}", o.port()),
+    );
+    assert_eq!(status_of(&resp), 200, "{resp}");
+}

@@ -12,12 +12,20 @@ use common::*;
 const SECRET: &str = "cs-very-secret-42";
 
 fn proxy(ts: &TokenServer, origin: &Origin, cred_extra: &str) -> Proxy {
+    proxy_with(ts, origin, cred_extra, "")
+}
+
+fn proxy_with(ts: &TokenServer, origin: &Origin, cred_extra: &str, proxy_extra: &str) -> Proxy {
     let body = format!(
         "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: \"{}\"\n    client_id: \"${{CID}}\"\n    client_secret: \"${{CSECRET}}\"\n    scopes: [read, write]\n{cred_extra}routes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
         ts.url("/oauth/token?tenant=acme"),
         origin.port()
     );
-    Proxy::start_with("", &body, &[("CID", "client-1"), ("CSECRET", SECRET)])
+    Proxy::start_with(
+        proxy_extra,
+        &body,
+        &[("CID", "client-1"), ("CSECRET", SECRET)],
+    )
 }
 
 fn get(p: &Proxy, o: &Origin) -> (u16, String) {
@@ -173,7 +181,8 @@ fn one_token_request_for_1000_concurrent_cold_requests() {
     let mut slow = TokenReply::ok("shared", "3600");
     slow.delay = Duration::from_millis(500);
     let ts = TokenServer::start(slow);
-    let p = proxy(&ts, &o, "");
+    // 1,000 connections from one address: above the default per-client cap of 256.
+    let p = proxy_with(&ts, &o, "", "limits: { max_connections_per_client: 2000 }");
     let url = format!("http://127.0.0.1:{}/c", o.port());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

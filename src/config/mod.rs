@@ -46,6 +46,7 @@ pub struct ProxySettings {
     pub unmatched: Unmatched,
     pub max_body: u64,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub dns: DnsSettings,
     pub threads: usize,
     pub ca: Option<CaPaths>,
@@ -65,6 +66,14 @@ pub struct Timeouts {
     pub idle: Duration,
     pub client_idle: Duration,
     pub handshake: Duration,
+    pub header: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections_per_client: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -97,6 +97,7 @@ pub struct RawProxy {
     pub max_body: Option<String>,
     pub egress: Option<RawEgress>,
     pub timeouts: Option<RawTimeouts>,
+    pub limits: Option<RawLimits>,
     pub dns: Option<RawDns>,
     /// Worker threads for the data path. Default: number of CPUs.
     pub threads: Option<usize>,
@@ -124,6 +125,18 @@ pub struct RawCa {
     pub key: String,
 }
 
+/// Bounds on what one client can make the proxy hold.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request head (request line and headers), e.g. `64KiB` (the default).
+    pub max_header_bytes: Option<String>,
+    /// Most header fields in a request. Default 100.
+    pub max_headers: Option<usize>,
+    /// Most connections open at once from one client IP address. Default 256.
+    pub max_connections_per_client: Option<usize>,
+}
+
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEgress {
@@ -143,6 +156,9 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     /// Longest wait for a client's next request on a kept-alive connection. Default 60s.
     pub client_idle: Option<String>,
+    /// Longest time for a client to send a connection's first request head, from accept.
+    /// Default 10s.
+    pub header: Option<String>,
     /// Longest wait for a client to finish the TLS handshake inside an intercepted CONNECT.
     /// Default 10s.
     pub handshake: Option<String>,

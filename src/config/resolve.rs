@@ -15,7 +15,7 @@ use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, Unmatched};
 use super::units::{parse_duration, parse_size};
 use super::{
     CaPaths, Client, Config, ConfigError, ConfigErrors, CredentialEntry, DnsSettings, Egress,
-    ProxySettings, Route, Timeouts, Upstream,
+    Limits, ProxySettings, Route, Timeouts, Upstream,
 };
 use crate::credentials::{self, BuildCtx, BuildError, Credential};
 use crate::routing::{parse_host_pattern, split_host_port, Glob, Matcher, Router};
@@ -271,7 +271,15 @@ impl Resolver<'_> {
                 ms,
                 Duration::from_secs(300),
             ),
+            header: self.duration(
+                "proxy.timeouts.header",
+                t.and_then(|t| t.header.as_ref()),
+                Duration::from_secs(10),
+                ms,
+                Duration::from_secs(300),
+            ),
         };
+        let limits = self.limits(p);
         let d = p.dns.as_ref();
         let dns = DnsSettings {
             ttl: self.duration(
@@ -319,6 +327,7 @@ impl Resolver<'_> {
             unmatched: p.unmatched.unwrap_or(Unmatched::Tunnel),
             max_body,
             timeouts,
+            limits,
             dns,
             threads,
             ca,
@@ -358,6 +367,48 @@ impl Resolver<'_> {
                 self.err("proxy.ca", e.to_string());
                 None
             }
+        }
+    }
+
+    fn limits(&mut self, p: &RawProxy) -> Limits {
+        let l = p.limits.as_ref();
+        let max_header_bytes = match l.and_then(|l| l.max_header_bytes.as_ref()) {
+            None => 64 << 10,
+            Some(t) => match parse_size(t) {
+                Ok(n) if (1 << 10..=1 << 20).contains(&n) => n as usize,
+                Ok(_) => {
+                    self.err(
+                        "proxy.limits.max_header_bytes",
+                        format!("`{t}` is out of range (1KiB to 1MiB)"),
+                    );
+                    0
+                }
+                Err(e) => {
+                    self.err("proxy.limits.max_header_bytes", e);
+                    0
+                }
+            },
+        };
+        let mut count = |key: &str, v: Option<usize>, default: usize, max: usize| match v {
+            None => default,
+            Some(n) if (1..=max).contains(&n) => n,
+            Some(n) => {
+                self.err(
+                    &format!("proxy.limits.{key}"),
+                    format!("{n} is out of range (1 to {max})"),
+                );
+                default
+            }
+        };
+        Limits {
+            max_header_bytes,
+            max_headers: count("max_headers", l.and_then(|l| l.max_headers), 100, 1000),
+            max_connections_per_client: count(
+                "max_connections_per_client",
+                l.and_then(|l| l.max_connections_per_client),
+                256,
+                1_000_000,
+            ),
         }
     }
 

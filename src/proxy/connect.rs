@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use super::connect_head;
 use super::intercept::{self, InterceptError, Tunnel};
+use super::limits::{self, FirstHead};
 use super::plan::authenticate;
 use super::CredProxy;
 use crate::config::{Config, Unmatched};
@@ -33,28 +34,69 @@ pub struct Front {
     pub state: Arc<AppState>,
 }
 
-/// Longest wait for a CONNECT request head once its first bytes arrived.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The CONNECT head is already in the stream's buffer (see `limits::read_first_head`).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let idle = self.state.config().proxy.timeouts.client_idle;
-        let mut head = [0u8; 8];
-        match tokio::time::timeout(idle, stream.try_peek(&mut head)).await {
-            Ok(Ok(true)) if &head == b"CONNECT " => {
-                self.connect(stream, shutdown).await;
-                None
+        let Ok(mut l4) = stream.into_any().downcast::<L4>() else {
+            return None; // the listener is TCP: not reached
+        };
+        let cfg = self.state.config();
+        let limits = &cfg.proxy.limits;
+        let ip = peer_ip(&l4)?;
+        let Some(_counted) = self
+            .state
+            .client_connections
+            .acquire(ip, limits.max_connections_per_client)
+        else {
+            let e = ProxyError::TooManyConnections(limits.max_connections_per_client);
+            let label = refuse(&mut l4, &ip.to_string(), &e).await;
+            self.count(label, e.status());
+            return None;
+        };
+        let head =
+            limits::read_first_head(&mut l4, cfg.proxy.timeouts.header, limits.max_header_bytes)
+                .await;
+        drop(cfg);
+        let refusal = match head {
+            FirstHead::Ready(buf) => {
+                l4.rewind(&buf);
+                if buf.starts_with(b"CONNECT ") {
+                    self.connect(l4, shutdown).await;
+                } else {
+                    self.http.process_new(l4, shutdown).await;
+                }
+                return None;
             }
-            Ok(Ok(_)) => self.http.process_new(stream, shutdown).await,
-            // Closed, reset or silent: nothing to answer.
-            _ => None,
-        }
+            FirstHead::Closed | FirstHead::TimedOut { partial: false } => return None,
+            FirstHead::Tls => {
+                tracing::warn!(client = %ip, "a client spoke TLS to the proxy port: set HTTPS_PROXY=http://... (credproxy's listener is plain HTTP; CONNECT carries the TLS)");
+                return None;
+            }
+            FirstHead::TimedOut { partial: true } => {
+                ProxyError::HeaderTimeout(self.state.config().proxy.timeouts.header)
+            }
+            FirstHead::TooLarge => ProxyError::HeadersTooLarge(format!(
+                "more than proxy.limits.max_header_bytes ({})",
+                self.state.config().proxy.limits.max_header_bytes
+            )),
+        };
+        let label = refuse(&mut l4, &ip.to_string(), &refusal).await;
+        self.count(label, refusal.status());
+        None
     }
+}
+
+fn peer_ip(l4: &L4) -> Option<std::net::IpAddr> {
+    use pingora::protocols::GetSocketDigest;
+    let d = l4.get_socket_digest()?;
+    Some(d.peer_addr()?.as_inet()?.ip())
 }
 
 /// What to do with one CONNECT.
@@ -93,10 +135,7 @@ pub fn plan_connect(
 }
 
 impl Front {
-    async fn connect(&self, stream: Stream, shutdown: &ShutdownWatch) {
-        let Ok(mut client) = stream.into_any().downcast::<L4>() else {
-            return; // the listener is TCP: not reached
-        };
+    async fn connect(&self, mut client: Box<L4>, shutdown: &ShutdownWatch) {
         let head = match connect_head::read(&mut client, HEAD_TIMEOUT).await {
             Ok(h) => h,
             Err(connect_head::ReadError::Gone) => return,

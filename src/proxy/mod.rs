@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod connect_head;
 pub mod intercept;
+pub mod limits;
 pub mod plan;
 mod replay;
 
@@ -284,6 +285,17 @@ impl ProxyHttp for CredProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = self.state.config();
+        let l = &cfg.proxy.limits;
+        if let Err(m) = limits::check_headers(
+            &session.req_header().headers,
+            l.max_headers,
+            l.max_header_bytes,
+        ) {
+            ctx.cfg = Some(cfg);
+            return self
+                .refuse(session, ctx, ProxyError::HeadersTooLarge(m).into())
+                .await;
+        }
         let result = match intercept::arrival(&self.state.tunnels, session) {
             Ok(intercept::Arrival::Tunnel(t)) => plan::plan(&cfg, session.req_header(), Some(&t)),
             Ok(intercept::Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),

@@ -1,0 +1,167 @@
+//! What one client can make the proxy hold: connections per client address, and the time and
+//! size of a connection's first request head (a slowloris client trickling a head is cut off
+//! at `proxy.timeouts.header`).
+
+use std::net::IpAddr;
+
+use dashmap::DashMap;
+use pingora::protocols::l4::stream::Stream as L4;
+use tokio::io::AsyncReadExt;
+
+/// Open connections by client address.
+#[derive(Default)]
+pub struct ClientConnections {
+    open: DashMap<IpAddr, usize>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// One counted connection; uncounted when dropped.
+pub struct Counted<'a> {
+    conns: &'a ClientConnections,
+    ip: IpAddr,
+}
+
+impl ClientConnections {
+    /// Counts a new connection from `ip`, or `None` when it already has `max` open.
+    pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<Counted<'_>> {
+        let mut n = self.open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Counted { conns: self, ip })
+    }
+
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.open.get(&ip).map(|n| *n).unwrap_or(0)
+    }
+
+    /// Client connections open now, all addresses together.
+    pub fn total(&self) -> usize {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.conns
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(mut n) = self.conns.open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+        }
+        self.conns.open.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
+
+/// How the first request head arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstHead {
+    /// Complete; these are all the bytes read (to be put back for the parser).
+    Ready(Vec<u8>),
+    /// The client closed (or reset) before a complete head.
+    Closed,
+    /// The deadline passed; `partial` when some bytes had arrived.
+    TimedOut {
+        partial: bool,
+    },
+    TooLarge,
+    /// A TLS ClientHello: the client speaks HTTPS to a plain-HTTP proxy port.
+    Tls,
+}
+
+/// Reads until the end of the first request head, within `deadline` and `max` bytes.
+pub async fn read_first_head(l4: &mut L4, deadline: std::time::Duration, max: usize) -> FirstHead {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout_at(until, l4.read(&mut chunk)).await {
+            Err(_) => {
+                return FirstHead::TimedOut {
+                    partial: !buf.is_empty(),
+                }
+            }
+            Ok(Err(_)) | Ok(Ok(0)) => return FirstHead::Closed,
+            Ok(Ok(n)) => n,
+        };
+        let scan_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if buf[0] == 0x16 {
+            return FirstHead::Tls;
+        }
+        if buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            return FirstHead::Ready(buf);
+        }
+        if buf.len() >= max {
+            return FirstHead::TooLarge;
+        }
+    }
+}
+
+/// Header fields over the limits, for every request (also inside tunnels and over HTTP/2).
+pub fn check_headers(
+    headers: &http::HeaderMap,
+    max_headers: usize,
+    max_bytes: usize,
+) -> Result<(), String> {
+    if headers.len() > max_headers {
+        return Err(format!(
+            "{} header fields, more than proxy.limits.max_headers ({max_headers})",
+            headers.len()
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > max_bytes {
+        return Err(format!(
+            "{bytes} bytes of header fields, more than proxy.limits.max_header_bytes ({max_bytes})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_counted_per_address() {
+        let c = ClientConnections::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let g1 = c.acquire(a, 2).unwrap();
+        let g2 = c.acquire(a, 2).unwrap();
+        assert!(c.acquire(a, 2).is_none());
+        let _other = c.acquire(b, 2).unwrap();
+        drop(g1);
+        assert_eq!(c.open(a), 1);
+        let _g3 = c.acquire(a, 2).unwrap();
+        drop(g2);
+        drop(_g3);
+        assert_eq!(c.open(a), 0);
+        assert!(c.open.get(&a).is_none(), "no entry left behind");
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut h = http::HeaderMap::new();
+        for i in 0..5 {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                http::HeaderValue::from_static("v"),
+            );
+        }
+        assert!(check_headers(&h, 5, 1000).is_ok());
+        assert!(check_headers(&h, 4, 1000)
+            .unwrap_err()
+            .contains("max_headers"));
+        assert!(check_headers(&h, 5, 20)
+            .unwrap_err()
+            .contains("max_header_bytes"));
+    }
+}
