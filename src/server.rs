@@ -54,7 +54,7 @@ pub fn log_startup(cfg: &Config) {
         tracing::warn!("proxy.egress.deny_private is false: clients can reach loopback, private and cloud metadata addresses (169.254.169.254) through credproxy");
     }
     if !cfg.proxy.listen.ip().is_loopback() && cfg.clients.is_none() {
-        tracing::warn!(listen = %cfg.proxy.listen, "listening on a non-loopback address without `clients:`: anyone who can reach it can use every credential");
+        tracing::error!(listen = %cfg.proxy.listen, "INSECURE: listening on a non-loopback address without `clients:`: anyone who can reach this port can use every credential; configure `clients:` or listen on 127.0.0.1");
     }
     tracing::info!(listen = %cfg.proxy.listen, admin = ?cfg.proxy.admin, routes = cfg.routes.len(), credentials = cfg.credentials.len(), "credproxy starting");
 }

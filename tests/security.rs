@@ -339,3 +339,164 @@ fn per_client_connection_cap() {
     );
     assert_eq!(status_of(&resp), 200, "{resp}");
 }
+
+#[test]
+fn proxy_clients_are_authenticated_and_limited_to_their_credentials() {
+    use base64::Engine;
+    let o = Origin::start();
+    let port = o.port();
+    let body = format!(
+        "clients:\n  - {{ name: billing, secret: \"${{BILLING_SECRET}}\", credentials: [t] }}\n  - {{ name: ops, secret: \"${{OPS_SECRET}}\", credentials: [t, u] }}\ncredentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\n  u: {{ type: headers, headers: {{ X-Api-Key: \"${{U_KEY}}\" }} }}\nroutes:\n  - {{ host: \"127.0.0.1:{port}\", credentials: [t, u] }}\n  - {{ host: \"localhost:{port}\", credential: u }}\n  - {{ path: /side/*, upstream: \"http://127.0.0.1:{port}\", credential: t }}\n"
+    );
+    let p = Proxy::start_with(
+        "",
+        &body,
+        &[
+            ("BILLING_SECRET", "billing-pw-771"),
+            ("OPS_SECRET", "ops-pw-992"),
+            ("U_KEY", "u-key-secret-55"),
+        ],
+    );
+    let basic = |u: &str, pw: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{pw}"))
+        )
+    };
+    let req = |target: &str, host: &str, extra: &str| {
+        raw(
+            p.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let routed = format!("http://127.0.0.1:{port}/x");
+    let host = format!("127.0.0.1:{port}");
+    let mut counts = std::collections::BTreeMap::new();
+    let mut expect = |resp: String, status: u16, what: &str| {
+        assert_eq!(status_of(&resp), status, "{what}: {resp}");
+        *counts.entry(status).or_insert(0) += 1;
+        resp
+    };
+    // Missing, malformed, wrong: 407 with Proxy-Authenticate; nothing reaches the origin.
+    for (extra, what) in [
+        (String::new(), "no Proxy-Authorization"),
+        ("Proxy-Authorization: Basic\r\n".into(), "empty Basic"),
+        ("Proxy-Authorization: Basic !!!\r\n".into(), "bad base64"),
+        (
+            format!("Proxy-Authorization: {}\r\n", basic("billing", "wrong")),
+            "wrong secret",
+        ),
+        (
+            format!(
+                "Proxy-Authorization: {}\r\n",
+                basic("ops", "billing-pw-771")
+            ),
+            "another client's secret",
+        ),
+        (
+            format!(
+                "Proxy-Authorization: {}\r\n",
+                basic("nobody", "billing-pw-771")
+            ),
+            "unknown name",
+        ),
+        (
+            "Proxy-Authorization: Bearer wrong\r\n".into(),
+            "wrong bearer",
+        ),
+        ("Proxy-Authorization: Digest x\r\n".into(), "unknown scheme"),
+    ] {
+        let resp = expect(req(&routed, &host, &extra), 407, what);
+        assert!(header_of(&resp, "proxy-authenticate")
+            .unwrap()
+            .contains("Basic"));
+    }
+    expect(req("/side/x", "x", ""), 407, "sidecar without auth");
+    assert_eq!(o.count(), 0);
+    // Right: Basic and Bearer; the credential is injected, Proxy-Authorization is not forwarded.
+    let billing = format!(
+        "Proxy-Authorization: {}\r\n",
+        basic("billing", "billing-pw-771")
+    );
+    expect(req(&routed, &host, &billing), 200, "billing, Basic");
+    assert_eq!(
+        o.last().header("authorization").unwrap(),
+        format!("Bearer {TOKEN}")
+    );
+    assert!(o.last().header("proxy-authorization").is_none());
+    expect(
+        req(&routed, &host, "Proxy-Authorization: Bearer ops-pw-992\r\n"),
+        200,
+        "ops, Bearer",
+    );
+    expect(req("/side/y", "x", &billing), 200, "sidecar with auth");
+    // A client may not use, or select, a credential it does not list.
+    let pick_u = format!("{billing}X-Credproxy-Credential: u\r\n");
+    let resp = expect(req(&routed, &host, &pick_u), 403, "billing picks u");
+    assert!(body_of(&resp).contains("credential_forbidden"), "{resp}");
+    expect(
+        req(
+            &format!("http://localhost:{port}/"),
+            &format!("localhost:{port}"),
+            &billing,
+        ),
+        403,
+        "billing on a route whose only credential is u",
+    );
+    let ops_u = "Proxy-Authorization: Bearer ops-pw-992\r\nX-Credproxy-Credential: u\r\n";
+    expect(req(&routed, &host, ops_u), 200, "ops picks u");
+    assert_eq!(
+        o.last().header("x-api-key").as_deref(),
+        Some("u-key-secret-55")
+    );
+    eprintln!("proxy client cases by status: {counts:?}");
+    // curl with credentials in the proxy URL.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "-x"])
+        .arg(format!("http://billing:billing-pw-771@{}", p.addr))
+        .arg(&routed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn non_loopback_listener_without_clients_is_called_insecure() {
+    let d = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let conf = d.path().join("c.yaml");
+    std::fs::write(
+        &conf,
+        format!("proxy:\n  listen: 0.0.0.0:{port}\n  admin: 127.0.0.1:{admin}\n"),
+    )
+    .unwrap();
+    let log = d.path().join("log");
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&conf)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !matches!(http_get(admin, "/readyz"), Ok((200, _)))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("ERROR") && text.contains("INSECURE"),
+        "{text}"
+    );
+    // The default listen address is loopback.
+    let c = credproxy::config::load_str("", std::path::Path::new("x.yaml"), &|_| None).unwrap();
+    assert!(c.proxy.listen.ip().is_loopback());
+}

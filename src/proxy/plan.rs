@@ -430,4 +430,6 @@ fn choose_credential(
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
