@@ -101,6 +101,22 @@ fn parse_port(p: &str) -> Result<u16, HostError> {
     }
 }
 
+/// A Unicode host name (with an optional `:port`) in its IDNA A-label form
+/// (`bücher.example` → `xn--bcher-kva.example`), as clients put it on the wire.
+fn idna_to_ascii(hostport: &str) -> Option<String> {
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (hostport, None),
+    };
+    match url::Host::parse(host).ok()? {
+        url::Host::Domain(d) => Some(match port {
+            Some(p) => format!("{d}:{p}"),
+            None => d,
+        }),
+        _ => None,
+    }
+}
+
 /// Parses a route's `host:` value into a pattern and optional port.
 pub fn parse_host_pattern(text: &str) -> Result<(HostPattern, Option<u16>), String> {
     let (wild, rest) = match text.strip_prefix("*.") {
@@ -112,6 +128,13 @@ pub fn parse_host_pattern(text: &str) -> Result<(HostPattern, Option<u16>), Stri
             "`{text}`: `*` is allowed only as the first label (`*.example.com`)"
         ));
     }
+    let ascii;
+    let rest = if rest.is_ascii() {
+        rest
+    } else {
+        ascii = idna_to_ascii(rest).ok_or_else(|| format!("`{text}`: not a valid host name"))?;
+        &ascii
+    };
     let (host, port) = split_host_port(rest).map_err(|e| format!("`{text}`: {e}"))?;
     if wild && host.parse::<IpAddr>().is_ok() {
         return Err(format!(
@@ -316,6 +339,16 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unicode_route_hosts_are_matched_in_their_a_label_form() {
+        let (p, port) = parse_host_pattern("bücher.example:8443").unwrap();
+        assert_eq!(p, HostPattern::Exact("xn--bcher-kva.example".into()));
+        assert_eq!(port, Some(8443));
+        let (p, _) = parse_host_pattern("*.ＡＰＩ.example").unwrap();
+        assert_eq!(p, HostPattern::Suffix("api.example".into()));
+        assert!(parse_host_pattern("bü cher.example").is_err());
+    }
 
     fn m(host: &str, path: Option<&str>, methods: Option<&[&str]>) -> Matcher {
         let (h, port) = parse_host_pattern(host).unwrap();

@@ -307,6 +307,10 @@ fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
         if lower.contains("%2f") || lower.contains("%5c") {
             return Err(bad("encoded slash or backslash in a path-scoped route"));
         }
+        // An origin that merges slashes could read `/a//b` differently from the route.
+        if path.contains("//") {
+            return Err(bad("empty path segment (`//`) in a path-scoped route"));
+        }
     }
     Ok(())
 }

@@ -303,13 +303,17 @@ fn path_scope_cannot_be_stretched() {
         "/hub/../../admin",
         "/hub/%2e%2e/admin",
         "/hub/a%2Fb",
+        "http://x.erp.example.com/api//x",
+        "/hub//x",
     ] {
         let e = plan(&c, &req("GET", t, &[])).unwrap_err();
         assert_eq!(e.error.status(), 400, "{t}");
         assert!(e.credential.is_none());
     }
-    // Host-wide routes accept encoded slashes (GitLab-style ids); dot segments never.
+    // Host-wide routes accept encoded slashes (GitLab-style ids) and `//` (S3 keys); dot
+    // segments never.
     assert!(plan(&c, &req("GET", "http://api.github.com/projects/a%2Fb", &[])).is_ok());
+    assert!(plan(&c, &req("GET", "http://api.github.com/bucket//key", &[])).is_ok());
     assert_eq!(
         status(&c, &req("GET", "http://api.github.com/a/../b", &[])),
         400
