@@ -500,3 +500,44 @@ fn non_loopback_listener_without_clients_is_called_insecure() {
     let c = credproxy::config::load_str("", std::path::Path::new("x.yaml"), &|_| None).unwrap();
     assert!(c.proxy.listen.ip().is_loopback());
 }
+
+#[test]
+fn idle_keepalive_and_stalled_bodies_are_cut_off() {
+    use std::io::{Read, Write};
+    let o = Origin::start();
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: t }}\n",
+        o.port()
+    );
+    let p = Proxy::start_with("timeouts: { client_idle: 1s, read: 2s }", &body, &[]);
+    let head = format!(
+        "GET http://127.0.0.1:{0}/k HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
+        o.port()
+    );
+    // A kept-alive connection left idle is closed after client_idle.
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("closed by the proxy, not by our 20 s read timeout");
+    // A body that stops arriving is given up on.
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        c,
+        "POST http://127.0.0.1:{0}/b HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nContent-Length: 1000\r\n\r\npartial",
+        o.port()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out)
+        .expect("closed by the proxy, not by our 20 s read timeout");
+    let resp = String::from_utf8_lossy(&out);
+    assert!(!resp.starts_with("HTTP/1.1 200"), "{resp}");
+}

@@ -285,6 +285,13 @@ impl ProxyHttp for CredProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = self.state.config();
+        // Client-side timeouts: between requests on a kept-alive connection, and per read or
+        // write of the body (a client trickling a body is cut off like a slow origin).
+        let to = &cfg.proxy.timeouts;
+        session.set_keepalive(Some(to.client_idle.as_secs().max(1)));
+        let downstream = session.as_downstream_mut();
+        downstream.set_read_timeout(Some(to.read));
+        downstream.set_write_timeout(Some(to.read));
         let l = &cfg.proxy.limits;
         if let Err(m) = limits::check_headers(
             &session.req_header().headers,
