@@ -83,6 +83,10 @@ fn v6_category(ip: Ipv6Addr) -> Option<&'static str> {
     if s[..6] == [0, 0, 0, 0, 0, 0xffff] {
         return v4_category(embedded(12));
     }
+    // ::ffff:0:a.b.c.d, IPv4-translated (SIIT).
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return v4_category(embedded(12));
+    }
     // ::a.b.c.d, IPv4-compatible: deprecated, never a legitimate destination.
     if s[..6] == [0; 6] {
         return Some("IPv4-compatible (deprecated)");
@@ -226,6 +230,8 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "::ffff:10.1.2.3",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
             "::127.0.0.1",
             "::0.0.0.1",
             "64:ff9b::a9fe:a9fe",

@@ -55,6 +55,8 @@ pub enum ProxyError {
     HeaderTimeout(std::time::Duration),
     #[error("request head too large: {0}")]
     HeadersTooLarge(String),
+    #[error("route `{0}` sends its credential only over HTTPS: use an https:// URL (through HTTPS_PROXY), or set `allow_http: true` on the route")]
+    PlainHttp(String),
     #[error("{0} connections already open from this client address (proxy.limits.max_connections_per_client)")]
     TooManyConnections(usize),
 }
@@ -65,9 +67,11 @@ impl ProxyError {
         match self {
             BadRequest(_) => 400,
             NoRoute(_) => 404,
-            Unmatched(_) | CredentialNotOnRoute(_) | ClientForbidden { .. } | EgressDenied(_) => {
-                403
-            }
+            Unmatched(_)
+            | CredentialNotOnRoute(_)
+            | ClientForbidden { .. }
+            | EgressDenied(_)
+            | PlainHttp(_) => 403,
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
             HeaderTimeout(_) => 408,
@@ -112,6 +116,7 @@ impl ProxyError {
             HeaderTimeout(_) => "request_timeout",
             HeadersTooLarge(_) => "headers_too_large",
             TooManyConnections(_) => "too_many_connections",
+            PlainHttp(_) => "plain_http_refused",
         }
     }
 
@@ -139,7 +144,7 @@ impl ProxyError {
             BodyTooLarge(_) | LengthRequired => "http_request_error",
             EgressDenied(_) => "destination_ip_prohibited",
             HeaderTimeout(_) | HeadersTooLarge(_) => "http_request_error",
-            TooManyConnections(_) => "http_request_denied",
+            TooManyConnections(_) | PlainHttp(_) => "http_request_denied",
         }
     }
 }

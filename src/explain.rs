@@ -146,7 +146,7 @@ mod tests {
     use std::path::Path;
 
     fn cfg() -> Config {
-        let text = "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh }\n  - { host: erp.example.com, credential: erp }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n";
+        let text = "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh, allow_http: true }\n  - { host: erp.example.com, credential: erp, allow_http: true }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n";
         load_str(text, Path::new("t.yaml"), &|n| {
             (n == "GH").then(|| "s3cr3t".to_string())
         })

@@ -306,6 +306,11 @@ impl Router {
         }
     }
 
+    /// Whether route `i` is limited to some methods.
+    pub fn has_methods(&self, i: usize) -> bool {
+        self.matchers.get(i).is_some_and(|m| m.methods.is_some())
+    }
+
     /// Whether any route names this host and port, whatever the path or method
     /// (used for CONNECT, where the path is not known yet).
     pub fn host_has_route(&self, host: &str, port: u16) -> bool {

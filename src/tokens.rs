@@ -39,6 +39,9 @@ pub enum TokenError {
     BadResponse { endpoint: String, reason: String },
 }
 
+/// Longest endpoint-supplied text kept in an error.
+const MAX_DETAIL: usize = 300;
+
 impl TokenError {
     /// The error with every `secrets` value replaced by `***`: an endpoint's error text is
     /// shown to clients and in logs, and a careless endpoint may quote what it was sent.
@@ -48,7 +51,14 @@ impl TokenError {
                 let v = s.expose();
                 if v.len() >= 4 {
                     text = text.replace(v, "***");
+                    // As it was sent in a form body or query string.
+                    let encoded: String =
+                        url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
+                    text = text.replace(&encoded, "***");
                 }
+            }
+            if text.chars().count() > MAX_DETAIL {
+                text = text.chars().take(MAX_DETAIL).collect::<String>() + "...";
             }
             text
         };

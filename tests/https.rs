@@ -601,7 +601,7 @@ fn connect_authenticates_the_client_for_the_whole_tunnel() {
     let s = setup_with(
         "",
         true,
-        "clients:\n  - { name: ci, secret: \"s3cret\", credentials: [gh] }\n",
+        "clients:\n  - { name: ci, secret: \"s3cret-tunnel\", credentials: [gh] }\n",
     );
     let authority = format!("localhost:{}", s.origin.port());
     let resp = raw(
@@ -613,7 +613,7 @@ fn connect_authenticates_the_client_for_the_whole_tunnel() {
         .proxy(
             reqwest::Proxy::https(s.proxy.url())
                 .unwrap()
-                .basic_auth("ci", "s3cret"),
+                .basic_auth("ci", "s3cret-tunnel"),
         )
         .tls_built_in_root_certs(false)
         .add_root_certificate(pem_cert(&s.ca_pem()))

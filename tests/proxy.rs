@@ -90,7 +90,8 @@ fn client_authorization_is_replaced_never_forwarded() {
 #[test]
 fn route_matching_rules() {
     let o = Origin::start();
-    let routes = "  - { host: \"api.example.com:PORT\", path: /admin/*, methods: [DELETE], credential: erp }\n  - { host: \"api.example.com:PORT\", methods: [GET], credential: gh }\n  - { host: \"*.example.com\", credential: mc }\n";
+    // Plain HTTP to non-loopback names (pinned to the mock by dns.overrides): allowed per route.
+    let routes = "  - { host: \"api.example.com:PORT\", path: /admin/*, methods: [DELETE], credential: erp, allow_http: true }\n  - { host: \"api.example.com:PORT\", methods: [GET], credential: gh, allow_http: true }\n  - { host: \"*.example.com\", credential: mc, allow_http: true }\n";
     let p = start(&o, routes);
     let port = o.port();
     let rt = runtime();
@@ -292,7 +293,10 @@ fn missing_secret_gives_502_and_others_work() {
 #[test]
 fn dns_failure_is_502() {
     let o = Origin::start();
-    let p = start(&o, "  - { host: nothing-here.invalid, credential: gh }\n");
+    let p = start(
+        &o,
+        "  - { host: nothing-here.invalid, credential: gh, allow_http: true }\n",
+    );
     let resp = raw(p.addr, b"GET http://nothing-here.invalid/ HTTP/1.1\r\nHost: nothing-here.invalid\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&resp), 502, "{resp}");
     assert!(header_of(&resp, "proxy-status")

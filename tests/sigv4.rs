@@ -374,7 +374,7 @@ fn boto3_end_to_end_and_signature_mismatch_passes_through() {
     assert_eq!(ready.trim(), "ready");
     let run = |secret: &str| {
         let body = format!(
-            "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"s3.test:{port}\", credential: s3 }}\n"
+            "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"s3.test:{port}\", credential: s3, allow_http: true }}\n"
         );
         let p = Proxy::start_with(
             "dns: { overrides: { s3.test: 127.0.0.1 } }",

@@ -504,7 +504,7 @@ fn google_self_signed_jwt_mode_audience_is_the_target() {
     )
     .unwrap();
     let body = format!(
-        "credentials:\n  gsa:\n    type: google_service_account\n    key_file: file:{}\n    mode: self_signed_jwt\nroutes:\n  - {{ host: \"calendar.googleapis.test:{}\", credential: gsa }}\n",
+        "credentials:\n  gsa:\n    type: google_service_account\n    key_file: file:{}\n    mode: self_signed_jwt\nroutes:\n  - {{ host: \"calendar.googleapis.test:{}\", credential: gsa, allow_http: true }}\n",
         dir.path().join("sa.json").display(),
         o.port()
     );

@@ -113,6 +113,8 @@ pub struct Route {
     pub credentials: Vec<usize>,
     pub upstream: Option<Upstream>,
     pub strip_prefix: Option<String>,
+    /// The credential may travel over plain HTTP (forward routes only).
+    pub allow_http: bool,
 }
 
 /// Where a sidecar route forwards to.

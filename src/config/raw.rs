@@ -402,4 +402,7 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     /// Sidecar route: removed from the request path before forwarding.
     pub strip_prefix: Option<String>,
+    /// Inject this route's credential into plain `http://` requests too. Default: false,
+    /// except for loopback hosts (127.0.0.0/8, ::1, localhost).
+    pub allow_http: Option<bool>,
 }

@@ -151,7 +151,7 @@ impl Resolver<'_> {
         // (the config is rejected anyway, and its own error says why).
         let names: Vec<&str> = declared.iter().map(String::as_str).collect();
         let (routes, matchers) = self.routes(&raw.routes, &names);
-        let clients = raw.clients.map(|cs| self.clients(&cs, &names));
+        let clients = raw.clients.map(|cs| self.clients(&cs, &names, strict));
         for (i, c) in credentials.iter().enumerate() {
             if !routes.iter().any(|r| r.credentials.contains(&i)) {
                 self.warn(&format!("credentials.{}", c.name), "not used by any route");
@@ -440,7 +440,9 @@ impl Resolver<'_> {
             if !valid_allow_entry(a) {
                 self.err(
                     &format!("proxy.egress.allow[{i}]"),
-                    format!("`{a}` is neither a CIDR (10.0.0.0/8) nor a host name"),
+                    format!(
+                        "`{a}` is neither a CIDR (10.0.0.0/8) nor a host name (without a port)"
+                    ),
                 );
             }
         }
@@ -636,11 +638,15 @@ impl Resolver<'_> {
             path: glob,
             methods,
         };
+        let allow_http = r
+            .allow_http
+            .unwrap_or_else(|| matcher.host.as_ref().is_some_and(is_loopback));
         let route = Route {
             name,
             credentials,
             upstream,
             strip_prefix: r.strip_prefix.clone(),
+            allow_http,
         };
         Some((route, matcher))
     }
@@ -711,7 +717,12 @@ impl Resolver<'_> {
         out
     }
 
-    fn clients(&mut self, raw: &[super::raw::RawClient], creds: &[&str]) -> Vec<Client> {
+    fn clients(
+        &mut self,
+        raw: &[super::raw::RawClient],
+        creds: &[&str],
+        strict: bool,
+    ) -> Vec<Client> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (i, c) in raw.iter().enumerate() {
@@ -741,6 +752,16 @@ impl Resolver<'_> {
                     "secret written as a literal; prefer ${ENV_VAR} or file:PATH",
                 );
             }
+            if let Some(problem) = source.permission_problem(&self.base_dir) {
+                if strict {
+                    self.err(
+                        &format!("{path}.secret"),
+                        format!("{problem} (proxy.strict_permissions is on)"),
+                    );
+                    continue;
+                }
+                self.warn(&format!("{path}.secret"), problem);
+            }
             let secret = match source.resolve(&self.base_dir, self.env) {
                 Ok(s) => s,
                 Err(e) => {
@@ -750,6 +771,24 @@ impl Resolver<'_> {
                     continue;
                 }
             };
+            // Short secrets can be guessed; a shared one makes Bearer ambiguous.
+            if secret.expose().len() < MIN_CLIENT_SECRET {
+                self.err(
+                    &format!("{path}.secret"),
+                    format!("a client secret needs at least {MIN_CLIENT_SECRET} characters"),
+                );
+                continue;
+            }
+            if out
+                .iter()
+                .any(|o: &Client| o.secret.ct_eq(secret.expose().as_bytes()))
+            {
+                self.err(
+                    &format!("{path}.secret"),
+                    "two clients share this secret; give each its own",
+                );
+                continue;
+            }
             let mut allowed = Vec::new();
             for (j, name) in c.credentials.iter().enumerate() {
                 match creds.iter().position(|x| x == name) {
@@ -790,6 +829,21 @@ fn default_route_name(r: &RawRoute) -> String {
     }
 }
 
+/// Loopback hosts, where plain HTTP never leaves the machine.
+fn is_loopback(p: &crate::routing::HostPattern) -> bool {
+    match p {
+        crate::routing::HostPattern::Exact(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        crate::routing::HostPattern::Suffix(_) => false,
+    }
+}
+
+/// Shortest accepted client secret.
+const MIN_CLIENT_SECRET: usize = 8;
+
 fn valid_allow_entry(a: &str) -> bool {
     match a.split_once('/') {
         Some((ip, bits)) => {
@@ -802,7 +856,8 @@ fn valid_allow_entry(a: &str) -> bool {
                 Err(_) => false,
             }
         }
-        None => split_host_port(a).is_ok(),
+        // A host name without a port: the exemption is per host.
+        None => split_host_port(a).is_ok_and(|(_, port)| port.is_none()),
     }
 }
 

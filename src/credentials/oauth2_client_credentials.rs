@@ -190,7 +190,13 @@ pub fn oauth_error_detail(body: &[u8]) -> String {
         (None, Some(b)) => b,
         (None, None) => return String::new(),
     };
-    let clean: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    // Cut generously here: secrets are scrubbed before the final cut (TokenError::redacted),
+    // so a secret straddling the cut cannot leak its first half.
+    let clean: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(2000)
+        .collect();
     format!(" ({clean})")
 }
 

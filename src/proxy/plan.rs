@@ -295,8 +295,11 @@ fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
     if path.contains('\\') {
         return Err(bad("backslash in path"));
     }
+    // `;` starts path parameters that some servers drop before resolving (`/v1/..;/admin`).
     let dot_segment = path.split('/').any(|seg| {
         let d = seg.to_ascii_lowercase().replace("%2e", ".");
+        let d = d.split([';']).next().unwrap_or("");
+        let d = d.split("%3b").next().unwrap_or("");
         d == "." || d == ".."
     });
     if dot_segment {
@@ -306,6 +309,13 @@ fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
         let lower = path.to_ascii_lowercase();
         if lower.contains("%2f") || lower.contains("%5c") {
             return Err(bad("encoded slash or backslash in a path-scoped route"));
+        }
+        // Double-encoded dots and slashes, for origins that decode twice.
+        if ["%252e", "%252f", "%255c"]
+            .iter()
+            .any(|d| lower.contains(d))
+        {
+            return Err(bad("double-encoded dot or slash in a path-scoped route"));
         }
         // An origin that merges slashes could read `/a//b` differently from the route.
         if path.contains("//") {
@@ -324,13 +334,38 @@ fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option
         }
         None => Ok(None),
         Some(i) => {
-            check_path(path, cfg.router.has_path(i)).map_err(|error| Refusal {
+            let refuse = |error| Refusal {
                 error,
                 route: Some(i),
                 credential: None,
-            })?;
+            };
+            if !t.tls && !cfg.routes[i].allow_http {
+                return Err(refuse(ProxyError::PlainHttp(
+                    cfg.routes[i].name.to_string(),
+                )));
+            }
+            check_path(path, cfg.router.has_path(i)).map_err(refuse)?;
+            check_method_override(req, cfg.router.has_methods(i)).map_err(refuse)?;
             Ok(Some(i))
         }
+    }
+}
+
+/// Headers many frameworks read as the real method: on a method-scoped route they could turn
+/// an allowed GET into a DELETE at the origin.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn check_method_override(req: &RequestHeader, method_scoped: bool) -> Result<(), ProxyError> {
+    match METHOD_OVERRIDES
+        .iter()
+        .find(|h| req.headers.contains_key(**h))
+    {
+        Some(h) if method_scoped => Err(bad(format!("`{h}` on a route limited to some methods"))),
+        _ => Ok(()),
     }
 }
 

@@ -294,3 +294,22 @@ async fn old_and_new_config_do_not_evict_each_other() {
     }
     assert_eq!((a.calls(), b.calls()), (1, 1));
 }
+
+#[test]
+fn errors_are_scrubbed_before_they_are_cut() {
+    let secret = Secret::new("s3cr3t/value+x".to_string());
+    let long = format!(
+        "{}{}",
+        "x".repeat(290),
+        "s3cr3t/value+x and s3cr3t%2Fvalue%2Bx"
+    );
+    let e = TokenError::Status {
+        endpoint: "https://t/".into(),
+        status: 401,
+        detail: long,
+    }
+    .redacted(std::slice::from_ref(&secret));
+    let text = e.to_string();
+    assert!(!text.contains("s3cr3t"), "{text}");
+    assert!(text.ends_with("..."), "{text}");
+}

@@ -62,6 +62,17 @@ const SECRET_KEYS: &[&str] = &[
     "secret",
 ];
 
+/// Registers the tokens a mock endpoint hands out (`access_token`, `refresh_token`, ...).
+pub fn register_tokens_in(body: &str) {
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(body) {
+        for k in ["access_token", "refresh_token", "id_token"] {
+            if let Some(serde_json::Value::String(t)) = m.get(k) {
+                register_secret(t);
+            }
+        }
+    }
+}
+
 /// Registers the secrets written literally in a config, and the env values it references.
 fn register_config_secrets(text: &str, env: &[(&str, &str)]) {
     fn walk(v: &serde_yaml::Value, key: Option<&str>, env: &[(&str, &str)]) {
@@ -85,8 +96,15 @@ fn register_config_secrets(text: &str, env: &[(&str, &str)]) {
                         .iter()
                         .filter(|(k, _)| *k == var)
                         .for_each(|(_, v)| register_secret(v)),
-                    None if !s.starts_with("file:") => register_secret(s),
-                    None => {}
+                    None => match s.strip_prefix("file:") {
+                        // Absolute paths (tests write secret files to temp dirs).
+                        Some(path) => {
+                            if let Ok(text) = std::fs::read_to_string(path) {
+                                register_secret(&text);
+                            }
+                        }
+                        None => register_secret(s),
+                    },
                 }
             }
             _ => {}
@@ -563,6 +581,7 @@ impl TokenReply {
         }
     }
     pub fn raw(status: u16, body: &str, content_type: &'static str) -> Self {
+        register_tokens_in(body);
         TokenReply {
             status,
             body: body.to_string(),

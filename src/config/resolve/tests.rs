@@ -5,6 +5,8 @@ use super::*;
 fn env(name: &str) -> Option<String> {
     match name {
         "TOKEN" => Some("t".into()),
+        "CLIENT_A" => Some("client-a-secret".into()),
+        "CLIENT_B" => Some("client-b-secret".into()),
         "BAD" => Some("x\ny".into()),
         _ => None,
     }
@@ -425,13 +427,20 @@ fn rejects_bad_clients() {
     );
     rejects(
         &format!(
-            "{CRED}clients:\n  - name: a\n    secret: \"${{TOKEN}}\"\n    credentials: [nope]\n"
+            "{CRED}clients:\n  - name: a\n    secret: \"${{CLIENT_A}}\"\n    credentials: [nope]\n"
         ),
         "clients[0].credentials[0]",
         6,
         "unknown credential",
     );
-    rejects(&format!("{CRED}clients:\n  - {{ name: a, secret: \"${{TOKEN}}\" }}\n  - {{ name: a, secret: \"${{TOKEN}}\" }}\n"), "clients[1].name", 5, "defined twice");
+    rejects(&format!("{CRED}clients:\n  - {{ name: a, secret: \"${{CLIENT_A}}\" }}\n  - {{ name: a, secret: \"${{CLIENT_B}}\" }}\n"), "clients[1].name", 5, "defined twice");
+    rejects(
+        &format!("{CRED}clients:\n  - {{ name: a, secret: \"${{TOKEN}}\" }}\n"),
+        "clients[0].secret",
+        4,
+        "at least 8",
+    );
+    rejects(&format!("{CRED}clients:\n  - {{ name: a, secret: \"${{CLIENT_A}}\" }}\n  - {{ name: b, secret: \"${{CLIENT_A}}\" }}\n"), "clients[1].secret", 5, "share");
 }
 
 #[test]

@@ -29,9 +29,9 @@ credentials:
   erp: { type: basic, username: u, password: \"${ERP}\" }
   dead: { type: bearer, token: \"${MISSING}\" }
 routes:
-  - { host: api.github.com, credentials: [gh, erp] }
-  - { host: \"*.erp.example.com\", path: /api/*, methods: [GET], credential: erp }
-  - { host: dead.example.com, credential: dead }
+  - { host: api.github.com, credentials: [gh, erp], allow_http: true }
+  - { host: \"*.erp.example.com\", path: /api/*, methods: [GET], credential: erp, allow_http: true }
+  - { host: dead.example.com, credential: dead, allow_http: true }
   - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }
 ";
 
@@ -432,4 +432,61 @@ fn tunnelled_requests_use_the_connect_client() {
             .status(),
         407
     );
+}
+
+#[test]
+fn credentials_are_not_sent_over_plain_http_unless_allowed() {
+    let c = cfg("credentials:\n  gh: { type: bearer, token: \"${GH}\" }\nroutes:\n  - { host: api.github.com, credential: gh }\n  - { host: \"127.0.0.1:9000\", credential: gh }\n  - { host: \"localhost\", credential: gh }\n");
+    let e = plan(&c, &req("GET", "http://api.github.com/user", &[])).unwrap_err();
+    assert_eq!(e.error.status(), 403);
+    assert!(e.error.to_string().contains("allow_http"), "{}", e.error);
+    assert!(plan(&c, &req("GET", "https://api.github.com/user", &[])).is_ok());
+    // Plain HTTP inside a CONNECT to port 443 is plain HTTP too.
+    let t = Tunnel {
+        host: "api.github.com".into(),
+        port: 443,
+        tls: false,
+        client: None,
+    };
+    let r = req("GET", "/user", &[("host", "api.github.com:443")]);
+    assert_eq!(
+        super::plan(&c, &r, Some(&t)).unwrap_err().error.status(),
+        403
+    );
+    // Loopback never leaves the machine.
+    assert!(plan(&c, &req("GET", "http://127.0.0.1:9000/", &[])).is_ok());
+    assert!(plan(&c, &req("GET", "http://localhost/", &[])).is_ok());
+}
+
+#[test]
+fn method_overrides_and_path_parameters_cannot_stretch_a_scope() {
+    let c = no_clients();
+    for (t, h) in [
+        ("http://x.erp.example.com/api/x", "x-http-method-override"),
+        ("http://x.erp.example.com/api/x", "X-HTTP-Method"),
+        ("http://x.erp.example.com/api/x", "x-method-override"),
+    ] {
+        let e = plan(&c, &req("GET", t, &[(h, "DELETE")])).unwrap_err();
+        assert_eq!(e.error.status(), 400, "{h}");
+    }
+    // Not method-scoped: passed through.
+    assert!(plan(
+        &c,
+        &req(
+            "GET",
+            "http://api.github.com/x",
+            &[("x-http-method-override", "PUT")]
+        )
+    )
+    .is_ok());
+    for t in [
+        "http://x.erp.example.com/api/..;/admin",
+        "http://x.erp.example.com/api/..%3b/admin",
+        "http://x.erp.example.com/api/.;x/admin",
+        "http://x.erp.example.com/api/%252e%252e/admin",
+        "http://x.erp.example.com/api/x%252fadmin",
+    ] {
+        let e = plan(&c, &req("GET", t, &[])).unwrap_err();
+        assert_eq!(e.error.status(), 400, "{t}");
+    }
 }
