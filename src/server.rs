@@ -59,6 +59,17 @@ pub fn log_startup(cfg: &Config) {
     tracing::info!(listen = %cfg.proxy.listen, admin = ?cfg.proxy.admin, routes = cfg.routes.len(), credentials = cfg.credentials.len(), "credproxy starting");
 }
 
+/// Downstream connection bounds pingora applies itself (startup values; not reloaded).
+fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
+    let mut o = pingora::apps::HttpServerOptions::default();
+    // An HTTP/2 client inside an intercepted tunnel that goes quiet is closed like an
+    // HTTP/1.1 one between requests.
+    o.h2_idle_timeout = Some(cfg.proxy.timeouts.client_idle);
+    // Connections are recycled now and then, bounding per-connection memory.
+    o.keepalive_request_limit = Some(10_000);
+    o
+}
+
 /// Runs the proxy until SIGTERM/SIGINT. Never returns.
 pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     log_startup(&cfg);
@@ -83,12 +94,14 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let http = Arc::new(pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         CredProxy {
             state: state.clone(),
         },
-    ));
+    );
+    proxy.server_options = Some(server_options(&state.config()));
+    let http = Arc::new(proxy);
     let mut front = Service::new(
         "credproxy proxy".to_string(),
         Front {

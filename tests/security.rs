@@ -541,3 +541,30 @@ fn idle_keepalive_and_stalled_bodies_are_cut_off() {
     let resp = String::from_utf8_lossy(&out);
     assert!(!resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
+
+#[test]
+fn silent_tunnels_are_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let o = Origin::start();
+    let p = Proxy::start_with("timeouts: { idle: 1s }", "", &[]);
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let authority = format!("127.0.0.1:{}", o.port());
+    write!(
+        c,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 39];
+    c.read_exact(&mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    // Traffic keeps it open; silence closes it.
+    write!(c, "GET /t HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("closed by the proxy, not by our 20 s read timeout");
+}

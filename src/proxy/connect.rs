@@ -162,7 +162,7 @@ impl Front {
                         },
                         200,
                     );
-                    tunnel(client, upstream).await;
+                    tunnel(client, upstream, cfg.proxy.timeouts.idle).await;
                 }
                 Err(e) => self.count(refuse(&mut client, &authority, &e).await, e.status()),
             },
@@ -248,15 +248,44 @@ impl Front {
 }
 
 /// Splices the client and the origin; bytes the client sent after the CONNECT head are in
-/// `client` still and go first.
-async fn tunnel(mut client: Box<L4>, mut upstream: TcpStream) {
+/// `client` still and go first. A tunnel silent both ways for `idle` is closed.
+async fn tunnel(mut client: Box<L4>, mut upstream: TcpStream, idle: Duration) {
     if established(&mut client).await.is_err() {
         return;
     }
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    match splice(&mut *client, &mut upstream, idle).await {
         Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
         Err(e) => tracing::debug!("tunnel ended: {e}"),
     }
+}
+
+/// Copies both ways until both sides have finished (half-closes are passed on), or until
+/// nothing moved for `idle`. Returns the bytes sent up and down.
+async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let (mut ab, mut ba) = ([0u8; 16 * 1024], [0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut up, mut down) = (0u64, 0u64);
+    while a_open || b_open {
+        tokio::select! {
+            r = a.read(&mut ab), if a_open => match r? {
+                0 => { a_open = false; b.shutdown().await?; }
+                n => { b.write_all(&ab[..n]).await?; up += n as u64; }
+            },
+            r = b.read(&mut ba), if b_open => match r? {
+                0 => { b_open = false; a.shutdown().await?; }
+                n => { a.write_all(&ba[..n]).await?; down += n as u64; }
+            },
+            _ = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "tunnel idle"));
+            }
+        }
+    }
+    Ok((up, down))
 }
 
 async fn established(client: &mut L4) -> std::io::Result<()> {
