@@ -274,11 +274,16 @@ where
         tokio::select! {
             r = a.read(&mut ab), if a_open => match r? {
                 0 => { a_open = false; b.shutdown().await?; }
-                n => { b.write_all(&ab[..n]).await?; up += n as u64; }
+                n => { b.write_all(&ab[..n]).await?; b.flush().await?; up += n as u64; }
             },
             r = b.read(&mut ba), if b_open => match r? {
                 0 => { b_open = false; a.shutdown().await?; }
-                n => { a.write_all(&ba[..n]).await?; down += n as u64; }
+                n => {
+                    // The client side is buffered (pingora's stream): flush each chunk.
+                    a.write_all(&ba[..n]).await?;
+                    a.flush().await?;
+                    down += n as u64;
+                }
             },
             _ = tokio::time::sleep(idle) => {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "tunnel idle"));
