@@ -736,3 +736,70 @@ fn bytes_sent_right_after_the_connect_head_are_kept() {
         assert_eq!(o.last().all("authorization"), vec![auth]);
     }
 }
+
+#[test]
+fn http2_bodies_without_content_length_are_streamed_or_refused_never_dropped() {
+    let tls = test_tls();
+    let origin = Origin::start_tls(tls.server.clone());
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("ca");
+    ca_init(&ca);
+    let extra = format!(
+        "ca: {{ cert: {}, key: {} }}\nupstream_ca: {}\n",
+        ca.join("ca.pem").display(),
+        ca.join("ca.key").display(),
+        tls.ca_pem.display()
+    );
+    let body = format!(
+        "credentials:\n  gh: {{ type: bearer, token: \"{TOKEN}\" }}\n  s3:\n    type: aws_sigv4\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"localhost:{0}\", credential: gh }}\n  - {{ host: \"127.0.0.1:{0}\", credential: s3 }}\n",
+        origin.port()
+    );
+    let p = Proxy::start_with(&extra, &body, &[("SK", "sk-secret-value-123")]);
+    let mut bundle = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
+    bundle.push_str(&std::fs::read_to_string(&tls.ca_pem).unwrap());
+    let bundle_path = ca_dir.path().join("bundle.pem");
+    std::fs::write(&bundle_path, bundle).unwrap();
+    let upload = |url: &str| {
+        let mut child = Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                "-T",
+                "-",
+                "--proxy",
+                &p.url(),
+                "--cacert",
+            ])
+            .arg(&bundle_path)
+            .arg(url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // curl may stop reading once the proxy has answered (the 411 case).
+        let _ = child.stdin.take().unwrap().write_all(&vec![b'z'; 200_000]);
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // A token route streams it through, whole.
+    let out = upload(&format!("https://localhost:{}/up", origin.port()));
+    assert_eq!(out, "200 2", "{out}");
+    assert_eq!(origin.last().body.len(), 200_000);
+    // A SigV4 route needs the whole body to hash: refused, not signed over an empty body.
+    let before = origin.count();
+    let out = upload(&format!("https://127.0.0.1:{}/bucket/key", origin.port()));
+    // curl may see the stream reset that stops its upload rather than the 411 itself.
+    assert!(!out.starts_with("200"), "{out}");
+    assert_eq!(origin.count(), before);
+    let m = p.metrics_with(&["status=\"411\""]);
+    assert!(m.contains("credential=\"s3\",status=\"411\"} 1"), "{m}");
+}

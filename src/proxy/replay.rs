@@ -33,14 +33,20 @@ impl Replay {
     }
 }
 
-fn content_length(session: &Session) -> Option<u64> {
+fn content_length(session: &mut Session) -> Option<u64> {
     let h = &session.req_header().headers;
     if h.contains_key(http::header::TRANSFER_ENCODING) {
         return None;
     }
     match h.get(http::header::CONTENT_LENGTH) {
-        None => Some(0),
         Some(v) => v.to_str().ok()?.trim().parse().ok(),
+        // HTTP/2 frames its body without either, so there only a stream already ended is
+        // known to be empty; an HTTP/2 body of unknown length is handled like a chunked one.
+        None if session.req_header().version == http::Version::HTTP_2 => {
+            session.is_body_empty().then_some(0)
+        }
+        // HTTP/1: no length and no chunking means no body.
+        None => Some(0),
     }
 }
 
