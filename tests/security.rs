@@ -568,3 +568,29 @@ fn silent_tunnels_are_closed_after_the_idle_timeout() {
     c.read_to_end(&mut rest)
         .expect("closed by the proxy, not by our 20 s read timeout");
 }
+
+#[test]
+fn total_timeout_bounds_a_whole_request() {
+    let slow = Origin::start_with(std::sync::Arc::new(|_s: &Seen| {
+        let mut r = TokenReply::raw(200, "late", "text/plain");
+        r.delay = std::time::Duration::from_secs(4);
+        r
+    }));
+    let body = format!(
+        "credentials:\n  t: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: t }}\n",
+        slow.port()
+    );
+    let p = Proxy::start_with("timeouts: { total: 1s, read: 30s }", &body, &[]);
+    let resp = get(
+        &p,
+        &format!("http://127.0.0.1:{}/slow", slow.port()),
+        &format!("127.0.0.1:{}", slow.port()),
+    );
+    assert_eq!(status_of(&resp), 504, "{resp}");
+    assert!(
+        header_of(&resp, "proxy-status")
+            .unwrap()
+            .contains("timeout"),
+        "{resp}"
+    );
+}

@@ -67,6 +67,8 @@ pub struct Timeouts {
     pub client_idle: Duration,
     pub handshake: Duration,
     pub header: Duration,
+    /// A whole request, head to end of response; `None`: no limit.
+    pub total: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -156,6 +156,9 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     /// Longest wait for a client's next request on a kept-alive connection. Default 60s.
     pub client_idle: Option<String>,
+    /// Longest time one request may take from its head to the end of the response (both
+    /// sides together). Default: none (large transfers may take long).
+    pub total: Option<String>,
     /// Longest time for a client to send a connection's first request head, from accept.
     /// Default 10s.
     pub header: Option<String>,

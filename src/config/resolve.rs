@@ -271,6 +271,15 @@ impl Resolver<'_> {
                 ms,
                 Duration::from_secs(300),
             ),
+            total: t.and_then(|t| t.total.as_ref()).map(|raw| {
+                self.duration(
+                    "proxy.timeouts.total",
+                    Some(raw),
+                    Duration::from_secs(600),
+                    Duration::from_secs(1),
+                    24 * hour,
+                )
+            }),
             header: self.duration(
                 "proxy.timeouts.header",
                 t.and_then(|t| t.header.as_ref()),

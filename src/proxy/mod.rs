@@ -50,6 +50,8 @@ pub struct Ctx {
     replayed: bool,
     /// SigV4 with UNSIGNED-PAYLOAD (body streamed, not hashed).
     unsigned_payload: bool,
+    /// `proxy.timeouts.total`: the request is abandoned past this instant.
+    deadline: Option<Instant>,
 }
 
 impl Ctx {
@@ -288,6 +290,7 @@ impl ProxyHttp for CredProxy {
         // Client-side timeouts: between requests on a kept-alive connection, and per read or
         // write of the body (a client trickling a body is cut off like a slow origin).
         let to = &cfg.proxy.timeouts;
+        ctx.deadline = to.total.map(|t| Instant::now() + t);
         session.set_keepalive(Some(to.client_idle.as_secs().max(1)));
         let downstream = session.as_downstream_mut();
         downstream.set_read_timeout(Some(to.read));
@@ -396,8 +399,13 @@ impl ProxyHttp for CredProxy {
         let to = &cfg.proxy.timeouts;
         peer.options.connection_timeout = Some(to.connect);
         peer.options.total_connection_timeout = Some(to.connect);
-        peer.options.read_timeout = Some(to.read);
-        peer.options.write_timeout = Some(to.read);
+        // Under a total deadline, no single wait may outlast it.
+        let wait = match ctx.deadline {
+            Some(d) => to.read.min(d.saturating_duration_since(Instant::now())),
+            None => to.read,
+        };
+        peer.options.read_timeout = Some(wait);
+        peer.options.write_timeout = Some(wait);
         peer.options.idle_timeout = Some(to.idle);
         if t.tls {
             // Offer HTTP/2 first; origins without it get HTTP/1.1.
@@ -537,11 +545,23 @@ impl ProxyHttp for CredProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        check_deadline(ctx)?;
         // pingora holds only the tail of a pre-read body; send the whole of it, once per attempt.
         if let replay::Replay::Whole(whole) = &ctx.replay {
             *body = end_of_stream.then(|| whole.clone());
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        check_deadline(ctx)?;
+        Ok(None)
     }
 
     fn error_while_proxy(
@@ -614,6 +634,23 @@ impl ProxyHttp for CredProxy {
         tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
         self.state.metrics.request(&r, &c, status);
     }
+}
+
+/// Abandons a request past `proxy.timeouts.total`.
+fn check_deadline(ctx: &mut Ctx) -> Result<()> {
+    if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+        let host = ctx
+            .plan
+            .as_ref()
+            .map(|p| p.target.authority.clone())
+            .unwrap_or_default();
+        ctx.error = Some(ProxyError::ReadTimeout(host));
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(504),
+            "proxy.timeouts.total reached",
+        ));
+    }
+    Ok(())
 }
 
 /// Removes what belongs to the client-proxy hop. pingora already drops the standard hop-by-hop

@@ -646,3 +646,16 @@ fn readable_ca_key_is_refused_when_strict() {
     assert!(c.warnings.iter().any(|w| w.path == "proxy.ca.key"));
     rejects(&text(true), "proxy.ca.key", 5, "strict_permissions");
 }
+
+#[test]
+fn rejects_bad_total_timeout() {
+    rejects(
+        "proxy:\n  timeouts:\n    total: soon\n",
+        "proxy.timeouts.total",
+        3,
+        "",
+    );
+    let c = load("proxy:\n  timeouts: { total: 90s }\n").unwrap();
+    assert_eq!(c.proxy.timeouts.total, Some(Duration::from_secs(90)));
+    assert_eq!(load("").unwrap().proxy.timeouts.total, None);
+}
