@@ -67,6 +67,9 @@ fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
     o.h2_idle_timeout = Some(cfg.proxy.timeouts.client_idle);
     // Connections are recycled now and then, bounding per-connection memory.
     o.keepalive_request_limit = Some(10_000);
+    // A CONNECT after another request on a connection reaches our hooks (which refuse it
+    // with an explanation) instead of pingora's bare 405.
+    o.allow_connect_method_proxying = true;
     o
 }
 

@@ -803,3 +803,23 @@ fn http2_bodies_without_content_length_are_streamed_or_refused_never_dropped() {
     let m = p.metrics_with(&["status=\"411\""]);
     assert!(m.contains("credential=\"s3\",status=\"411\"} 1"), "{m}");
 }
+
+#[test]
+fn connect_after_another_request_on_a_connection_is_explained() {
+    let o = Origin::start();
+    let p = Proxy::start_with("", "", &[]);
+    let a = format!("127.0.0.1:{}", o.port());
+    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "GET http://{a}/first HTTP/1.1\r\nHost: {a}\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    write!(c, "CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n").unwrap();
+    let mut second = String::new();
+    let _ = c.read_to_string(&mut second);
+    assert!(second.starts_with("HTTP/1.1 400"), "{second}");
+    assert!(second.contains("first request on a connection"), "{second}");
+    assert!(header_of(&second, "proxy-status").is_some(), "{second}");
+    assert_eq!(o.count(), 1);
+}

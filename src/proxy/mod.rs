@@ -295,6 +295,16 @@ impl ProxyHttp for CredProxy {
         let downstream = session.as_downstream_mut();
         downstream.set_read_timeout(Some(to.read));
         downstream.set_write_timeout(Some(to.read));
+        if session.req_header().method == http::Method::CONNECT {
+            // Only a connection's first request goes through the front door that tunnels.
+            session.set_keepalive(None);
+            ctx.cfg = Some(cfg);
+            let e = ProxyError::BadRequest(
+                "CONNECT must be the first request on a connection: open a new connection for it"
+                    .into(),
+            );
+            return self.refuse(session, ctx, e.into()).await;
+        }
         let l = &cfg.proxy.limits;
         if let Err(m) = limits::check_headers(
             &session.req_header().headers,
