@@ -82,6 +82,17 @@ fn ca_init(dir: &Path) -> String {
 }
 
 fn setup_with(proxy_extra: &str, upstream_ca: bool, extra_body: &str) -> Setup {
+    setup_full(proxy_extra, upstream_ca, "", extra_body, &[])
+}
+
+/// `extra_credentials` go under `credentials:`, `extra_body` after the routes.
+fn setup_full(
+    proxy_extra: &str,
+    upstream_ca: bool,
+    extra_credentials: &str,
+    extra_body: &str,
+    env: &[(&str, &str)],
+) -> Setup {
     let tls = test_tls();
     let origin = Origin::start_tls(tls.server.clone());
     let other = Origin::start_tls(tls.server.clone());
@@ -97,10 +108,10 @@ fn setup_with(proxy_extra: &str, upstream_ca: bool, extra_body: &str) -> Setup {
         extra.push_str(&format!("upstream_ca: {}\n", tls.ca_pem.display()));
     }
     let body = format!(
-        "credentials:\n  gh: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ name: api, host: \"localhost:{}\", credential: gh }}\n{extra_body}",
+        "credentials:\n  gh: {{ type: bearer, token: \"{TOKEN}\" }}\n{extra_credentials}routes:\n  - {{ name: api, host: \"localhost:{}\", credential: gh }}\n{extra_body}",
         origin.port()
     );
-    let proxy = Proxy::start_with(&extra, &body, &[]);
+    let proxy = Proxy::start_with(&extra, &body, env);
     Setup {
         origin,
         other,
@@ -363,33 +374,15 @@ fn node_undici_proxy_agent_through_https_proxy() {
 #[test]
 fn invalid_origin_certificate_is_502_tls_certificate_error() {
     // No upstream_ca and no system root for the origin's test CA.
-    let tls = test_tls();
-    let origin = Origin::start_tls(tls.server.clone());
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ca");
-    ca_init(&ca);
-    let extra = format!(
-        "ca: {{ cert: {}, key: {} }}\n",
-        ca.join("ca.pem").display(),
-        ca.join("ca.key").display()
-    );
-    let body = format!(
-        "credentials:\n  gh: {{ type: bearer, token: \"{TOKEN}\" }}\nroutes:\n  - {{ host: \"localhost:{}\", credential: gh }}\n",
-        origin.port()
-    );
-    let p = Proxy::start_with(&extra, &body, &[("SSL_CERT_FILE", "/dev/null")]);
+    let s = setup_full("", false, "", "", &[("SSL_CERT_FILE", "/dev/null")]);
     let client = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::https(p.url()).unwrap())
+        .proxy(reqwest::Proxy::https(s.proxy.url()).unwrap())
         .tls_built_in_root_certs(false)
-        .add_root_certificate(pem_cert(&ca.join("ca.pem")))
+        .add_root_certificate(pem_cert(&s.ca_pem()))
         .build()
         .unwrap();
     let resp = runtime()
-        .block_on(
-            client
-                .get(format!("https://localhost:{}/x", origin.port()))
-                .send(),
-        )
+        .block_on(client.get(s.routed_url("/x")).send())
         .unwrap();
     assert_eq!(resp.status(), 502);
     let ps = resp.headers()["proxy-status"].to_str().unwrap().to_string();
@@ -397,7 +390,7 @@ fn invalid_origin_certificate_is_502_tls_certificate_error() {
     let body = runtime().block_on(resp.text()).unwrap();
     assert!(body.contains("tls_certificate_error"), "{body}");
     assert!(!body.contains(TOKEN));
-    assert_eq!(origin.count(), 0, "never sent to an unverified origin");
+    assert_eq!(s.origin.count(), 0, "never sent to an unverified origin");
 }
 
 #[test]
@@ -549,17 +542,7 @@ fn sni_or_host_naming_another_host_is_refused() {
 #[test]
 fn client_that_never_handshakes_is_timed_out() {
     let s = setup_with("timeouts: { handshake: 1s }\n", true, "");
-    let mut c = std::net::TcpStream::connect(s.proxy.addr).unwrap();
-    let authority = format!("localhost:{}", s.origin.port());
-    write!(
-        c,
-        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
-    )
-    .unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut head = [0u8; 39];
-    c.read_exact(&mut head).unwrap();
-    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut c = connect_tunnel(s.proxy.addr, &format!("localhost:{}", s.origin.port()));
     // Silence: the proxy gives up on the handshake and closes the connection.
     let mut rest = Vec::new();
     let n = c
@@ -677,17 +660,7 @@ fn plain_http_inside_a_connect_tunnel_is_served_too() {
         plain.last().all("authorization"),
         vec![format!("Bearer {TOKEN}")]
     );
-    let authority = format!("localhost:{}", plain.port());
-    let mut c = std::net::TcpStream::connect(s.proxy.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        c,
-        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 39];
-    c.read_exact(&mut head).unwrap();
-    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut c = connect_tunnel(s.proxy.addr, &format!("localhost:{}", plain.port()));
     write!(
         c,
         "GET / HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n"
@@ -739,26 +712,14 @@ fn bytes_sent_right_after_the_connect_head_are_kept() {
 
 #[test]
 fn http2_bodies_without_content_length_are_streamed_or_refused_never_dropped() {
-    let tls = test_tls();
-    let origin = Origin::start_tls(tls.server.clone());
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = ca_dir.path().join("ca");
-    ca_init(&ca);
-    let extra = format!(
-        "ca: {{ cert: {}, key: {} }}\nupstream_ca: {}\n",
-        ca.join("ca.pem").display(),
-        ca.join("ca.key").display(),
-        tls.ca_pem.display()
+    let s = setup_full(
+        "",
+        true,
+        "  s3:\n    type: aws_sigv4\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: \"${SK}\"\n    service: s3\n    region: us-east-1\n",
+        "  - { host: \"127.0.0.1\", credential: s3 }\n",
+        &[("SK", "sk-secret-value-123")],
     );
-    let body = format!(
-        "credentials:\n  gh: {{ type: bearer, token: \"{TOKEN}\" }}\n  s3:\n    type: aws_sigv4\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"localhost:{0}\", credential: gh }}\n  - {{ host: \"127.0.0.1:{0}\", credential: s3 }}\n",
-        origin.port()
-    );
-    let p = Proxy::start_with(&extra, &body, &[("SK", "sk-secret-value-123")]);
-    let mut bundle = std::fs::read_to_string(ca.join("ca.pem")).unwrap();
-    bundle.push_str(&std::fs::read_to_string(&tls.ca_pem).unwrap());
-    let bundle_path = ca_dir.path().join("bundle.pem");
-    std::fs::write(&bundle_path, bundle).unwrap();
+    let (origin, p, bundle_path) = (&s.origin, &s.proxy, s.bundle());
     let upload = |url: &str| {
         let mut child = Command::new("curl")
             .args([

@@ -564,18 +564,7 @@ fn connect_tunnels_unmatched_and_denies_per_policy() {
     let o = Origin::start();
     let p = start(&o, "  - { host: api.github.com, credential: gh }\n");
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        s,
-        "CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
-        o.port()
-    )
-    .unwrap();
-    let mut buf = [0u8; 39];
-    s.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf[..], b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    let mut s = connect_tunnel(p.addr, &format!("127.0.0.1:{}", o.port()));
     write!(s, "GET /through-tunnel HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer own\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

@@ -547,18 +547,8 @@ fn silent_tunnels_are_closed_after_the_idle_timeout() {
     use std::io::{Read, Write};
     let o = Origin::start();
     let p = Proxy::start_with("timeouts: { idle: 1s }", "", &[]);
-    let mut c = std::net::TcpStream::connect(p.addr).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
     let authority = format!("127.0.0.1:{}", o.port());
-    write!(
-        c,
-        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 39];
-    c.read_exact(&mut head).unwrap();
-    assert!(head.starts_with(b"HTTP/1.1 200"));
+    let mut c = connect_tunnel(p.addr, &authority);
     // Traffic keeps it open; silence closes it.
     write!(c, "GET /t HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
     let mut buf = [0u8; 1024];

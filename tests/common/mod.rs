@@ -504,6 +504,22 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     text
 }
 
+/// A CONNECT tunnel through the proxy to `authority`, its 200 read (and nothing after it).
+/// Reads time out after 20 s, so a test waiting for the proxy to close cannot hang.
+pub fn connect_tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 39];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..], b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    s
+}
+
 /// A minimal GET for admin endpoints: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
