@@ -16,7 +16,6 @@ use super::jwt_key_pair::{random_id, signing_key, unix_now};
 use super::oauth2_client_credentials::{exchange, parse_response, token_url};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{GoogleMode, RawGoogle};
-use crate::config::units::parse_duration;
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
 
@@ -111,14 +110,8 @@ pub fn build(raw: &RawGoogle, ctx: &mut BuildCtx<'_>) -> Result<Arc<dyn TokenSou
         key: key.into(),
         message,
     };
-    let ttl = match &raw.cache {
-        Some(c) => parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?,
-        None => Duration::from_secs(300),
-    };
-    let timeout = match &raw.timeout {
-        Some(t) => parse_duration(t).map_err(|m| invalid("timeout", m))?,
-        None => Duration::from_secs(10),
-    };
+    let ttl = super::cache_ttl(raw.cache.as_ref())?.unwrap_or(Duration::from_secs(300));
+    let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
     let mode = raw.mode.unwrap_or(GoogleMode::AccessToken);
     if mode == GoogleMode::AccessToken && raw.scopes.is_empty() {
         return Err(invalid(

@@ -103,10 +103,7 @@ impl JwtKeyPair {
                 ));
             }
         }
-        let ttl = match &raw.cache {
-            Some(c) => Some(parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?),
-            None => None,
-        };
+        let ttl = super::cache_ttl(raw.cache.as_ref())?;
         let header_name = match &raw.header {
             Some(h) => config_header_name("header", h)?,
             None => http::header::AUTHORIZATION,

@@ -202,6 +202,30 @@ impl Credential {
 }
 
 /// The `type` name of a raw credential.
+/// `cache.ttl`, the optional override of a token type's expiry policy.
+pub fn cache_ttl(
+    cache: Option<&crate::config::raw::RawCache>,
+) -> Result<Option<std::time::Duration>, BuildError> {
+    cache
+        .map(|c| {
+            crate::config::units::parse_duration(&c.ttl).map_err(|message| BuildError::Invalid {
+                key: "cache.ttl".into(),
+                message,
+            })
+        })
+        .transpose()
+}
+
+/// `timeout` of a token endpoint request, 10 s unless set.
+pub fn endpoint_timeout(raw: Option<&String>) -> Result<std::time::Duration, BuildError> {
+    raw.map_or(Ok(std::time::Duration::from_secs(10)), |t| {
+        crate::config::units::parse_duration(t).map_err(|message| BuildError::Invalid {
+            key: "timeout".into(),
+            message,
+        })
+    })
+}
+
 pub fn type_name(raw: &RawCredential) -> &'static str {
     match raw {
         RawCredential::Basic(_) => "basic",

@@ -10,7 +10,6 @@ use serde::Deserialize;
 
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{AuthMethod, RawOAuth2ClientCredentials};
-use crate::config::units::parse_duration;
 use crate::secret::Secret;
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
 
@@ -72,14 +71,8 @@ impl OAuth2ClientCredentials {
             message,
         };
         let (url, endpoint) = token_url(&raw.token_url).map_err(|m| invalid("token_url", m))?;
-        let ttl = match &raw.cache {
-            Some(c) => Some(parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?),
-            None => None,
-        };
-        let timeout = match &raw.timeout {
-            Some(t) => parse_duration(t).map_err(|m| invalid("timeout", m))?,
-            None => Duration::from_secs(10),
-        };
+        let ttl = super::cache_ttl(raw.cache.as_ref())?;
+        let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
         let mut params = vec![("grant_type".to_string(), "client_credentials".to_string())];
         if !raw.scopes.is_empty() {
             params.push(("scope".into(), raw.scopes.join(" ")));

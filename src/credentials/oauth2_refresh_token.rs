@@ -18,7 +18,6 @@ use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, t
 use super::state::{parse_key, Saved, StateError, StateFile, KEY_ENV};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{AuthMethod, RawRefreshToken};
-use crate::config::units::parse_duration;
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
 
@@ -93,14 +92,8 @@ impl RefreshToken {
                 ))
             }
         };
-        let ttl = match &raw.cache {
-            Some(c) => Some(parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?),
-            None => None,
-        };
-        let timeout = match &raw.timeout {
-            Some(t) => parse_duration(t).map_err(|m| invalid("timeout", m))?,
-            None => Duration::from_secs(10),
-        };
+        let ttl = super::cache_ttl(raw.cache.as_ref())?;
+        let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
         let client_id = ctx.secret("client_id", &raw.client_id)?;
         let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
         let seed = ctx.secret("refresh_token", &raw.refresh_token)?;

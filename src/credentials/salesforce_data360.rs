@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::RawData360;
-use crate::config::units::parse_duration;
 use crate::secret::Secret;
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
 
@@ -73,14 +72,8 @@ impl Data360 {
         if step1.query().is_some() {
             return Err(invalid("login_url", "a login URL has no query".into()));
         }
-        let ttl = match &raw.cache {
-            Some(c) => parse_duration(&c.ttl).map_err(|m| invalid("cache.ttl", m))?,
-            None => Duration::from_secs(300),
-        };
-        let timeout = match &raw.timeout {
-            Some(t) => parse_duration(t).map_err(|m| invalid("timeout", m))?,
-            None => Duration::from_secs(10),
-        };
+        let ttl = super::cache_ttl(raw.cache.as_ref())?.unwrap_or(Duration::from_secs(300));
+        let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
         Ok(Data360 {
             login_host: step1.host_str().unwrap_or_default().to_ascii_lowercase(),
             step1,

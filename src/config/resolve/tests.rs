@@ -659,3 +659,22 @@ fn rejects_bad_total_timeout() {
     assert_eq!(c.proxy.timeouts.total, Some(Duration::from_secs(90)));
     assert_eq!(load("").unwrap().proxy.timeouts.total, None);
 }
+
+#[test]
+fn rejects_bad_token_cache_ttl_and_timeout() {
+    let cred = |extra: &str| {
+        format!("credentials:\n  sf:\n    type: oauth2_client_credentials\n    token_url: https://login.example.com/token\n    client_id: id\n    client_secret: \"${{TOKEN}}\"\n{extra}routes:\n  - {{ host: a.com, credential: sf }}\n")
+    };
+    rejects(
+        &cred("    cache: { ttl: soon }\n"),
+        "credentials.sf.cache.ttl",
+        7,
+        "",
+    );
+    rejects(
+        &cred("    timeout: forever\n"),
+        "credentials.sf.timeout",
+        7,
+        "",
+    );
+}
