@@ -230,6 +230,29 @@ impl CredProxy {
         })
     }
 
+    /// Gets the planned credential ready: its token fetched, or the body read for a replay
+    /// or for signing. The outer error is the client's; the inner one is a refusal.
+    async fn prepare_credential(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        credential: Option<usize>,
+    ) -> Result<std::result::Result<(), ProxyError>> {
+        let Some(c) = credential else {
+            return Ok(Ok(()));
+        };
+        if let Err(e) = self.obtain_token(ctx, c).await {
+            return Ok(Err(e));
+        }
+        let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
+        if ctx.token.is_some() {
+            ctx.replay = replay::prepare(session, max_body).await?;
+        } else if let Some(signer) = self.signer(ctx) {
+            return self.prepare_signing(session, ctx, &signer, max_body).await;
+        }
+        Ok(Ok(()))
+    }
+
     /// A new token after the upstream rejected ours (shared with concurrent rejections).
     async fn renew_token(&self, ctx: &mut Ctx) -> Result<()> {
         let (Some(old), Some((name, src))) = (&ctx.token, &ctx.token_slot) else {
@@ -287,85 +310,34 @@ impl ProxyHttp for CredProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = self.state.config();
-        // Client-side timeouts: between requests on a kept-alive connection, and per read or
-        // write of the body (a client trickling a body is cut off like a slow origin).
-        let to = &cfg.proxy.timeouts;
-        ctx.deadline = to.total.map(|t| Instant::now() + t);
-        session.set_keepalive(Some(to.client_idle.as_secs().max(1)));
-        let downstream = session.as_downstream_mut();
-        downstream.set_read_timeout(Some(to.read));
-        downstream.set_write_timeout(Some(to.read));
-        if session.req_header().method == http::Method::CONNECT {
-            // Only a connection's first request goes through the front door that tunnels.
-            session.set_keepalive(None);
-            ctx.cfg = Some(cfg);
-            let e = ProxyError::BadRequest(
-                "CONNECT must be the first request on a connection: open a new connection for it"
-                    .into(),
-            );
-            return self.refuse(session, ctx, e.into()).await;
-        }
-        let l = &cfg.proxy.limits;
-        if let Err(m) = limits::check_headers(
-            &session.req_header().headers,
-            l.max_headers,
-            l.max_header_bytes,
-        ) {
-            ctx.cfg = Some(cfg);
-            return self
-                .refuse(session, ctx, ProxyError::HeadersTooLarge(m).into())
-                .await;
-        }
-        let result = match intercept::arrival(&self.state.tunnels, session) {
-            Ok(intercept::Arrival::Tunnel(t)) => plan::plan(&cfg, session.req_header(), Some(&t)),
-            Ok(intercept::Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
-            Err(e) => Err(e.into()),
+        ctx.cfg = Some(cfg.clone());
+        client_timeouts(session, ctx, &cfg);
+        let planned = match admit(session, &cfg) {
+            Err(e) => Err(Refusal::from(e)),
+            Ok(()) => match intercept::arrival(&self.state.tunnels, session) {
+                Ok(intercept::Arrival::Tunnel(t)) => {
+                    plan::plan(&cfg, session.req_header(), Some(&t))
+                }
+                Ok(intercept::Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
+                Err(e) => Err(e.into()),
+            },
         };
-        ctx.cfg = Some(cfg);
-        match result {
-            Ok(p) => {
-                let cred = p.credential;
-                ctx.plan = Some(p);
-                if let Some(c) = cred {
-                    if let Err(error) = self.obtain_token(ctx, c).await {
-                        return self
-                            .refuse(
-                                session,
-                                ctx,
-                                Refusal {
-                                    error,
-                                    route: ctx.plan.as_ref().and_then(|p| p.route),
-                                    credential: Some(c),
-                                },
-                            )
-                            .await;
-                    }
-                }
-                let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
-                if ctx.token.is_some() {
-                    ctx.replay = replay::prepare(session, max_body).await?;
-                } else if let Some(signer) = self.signer(ctx) {
-                    if let Err(error) = self
-                        .prepare_signing(session, ctx, &signer, max_body)
-                        .await?
-                    {
-                        let route = ctx.plan.as_ref().and_then(|p| p.route);
-                        return self
-                            .refuse(
-                                session,
-                                ctx,
-                                Refusal {
-                                    error,
-                                    route,
-                                    credential: cred,
-                                },
-                            )
-                            .await;
-                    }
-                }
-                Ok(false)
+        let plan = match planned {
+            Ok(p) => p,
+            Err(r) => return self.refuse(session, ctx, r).await,
+        };
+        let (route, credential) = (plan.route, plan.credential);
+        ctx.plan = Some(plan);
+        match self.prepare_credential(session, ctx, credential).await? {
+            Ok(()) => Ok(false),
+            Err(error) => {
+                let r = Refusal {
+                    error,
+                    route,
+                    credential,
+                };
+                self.refuse(session, ctx, r).await
             }
-            Err(r) => self.refuse(session, ctx, r).await,
         }
     }
 
@@ -644,6 +616,36 @@ impl ProxyHttp for CredProxy {
         tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
         self.state.metrics.request(&r, &c, status);
     }
+}
+
+/// Client-side timeouts: between requests on a kept-alive connection, per read or write of
+/// the body (a client trickling a body is cut off like a slow origin), and the whole request.
+fn client_timeouts(session: &mut Session, ctx: &mut Ctx, cfg: &Config) {
+    let to = &cfg.proxy.timeouts;
+    ctx.deadline = to.total.map(|t| Instant::now() + t);
+    session.set_keepalive(Some(to.client_idle.as_secs().max(1)));
+    let downstream = session.as_downstream_mut();
+    downstream.set_read_timeout(Some(to.read));
+    downstream.set_write_timeout(Some(to.read));
+}
+
+/// Refusals that need no plan: a CONNECT the front door did not see, oversized headers.
+fn admit(session: &mut Session, cfg: &Config) -> std::result::Result<(), ProxyError> {
+    if session.req_header().method == http::Method::CONNECT {
+        // Only a connection's first request goes through the front door that tunnels.
+        session.set_keepalive(None);
+        return Err(ProxyError::BadRequest(
+            "CONNECT must be the first request on a connection: open a new connection for it"
+                .into(),
+        ));
+    }
+    let l = &cfg.proxy.limits;
+    limits::check_headers(
+        &session.req_header().headers,
+        l.max_headers,
+        l.max_header_bytes,
+    )
+    .map_err(ProxyError::HeadersTooLarge)
 }
 
 /// Abandons a request past `proxy.timeouts.total`.
