@@ -219,14 +219,7 @@ impl Front {
     }
 
     async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
-        let addrs = self.state.dns.resolve(&p.host).await.map_err(|e| match e {
-            crate::dns::DnsError::Timeout => ProxyError::DnsTimeout(p.host.clone()),
-            crate::dns::DnsError::NotFound(reason) => ProxyError::Dns {
-                host: p.host.clone(),
-                reason,
-            },
-        })?;
-        let addrs = cfg.proxy.egress.policy.filter(&p.host, addrs)?;
+        let addrs = super::destination(&self.state, cfg, &p.host).await?;
         let hp = format!("{}:{}", p.host, p.port);
         let mut last = ProxyError::ConnectRefused(hp.clone());
         for ip in addrs.iter().take(4) {

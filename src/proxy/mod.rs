@@ -348,30 +348,17 @@ impl ProxyHttp for CredProxy {
         let t = &plan.target;
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
-            None => match self.state.dns.resolve(&t.host).await {
-                Ok(a) => match cfg.proxy.egress.policy.filter(&t.host, a) {
-                    Ok(a) => {
-                        ctx.addrs = Some(a.clone());
-                        a
-                    }
-                    Err(denied) => {
-                        ctx.error = Some(denied.into());
-                        return Err(Error::explain(ErrorType::HTTPStatus(403), "egress policy"));
-                    }
-                },
-                Err(e) => {
-                    let pe = match e {
-                        DnsError::Timeout => ProxyError::DnsTimeout(t.host.clone()),
-                        DnsError::NotFound(reason) => ProxyError::Dns {
-                            host: t.host.clone(),
-                            reason,
-                        },
-                    };
+            None => match destination(&self.state, cfg, &t.host).await {
+                Ok(a) => {
+                    ctx.addrs = Some(a.clone());
+                    a
+                }
+                Err(pe) => {
                     let status = pe.status();
                     ctx.error = Some(pe);
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(status),
-                        "dns lookup failed",
+                        "destination unresolvable or refused",
                     ));
                 }
             },
@@ -616,6 +603,23 @@ impl ProxyHttp for CredProxy {
         tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
         self.state.metrics.request(&r, &c, status);
     }
+}
+
+/// The addresses `host` may be connected to: resolved, then checked by the egress guard.
+/// Callers connect only to these (no second lookup that DNS rebinding could change).
+pub(crate) async fn destination(
+    state: &AppState,
+    cfg: &Config,
+    host: &str,
+) -> std::result::Result<Arc<[IpAddr]>, ProxyError> {
+    let addrs = state.dns.resolve(host).await.map_err(|e| match e {
+        DnsError::Timeout => ProxyError::DnsTimeout(host.to_string()),
+        DnsError::NotFound(reason) => ProxyError::Dns {
+            host: host.to_string(),
+            reason,
+        },
+    })?;
+    Ok(cfg.proxy.egress.policy.filter(host, addrs)?)
 }
 
 /// Client-side timeouts: between requests on a kept-alive connection, per read or write of
