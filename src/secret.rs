@@ -98,14 +98,11 @@ impl SecretSource {
             return None;
         };
         let full = base_dir.join(p);
-        let mode = file_mode(&full)?;
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "secret file {} is readable by group or others (mode {:o}): chmod 600 it",
-                full.display(),
-                mode & 0o777
-            )
-        })
+        let mode = readable_by_others(&full)?;
+        Some(format!(
+            "secret file {} is readable by group or others (mode {mode:o}): chmod 600 it",
+            full.display()
+        ))
     }
 
     /// Resolves the value; `lookup` reads the environment (injectable for tests).
@@ -200,14 +197,16 @@ fn substitute(
     Ok(out)
 }
 
+/// The permission bits of a file that group or others may read, if they may.
 #[cfg(unix)]
-fn file_mode(p: &Path) -> Option<u32> {
+pub fn readable_by_others(p: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).ok().map(|m| m.permissions().mode())
+    let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 #[cfg(not(unix))]
-fn file_mode(_: &Path) -> Option<u32> {
+pub fn readable_by_others(_: &Path) -> Option<u32> {
     None
 }
 

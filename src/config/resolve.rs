@@ -360,15 +360,19 @@ impl Resolver<'_> {
                 return None;
             }
         };
-        for w in &ca.warnings {
-            if strict && w.contains("chmod") {
+        match &ca.key_exposed {
+            Some(w) if strict => {
                 self.err(
                     "proxy.ca.key",
                     format!("{w} (proxy.strict_permissions is on)"),
                 );
                 return None;
             }
-            self.warn("proxy.ca.key", w.clone());
+            Some(w) => self.warn("proxy.ca.key", w.clone()),
+            None => {}
+        }
+        for w in &ca.warnings {
+            self.warn("proxy.ca.cert", w.clone());
         }
         match crate::tls::Interceptor::new(ca) {
             Ok(i) => Some(Arc::new(i)),

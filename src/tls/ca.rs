@@ -58,8 +58,11 @@ pub struct Ca {
     pub issuer: Issuer<'static, KeyPair>,
     pub cert: CertificateDer<'static>,
     pub not_after: OffsetDateTime,
-    /// Warnings found while loading (key file permissions).
+    /// Warnings found while loading (an expiry close at hand).
     pub warnings: Vec<String>,
+    /// The key file is readable by group or others: warned about, or refused when
+    /// `proxy.strict_permissions` is on.
+    pub key_exposed: Option<String>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -135,14 +138,18 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
             left.whole_days()
         ));
     }
-    if let Some(w) = permission_warning(key_path) {
-        warnings.push(w);
-    }
+    let key_exposed = crate::secret::readable_by_others(key_path).map(|mode| {
+        format!(
+            "{} is readable by group or others (mode {mode:o}); anyone who reads it can impersonate every HTTPS site to clients trusting this CA: chmod 600 it",
+            key_path.display()
+        )
+    });
     Ok(Ca {
         issuer,
         cert,
         not_after,
         warnings,
+        key_exposed,
     })
 }
 
@@ -170,24 +177,6 @@ fn first_certificate(pem: &str) -> Result<Vec<u8>, String> {
         Some(Err(e)) => Err(format!("not a PEM certificate: {e}")),
         None => Err("no `BEGIN CERTIFICATE` block found".into()),
     }
-}
-
-#[cfg(unix)]
-fn permission_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{} is readable by group or others (mode {:o}); anyone who reads it can impersonate every HTTPS site to clients trusting this CA: chmod 600 it",
-            path.display(),
-            mode & 0o777
-        )
-    })
-}
-
-#[cfg(not(unix))]
-fn permission_warning(_: &Path) -> Option<String> {
-    None
 }
 
 /// What `ca init` wrote.
@@ -300,6 +289,7 @@ mod tests {
         assert_eq!(c.fingerprint.len(), 32 * 3 - 1);
         let ca = load(&c.cert, &c.key).unwrap();
         assert!(ca.warnings.is_empty(), "{:?}", ca.warnings);
+        assert!(ca.key_exposed.is_none());
         assert!(ca.not_after > OffsetDateTime::now_utc() + Duration::days(3000));
         #[cfg(unix)]
         {
@@ -393,6 +383,6 @@ mod tests {
         let c = init(d.path(), false).unwrap();
         std::fs::set_permissions(&c.key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let ca = load(&c.cert, &c.key).unwrap();
-        assert!(ca.warnings[0].contains("chmod 600"), "{:?}", ca.warnings);
+        assert!(ca.key_exposed.unwrap().contains("chmod 600"));
     }
 }
