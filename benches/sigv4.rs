@@ -15,7 +15,7 @@ fn signer(service: &str) -> std::sync::Arc<credproxy::credentials::aws_sigv4::Aw
     let text = format!("credentials:\n  a: {{ type: aws_sigv4, access_key_id: AKIDEXAMPLE, secret_access_key: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY, service: {service}, region: us-east-1 }}\n");
     let cfg = credproxy::config::load_str(&text, Path::new("b.yaml"), &|_| None).unwrap();
     cfg.credentials[0]
-        .state
+        .credential
         .as_ref()
         .unwrap()
         .signer()

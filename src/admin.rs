@@ -10,7 +10,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
-use crate::state::AppState;
+use crate::app::App;
 
 /// The NAME of `/credentials/NAME/refresh`.
 fn refresh_target(path: &str) -> Option<&str> {
@@ -20,7 +20,7 @@ fn refresh_target(path: &str) -> Option<&str> {
 }
 
 pub struct Admin {
-    pub state: Arc<AppState>,
+    pub app: Arc<App>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -54,23 +54,23 @@ pub struct CredentialStatus {
 }
 
 /// One status line per credential; never a secret.
-pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
-    let cfg = state.config();
+pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
+    let cfg = app.config();
     cfg.credentials
         .iter()
         .map(|c| {
-            let src = c.state.as_ref().ok().and_then(|cr| cr.token_source());
+            let src = c.credential.as_ref().ok().and_then(|cr| cr.token_source());
             let is_token = src.is_some();
             let slot = src
-                .map(|s| state.tokens.status(&c.name, s))
+                .map(|s| app.tokens.status(&c.name, s))
                 .unwrap_or_default();
             let reconnect = c
-                .state
+                .credential
                 .as_ref()
                 .ok()
                 .and_then(|cr| cr.token_source())
                 .is_some_and(|t| t.needs_reconnect());
-            let status = match (&c.state, is_token) {
+            let status = match (&c.credential, is_token) {
                 (Err(_), _) => "unavailable",
                 (Ok(_), true) if reconnect => "needs_reconnect",
                 (Ok(_), false) => "ok",
@@ -84,7 +84,7 @@ pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
                 status,
                 seconds_to_expiry: slot.seconds_to_expiry,
                 last_error: c
-                    .state
+                    .credential
                     .as_ref()
                     .err()
                     .map(ToString::to_string)
@@ -98,7 +98,7 @@ pub fn credential_statuses(state: &AppState) -> Vec<CredentialStatus> {
 impl Admin {
     async fn ready(&self) -> Response<Vec<u8>> {
         // Ready means the proxy listener accepts connections: check it for real.
-        let addr = self.state.config().proxy.listen;
+        let addr = self.app.config().proxy.listen;
         let addr = match addr.ip() {
             ip if ip.is_unspecified() && addr.is_ipv4() => {
                 std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -126,7 +126,7 @@ impl Admin {
             "# HELP credproxy_credential_available 1 if the credential can be injected.\n",
         );
         extra.push_str("# TYPE credproxy_credential_available gauge\n");
-        for c in credential_statuses(&self.state) {
+        for c in credential_statuses(&self.app) {
             let v = u8::from(c.status == "ok");
             let _ = writeln!(
                 extra,
@@ -137,7 +137,7 @@ impl Admin {
         }
         self.token_metrics(&mut extra);
         self.tls_metrics(&mut extra);
-        let body = self.state.metrics.render(&extra);
+        let body = self.app.metrics.render(&extra);
         reply(StatusCode::OK, "text/plain; version=0.0.4", body)
     }
 
@@ -147,7 +147,7 @@ impl Admin {
         let _ = writeln!(
             out,
             "credproxy_client_connections {}",
-            self.state.client_connections.total()
+            self.app.client_connections.total()
         );
         out.push_str(
             "# HELP credproxy_intercepted_connections Intercepted CONNECT tunnels now open.\n",
@@ -156,9 +156,9 @@ impl Admin {
         let _ = writeln!(
             out,
             "credproxy_intercepted_connections {}",
-            self.state.tunnels.len()
+            self.app.tunnels.len()
         );
-        if let Some(i) = &self.state.config().proxy.interceptor {
+        if let Some(i) = &self.app.config().proxy.interceptor {
             out.push_str("# HELP credproxy_tls_leaf_mints_total Interception certificates minted since the config was loaded.\n");
             out.push_str("# TYPE credproxy_tls_leaf_mints_total counter\n");
             let _ = writeln!(out, "credproxy_tls_leaf_mints_total {}", i.mints());
@@ -168,14 +168,14 @@ impl Admin {
     /// `POST /credentials/NAME/refresh`: static credentials hold no token, so there is nothing
     /// to drop; the answer says so rather than pretending.
     async fn refresh(&self, name: &str) -> Response<Vec<u8>> {
-        let cfg = self.state.config();
+        let cfg = self.app.config();
         let Some(c) = cfg.credentials.iter().find(|c| &*c.name == name) else {
             return json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "unknown credential", "credential": name}),
             );
         };
-        let src = match &c.state {
+        let src = match &c.credential {
             Err(e) => {
                 return json(
                     StatusCode::CONFLICT,
@@ -196,7 +196,7 @@ impl Admin {
                 &serde_json::json!({"credential": name, "type": c.kind, "status": "nothing to refresh: this type holds no token"}),
             );
         };
-        match self.state.tokens.refresh(&c.name, src).await {
+        match self.app.tokens.refresh(&c.name, src).await {
             Ok(t) => {
                 let secs = t
                     .expires_at
@@ -215,15 +215,15 @@ impl Admin {
     }
 
     fn token_metrics(&self, out: &mut String) {
-        let cfg = self.state.config();
+        let cfg = self.app.config();
         let tokens: Vec<_> = cfg
             .credentials
             .iter()
             .filter_map(|c| {
-                let src = c.state.as_ref().ok()?.token_source()?;
+                let src = c.credential.as_ref().ok()?.token_source()?;
                 Some((
                     c.name.replace('"', ""),
-                    self.state.tokens.status(&c.name, src),
+                    self.app.tokens.status(&c.name, src),
                 ))
             })
             .collect();
@@ -244,7 +244,7 @@ impl Admin {
         out.push_str("# HELP credproxy_credential_needs_reconnect 1 when the provider refused the refresh token.\n");
         out.push_str("# TYPE credproxy_credential_needs_reconnect gauge\n");
         for c in cfg.credentials.iter() {
-            if let Some(t) = c.state.as_ref().ok().and_then(|cr| cr.token_source()) {
+            if let Some(t) = c.credential.as_ref().ok().and_then(|cr| cr.token_source()) {
                 let v = u8::from(t.needs_reconnect());
                 let _ = writeln!(
                     out,
@@ -275,7 +275,7 @@ impl Admin {
     }
 
     fn reload(&self) -> Response<Vec<u8>> {
-        match self.state.reload() {
+        match self.app.reload() {
             Ok(c) => {
                 let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
                 json(
@@ -303,7 +303,7 @@ impl ServeHttp for Admin {
             ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
             ("GET", "/readyz") => self.ready().await,
             ("GET", "/metrics") => self.metrics(),
-            ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.state)),
+            ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.app)),
             ("POST", "/reload") => self.reload(),
             ("POST", p) if refresh_target(p).is_some() => {
                 self.refresh(refresh_target(p).unwrap_or_default()).await

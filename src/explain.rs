@@ -58,7 +58,7 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
                 let entry = &cfg.credentials[c];
                 let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
                 match entry
-                    .state
+                    .credential
                     .as_ref()
                     .map(|c| (c.injection(), c.token_source()))
                 {
@@ -68,7 +68,7 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
                         }
                     }
                     Ok((None, None)) => {
-                        if let Some(sig) = entry.state.as_ref().ok().and_then(|c| c.signer()) {
+                        if let Some(sig) = entry.credential.as_ref().ok().and_then(|c| c.signer()) {
                             let how = if sig.sign_query {
                                 "presigned query (X-Amz-Signature=***)"
                             } else {
@@ -110,7 +110,7 @@ pub async fn check(cfg: &Config, tokens: Option<&crate::tokens::TokenCache>) -> 
         .max()
         .unwrap_or(0);
     for c in &cfg.credentials {
-        let verdict = match (&c.state, tokens) {
+        let verdict = match (&c.credential, tokens) {
             (Err(e), _) => Err(format!("UNAVAILABLE: {e}")),
             (Ok(cred), Some(cache)) => match cred.token_source() {
                 Some(src) => match cache.get(&c.name, src).await {

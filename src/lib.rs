@@ -1,6 +1,7 @@
 //! credproxy: an outbound HTTP proxy that injects credentials so workflows hold no secrets.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod credentials;
 pub mod dns;
@@ -12,6 +13,6 @@ pub mod proxy;
 pub mod routing;
 pub mod secret;
 pub mod server;
-pub mod state;
+pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -210,7 +210,7 @@ fn check(arg: &ConfigArg, offline: bool) -> ExitCode {
         if offline {
             return credproxy::explain::check(&cfg, None).await;
         }
-        match credproxy::state::token_cache(&cfg) {
+        match credproxy::app::token_cache(&cfg) {
             Ok(cache) => credproxy::explain::check(&cfg, Some(&cache)).await,
             Err(e) => (format!("cannot set up the HTTP client: {e}\n"), false),
         }

@@ -11,13 +11,13 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
+use crate::app::App;
 use crate::config::Config;
 use crate::proxy::connect::Front;
 use crate::proxy::CredProxy;
-use crate::state::AppState;
 
 struct Sighup {
-    state: Arc<AppState>,
+    app: Arc<App>,
 }
 
 #[async_trait]
@@ -30,7 +30,7 @@ impl BackgroundService for Sighup {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.state.reload(); }
+                _ = hup.recv() => { let _ = self.app.reload(); }
                 _ = shutdown.changed() => return,
             }
         }
@@ -43,7 +43,7 @@ pub fn log_startup(cfg: &Config) {
         tracing::warn!("{w}");
     }
     for c in &cfg.credentials {
-        if let Err(e) = &c.state {
+        if let Err(e) = &c.credential {
             tracing::warn!(credential = %c.name, "credential unavailable, its routes answer 502: {e}");
         }
     }
@@ -79,7 +79,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let listen = cfg.proxy.listen.to_string();
     let admin_addr = cfg.proxy.admin.map(|a| a.to_string());
     let threads = cfg.proxy.threads;
-    let state = match AppState::new(cfg, config_path) {
+    let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("cannot set up the HTTP client for token endpoints: {e}");
@@ -97,19 +97,15 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        CredProxy {
-            state: state.clone(),
-        },
-    );
-    proxy.server_options = Some(server_options(&state.config()));
+    let mut proxy =
+        pingora::proxy::http_proxy(&server.configuration, CredProxy { app: app.clone() });
+    proxy.server_options = Some(server_options(&app.config()));
     let http = Arc::new(proxy);
     let mut front = Service::new(
         "credproxy proxy".to_string(),
         Front {
             http,
-            state: state.clone(),
+            app: app.clone(),
         },
     );
     front.add_tcp(&listen);
@@ -118,13 +114,11 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     if let Some(addr) = admin_addr {
         let mut admin = Service::new(
             "credproxy admin".to_string(),
-            HttpServer::new_app(Admin {
-                state: state.clone(),
-            }),
+            HttpServer::new_app(Admin { app: app.clone() }),
         );
         admin.add_tcp(&addr);
         server.add_service(admin);
     }
-    server.add_service(background_service("sighup reload", Sighup { state }));
+    server.add_service(background_service("sighup reload", Sighup { app }));
     server.run_forever()
 }

@@ -3,8 +3,8 @@
 
 mod locate;
 pub mod raw;
-mod resolve;
 pub mod units;
+mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use crate::routing::Router;
 use crate::secret::{Secret, SecretError};
 
 pub use raw::Unmatched;
-pub use resolve::{load, load_str};
+pub use validate::{load, load_str};
 
 /// A validated configuration, ready to serve.
 #[derive(Debug)]
@@ -104,7 +104,7 @@ pub struct Egress {
 pub struct CredentialEntry {
     pub name: Arc<str>,
     pub kind: &'static str,
-    pub state: Result<Credential, SecretError>,
+    pub credential: Result<Credential, SecretError>,
 }
 
 /// A compiled route; matching data lives in `Config::router` under the same index.

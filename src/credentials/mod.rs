@@ -13,7 +13,6 @@ pub mod jwt_key_pair;
 pub mod oauth2_client_credentials;
 pub mod oauth2_refresh_token;
 pub mod salesforce_data360;
-pub mod state;
 
 use std::path::Path;
 use std::sync::Arc;

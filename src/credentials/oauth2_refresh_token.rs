@@ -15,10 +15,10 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
-use super::state::{parse_key, Saved, StateError, StateFile, KEY_ENV};
 use super::{BuildCtx, BuildError};
 use crate::config::raw::{AuthMethod, RawRefreshToken};
 use crate::secret::{Secret, SecretError};
+use crate::store::sealed_file::{parse_key, Saved, SealError, SealedFile, KEY_ENV};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
 
 pub struct RefreshToken {
@@ -31,7 +31,7 @@ pub struct RefreshToken {
     basic_auth: bool,
     policy: Policy,
     timeout: Duration,
-    state: StateFile,
+    file: SealedFile,
     /// The refresh token in use: the seed, or the latest rotated one.
     current: Mutex<Secret>,
     reconnect: AtomicBool,
@@ -68,7 +68,7 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn unusable(source_name: &str, e: StateError) -> BuildError {
+fn unusable(source_name: &str, e: SealError) -> BuildError {
     BuildError::Unavailable(SecretError::Unusable {
         source_name: source_name.to_string(),
         reason: e.to_string(),
@@ -97,14 +97,14 @@ impl RefreshToken {
         let client_id = ctx.secret("client_id", &raw.client_id)?;
         let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
         let seed = ctx.secret("refresh_token", &raw.refresh_token)?;
-        let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, StateError::NoKey))?;
+        let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
         let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
-        let state =
-            StateFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
+        let file =
+            SealedFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
         let seed_sha256 = sha256_hex(seed.expose());
         // A state file that cannot be read makes the credential unavailable and is never
         // overwritten: it may hold the only live refresh token.
-        let saved = state.load().map_err(|e| unusable("state file", e))?;
+        let saved = file.load().map_err(|e| unusable("state file", e))?;
         let current = match saved {
             Some(s) if s.seed_sha256 == seed_sha256 => Secret::new(s.refresh_token),
             Some(_) => {
@@ -131,7 +131,7 @@ impl RefreshToken {
                 keep: None,
             },
             timeout,
-            state,
+            file,
             current: Mutex::new(current),
             reconnect: AtomicBool::new(false),
             unsaved: AtomicBool::new(false),
@@ -198,7 +198,7 @@ impl RefreshToken {
             updated_at: super::jwt_key_pair::unix_now(),
         };
         self.unsaved.store(true, Ordering::SeqCst);
-        self.state.save(&saved).map_err(|e| {
+        self.file.save(&saved).map_err(|e| {
             self.bad(format!(
                 "rotated refresh token kept in memory but not persisted: {e}"
             ))
@@ -226,7 +226,7 @@ impl TokenSource for RefreshToken {
             return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); configure a new refresh_token seed".into()));
         }
         let lock = FILE_LOCKS
-            .entry(self.state.path().to_path_buf())
+            .entry(self.file.path().to_path_buf())
             .or_default()
             .clone();
         let _file = lock.lock().await;
@@ -237,7 +237,7 @@ impl TokenSource for RefreshToken {
         }
         // Otherwise disk is the source of truth: another instance (an old config during a
         // reload) may have rotated the token since this one was built.
-        match self.state.load() {
+        match self.file.load() {
             Ok(Some(saved)) if saved.seed_sha256 == self.seed_sha256 => {
                 if let Ok(mut c) = self.current.lock() {
                     *c = Secret::new(saved.refresh_token);

@@ -24,14 +24,14 @@ use super::intercept::{self, InterceptError, Tunnel};
 use super::limits::{self, FirstHead};
 use super::plan::authenticate;
 use super::CredProxy;
+use crate::app::App;
 use crate::config::{Config, Unmatched};
 use crate::errors::{self, ProxyError};
 use crate::routing::split_host_port;
-use crate::state::AppState;
 
 pub struct Front {
     pub http: Arc<HttpProxy<CredProxy>>,
-    pub state: Arc<AppState>,
+    pub app: Arc<App>,
 }
 
 /// The CONNECT head is already in the stream's buffer (see `limits::read_first_head`).
@@ -47,11 +47,11 @@ impl ServerApp for Front {
         let Ok(mut l4) = stream.into_any().downcast::<L4>() else {
             return None; // the listener is TCP: not reached
         };
-        let cfg = self.state.config();
+        let cfg = self.app.config();
         let limits = &cfg.proxy.limits;
         let ip = peer_ip(&l4)?;
         let Some(_counted) = self
-            .state
+            .app
             .client_connections
             .acquire(ip, limits.max_connections_per_client)
         else {
@@ -80,11 +80,11 @@ impl ServerApp for Front {
                 return None;
             }
             FirstHead::TimedOut { partial: true } => {
-                ProxyError::HeaderTimeout(self.state.config().proxy.timeouts.header)
+                ProxyError::HeaderTimeout(self.app.config().proxy.timeouts.header)
             }
             FirstHead::TooLarge => ProxyError::HeadersTooLarge(format!(
                 "more than proxy.limits.max_header_bytes ({})",
-                self.state.config().proxy.limits.max_header_bytes
+                self.app.config().proxy.limits.max_header_bytes
             )),
         };
         let label = refuse(&mut l4, &ip.to_string(), &refusal).await;
@@ -144,7 +144,7 @@ impl Front {
                 return self.count(label, e.status());
             }
         };
-        let cfg = self.state.config();
+        let cfg = self.app.config();
         let authority = head.authority;
         // Counted when answered: a tunnel may stay open for hours.
         match plan_connect(&cfg, &authority, head.proxy_authorization.as_deref()) {
@@ -171,7 +171,7 @@ impl Front {
     }
 
     fn count(&self, label: &str, status: u16) {
-        self.state
+        self.app
             .metrics
             .request(&Arc::from(label), &Arc::from("(none)"), status);
     }
@@ -201,7 +201,7 @@ impl Front {
         let timeout = cfg.proxy.timeouts.handshake;
         let served = intercept::serve(
             &self.http,
-            &self.state.tunnels,
+            &self.app.tunnels,
             interceptor,
             client,
             tunnel,
@@ -219,7 +219,7 @@ impl Front {
     }
 
     async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
-        let addrs = super::destination(&self.state, cfg, &p.host).await?;
+        let addrs = super::destination(&self.app, cfg, &p.host).await?;
         let hp = format!("{}:{}", p.host, p.port);
         let mut last = ProxyError::ConnectRefused(hp.clone());
         for ip in addrs.iter().take(4) {

@@ -18,16 +18,16 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::app::App;
 use crate::config::Config;
 use crate::credentials::aws_sigv4::Payload;
 use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
-use crate::state::AppState;
 use crate::tokens::{Token, TokenError, TokenSource};
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
 
 pub struct CredProxy {
-    pub state: Arc<AppState>,
+    pub app: Arc<App>,
 }
 
 /// Per-request state.
@@ -154,7 +154,12 @@ impl CredProxy {
     async fn obtain_token(&self, ctx: &mut Ctx, c: usize) -> std::result::Result<(), ProxyError> {
         let Some(cfg) = &ctx.cfg else { return Ok(()) };
         let entry = &cfg.credentials[c];
-        let Some(src) = entry.state.as_ref().ok().and_then(|cr| cr.token_source()) else {
+        let Some(src) = entry
+            .credential
+            .as_ref()
+            .ok()
+            .and_then(|cr| cr.token_source())
+        else {
             return Ok(());
         };
         let host = ctx
@@ -170,7 +175,7 @@ impl CredProxy {
             None => (&entry.name, src),
         };
         let slot = (name.clone(), src.clone());
-        match self.state.tokens.get(name, src).await {
+        match self.app.tokens.get(name, src).await {
             Ok(t) => {
                 ctx.token = Some(t);
                 ctx.token_slot = Some(slot);
@@ -183,7 +188,7 @@ impl CredProxy {
     fn signer(&self, ctx: &Ctx) -> Option<Arc<crate::credentials::aws_sigv4::AwsSigV4>> {
         let (cfg, plan) = (ctx.cfg.as_ref()?, ctx.plan.as_ref()?);
         cfg.credentials[plan.credential?]
-            .state
+            .credential
             .as_ref()
             .ok()?
             .signer()
@@ -258,7 +263,7 @@ impl CredProxy {
         let (Some(old), Some((name, src))) = (&ctx.token, &ctx.token_slot) else {
             return Ok(());
         };
-        match self.state.tokens.renew_after_reject(name, src, old).await {
+        match self.app.tokens.renew_after_reject(name, src, old).await {
             Ok(t) => {
                 ctx.token = Some(t);
                 Ok(())
@@ -272,7 +277,7 @@ impl CredProxy {
         let Some((name, src)) = &ctx.token_slot else {
             return Ok(());
         };
-        match self.state.tokens.get(name, src).await {
+        match self.app.tokens.get(name, src).await {
             Ok(t) => {
                 ctx.token = Some(t);
                 Ok(())
@@ -290,7 +295,7 @@ impl CredProxy {
         let cred = r.credential.map(|i| cfg.credentials[i].name.clone());
         respond(session, &r.error, route.as_deref(), cred.as_deref()).await?;
         let none: Arc<str> = Arc::from("(none)");
-        self.state.metrics.request(
+        self.app.metrics.request(
             route.as_ref().unwrap_or(&none),
             cred.as_ref().unwrap_or(&none),
             r.error.status(),
@@ -309,12 +314,12 @@ impl ProxyHttp for CredProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let cfg = self.state.config();
+        let cfg = self.app.config();
         ctx.cfg = Some(cfg.clone());
         client_timeouts(session, ctx, &cfg);
         let planned = match admit(session, &cfg) {
             Err(e) => Err(Refusal::from(e)),
-            Ok(()) => match intercept::arrival(&self.state.tunnels, session) {
+            Ok(()) => match intercept::arrival(&self.app.tunnels, session) {
                 Ok(intercept::Arrival::Tunnel(t)) => {
                     plan::plan(&cfg, session.req_header(), Some(&t))
                 }
@@ -348,7 +353,7 @@ impl ProxyHttp for CredProxy {
         let t = &plan.target;
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
-            None => match destination(&self.state, cfg, &t.host).await {
+            None => match destination(&self.app, cfg, &t.host).await {
                 Ok(a) => {
                     ctx.addrs = Some(a.clone());
                     a
@@ -443,7 +448,7 @@ impl ProxyHttp for CredProxy {
         }
         if let Some(c) = plan.credential {
             req.remove_header(&http::header::AUTHORIZATION);
-            match (&ctx.token, &cfg.credentials[c].state) {
+            match (&ctx.token, &cfg.credentials[c].credential) {
                 (Some(t), _) => req.insert_header(t.name.clone(), t.header.clone())?,
                 (None, Ok(cred)) => {
                     if let Some(inj) = cred.injection() {
@@ -453,7 +458,7 @@ impl ProxyHttp for CredProxy {
                 (None, Err(_)) => {}
             }
             if let Some(signer) = cfg.credentials[c]
-                .state
+                .credential
                 .as_ref()
                 .ok()
                 .and_then(|cr| cr.signer())
@@ -482,7 +487,7 @@ impl ProxyHttp for CredProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), (Some(route), _)) = (ctx.upstream_sent, ctx.labels()) {
-            self.state.metrics.upstream_latency(&route, t.elapsed());
+            self.app.metrics.upstream_latency(&route, t.elapsed());
         }
         if resp.status == http::StatusCode::UNAUTHORIZED {
             if let (Some(token), Some((name, src))) = (&ctx.token, &ctx.token_slot) {
@@ -500,7 +505,7 @@ impl ProxyHttp for CredProxy {
                 // client's own retry gets a fresh one. A 401 to the replay itself, with a token
                 // fetched a moment ago, is the API's answer, not a stale token: keep it.
                 if !ctx.replayed {
-                    self.state.tokens.reject(name, src, token);
+                    self.app.tokens.reject(name, src, token);
                 }
             }
         }
@@ -601,18 +606,18 @@ impl ProxyHttp for CredProxy {
         let r = r.unwrap_or_else(|| "(unmatched)".into());
         let c = c.unwrap_or_else(|| "(none)".into());
         tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
-        self.state.metrics.request(&r, &c, status);
+        self.app.metrics.request(&r, &c, status);
     }
 }
 
 /// The addresses `host` may be connected to: resolved, then checked by the egress guard.
 /// Callers connect only to these (no second lookup that DNS rebinding could change).
 pub(crate) async fn destination(
-    state: &AppState,
+    app: &App,
     cfg: &Config,
     host: &str,
 ) -> std::result::Result<Arc<[IpAddr]>, ProxyError> {
-    let addrs = state.dns.resolve(host).await.map_err(|e| match e {
+    let addrs = app.dns.resolve(host).await.map_err(|e| match e {
         DnsError::Timeout => ProxyError::DnsTimeout(host.to_string()),
         DnsError::NotFound(reason) => ProxyError::Dns {
             host: host.to_string(),

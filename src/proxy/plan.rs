@@ -459,7 +459,7 @@ fn choose_credential(
             return Err(refuse(e, Some(chosen)));
         }
     }
-    if let Err(e) = &cfg.credentials[chosen].state {
+    if let Err(e) = &cfg.credentials[chosen].credential {
         return Err(refuse(
             ProxyError::CredentialUnavailable(e.to_string()),
             Some(chosen),

@@ -102,7 +102,7 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     let src = build(port, dir.path());
     src.fetch(&http).await.unwrap(); // rt-0 -> rt-1, persisted
                                      // The next save fails (full or read-only disk).
-    src.state
+    src.file
         .fail_saves
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let e = src.fetch(&http).await.unwrap_err(); // rt-1 -> rt-2, kept in memory only
@@ -110,12 +110,12 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
         e.to_string().contains("kept in memory but not persisted"),
         "{e}"
     );
-    src.state
+    src.file
         .fail_saves
         .store(false, std::sync::atomic::Ordering::SeqCst);
     src.fetch(&http).await.unwrap(); // must spend rt-2, persisting it first
     assert_eq!(*used.lock().unwrap(), vec!["rt-0", "rt-1", "rt-2"]);
-    assert_eq!(src.state.load().unwrap().unwrap().refresh_token, "rt-3");
+    assert_eq!(src.file.load().unwrap().unwrap().refresh_token, "rt-3");
 }
 
 #[tokio::test]

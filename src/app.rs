@@ -13,7 +13,7 @@ use crate::proxy::intercept::Tunnels;
 use crate::proxy::limits::ClientConnections;
 use crate::tokens::{Retry, TokenCache};
 
-pub struct AppState {
+pub struct App {
     config: ArcSwap<Config>,
     pub config_path: PathBuf,
     pub dns: Resolver,
@@ -25,13 +25,13 @@ pub struct AppState {
     pub client_connections: ClientConnections,
 }
 
-impl AppState {
+impl App {
     pub fn new(config: Config, config_path: PathBuf) -> Result<Self, reqwest::Error> {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
         let tokens = token_cache(&config)?;
-        Ok(AppState {
+        Ok(App {
             config: ArcSwap::from_pointee(config),
             config_path,
             dns,

@@ -447,11 +447,15 @@ fn rejects_bad_clients() {
 fn missing_secret_is_not_fatal() {
     let c = load("credentials:\n  gh: { type: bearer, token: \"${NOPE}\" }\n  b: { type: bearer, token: \"${BAD}\" }\nroutes:\n  - { host: a.com, credential: gh }\n  - { host: b.com, credential: b }\n").unwrap();
     assert_eq!(
-        c.credentials[0].state.as_ref().unwrap_err().to_string(),
+        c.credentials[0]
+            .credential
+            .as_ref()
+            .unwrap_err()
+            .to_string(),
         "environment variable NOPE is not set"
     );
     assert!(c.credentials[1]
-        .state
+        .credential
         .as_ref()
         .unwrap_err()
         .to_string()

@@ -1,4 +1,4 @@
-//! Turns `RawConfig` into `Config`, collecting every error with its key path and line.
+//! Validates `RawConfig` into `Config`, collecting every error with its key path and line.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ pub fn load_str(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let mut r = Resolver {
+    let mut r = Validator {
         file: file.display().to_string(),
         base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         loc: Locator::new(text),
@@ -59,7 +59,7 @@ pub fn load_str(
     Err(ConfigErrors(r.errors))
 }
 
-struct Resolver<'a> {
+struct Validator<'a> {
     file: String,
     base_dir: PathBuf,
     loc: Locator,
@@ -82,7 +82,7 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-impl Resolver<'_> {
+impl Validator<'_> {
     fn problem(&self, path: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
@@ -503,7 +503,7 @@ impl Resolver<'_> {
             for (key, msg) in std::mem::take(&mut ctx.warnings) {
                 self.warn(&format!("{path}.{key}"), msg);
             }
-            let state = match built {
+            let credential = match built {
                 Ok(c) => Ok(c),
                 Err(BuildError::Unavailable(e)) => {
                     self.warn(&path, format!("unavailable until fixed: {e}"));
@@ -517,7 +517,7 @@ impl Resolver<'_> {
             out.push(CredentialEntry {
                 name: name.into(),
                 kind,
-                state,
+                credential,
             });
         }
         out

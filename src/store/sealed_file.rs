@@ -1,4 +1,4 @@
-//! Encrypted, crash-safe state files for rotated refresh tokens.
+//! Sealed files: encrypted, crash-safe files holding rotated refresh tokens.
 //!
 //! Format: `CPS1` | 12-byte nonce | AES-256-GCM(JSON), with the credential name as associated
 //! data, so a file copied to another credential's name does not decrypt. Writes are atomic:
@@ -20,7 +20,7 @@ static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 pub const KEY_ENV: &str = "CREDPROXY_STATE_KEY";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StateError {
+pub enum SealError {
     #[error("{KEY_ENV} is not set: refresh-token credentials need it to persist rotated tokens (32 random bytes, base64 or hex)")]
     NoKey,
     #[error("{KEY_ENV} must be 32 bytes, as 64 hex digits or base64")]
@@ -42,7 +42,7 @@ pub struct Saved {
     pub updated_at: u64,
 }
 
-pub struct StateFile {
+pub struct SealedFile {
     path: PathBuf,
     name: String,
     key: LessSafeKey,
@@ -51,33 +51,33 @@ pub struct StateFile {
     pub fail_saves: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for StateFile {
+impl std::fmt::Debug for SealedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateFile")
+        f.debug_struct("SealedFile")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
 /// Parses `CREDPROXY_STATE_KEY`: 64 hex digits or base64 of 32 bytes.
-pub fn parse_key(text: &str) -> Result<[u8; 32], StateError> {
+pub fn parse_key(text: &str) -> Result<[u8; 32], SealError> {
     let t = text.trim();
     let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..32)
-            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| StateError::BadKey))
+            .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| SealError::BadKey))
             .collect::<Result<Vec<u8>, _>>()?
     } else {
         base64::engine::general_purpose::STANDARD
             .decode(t)
-            .map_err(|_| StateError::BadKey)?
+            .map_err(|_| SealError::BadKey)?
     };
-    bytes.try_into().map_err(|_| StateError::BadKey)
+    bytes.try_into().map_err(|_| SealError::BadKey)
 }
 
-impl StateFile {
-    pub fn new(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Self, StateError> {
-        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| StateError::BadKey)?;
-        Ok(StateFile {
+impl SealedFile {
+    pub fn new(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Self, SealError> {
+        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::BadKey)?;
+        Ok(SealedFile {
             path: dir.join(format!("{name}.state")),
             name: name.to_string(),
             key: LessSafeKey::new(key),
@@ -91,18 +91,18 @@ impl StateFile {
     }
 
     /// The saved state, None when there is no file yet.
-    pub fn load(&self) -> Result<Option<Saved>, StateError> {
+    pub fn load(&self) -> Result<Option<Saved>, SealError> {
         let data = match std::fs::read(&self.path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(StateError::Read {
+                return Err(SealError::Read {
                     path: self.path.display().to_string(),
                     reason: e.to_string(),
                 })
             }
         };
-        let undecryptable = || StateError::Undecryptable(self.path.display().to_string());
+        let undecryptable = || SealError::Undecryptable(self.path.display().to_string());
         if data.len() < MAGIC.len() + NONCE_LEN || &data[..4] != MAGIC {
             return Err(undecryptable());
         }
@@ -119,8 +119,8 @@ impl StateFile {
     }
 
     /// Encrypts and replaces the file atomically.
-    pub fn save(&self, saved: &Saved) -> Result<(), StateError> {
-        let werr = |e: std::io::Error| StateError::Write {
+    pub fn save(&self, saved: &Saved) -> Result<(), SealError> {
+        let werr = |e: std::io::Error| SealError::Write {
             path: self.path.display().to_string(),
             reason: e.to_string(),
         };
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn round_trip_private_and_encrypted() {
         let dir = tempfile::tempdir().unwrap();
-        let f = StateFile::new(dir.path(), "hub", &[7; 32]).unwrap();
+        let f = SealedFile::new(dir.path(), "hub", &[7; 32]).unwrap();
         assert!(f.load().unwrap().is_none());
         f.save(&saved("rt-secret-1")).unwrap();
         assert_eq!(f.load().unwrap().unwrap().refresh_token, "rt-secret-1");
@@ -221,27 +221,24 @@ mod tests {
     #[test]
     fn foreign_key_corruption_and_moved_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        StateFile::new(dir.path(), "hub", &[7; 32])
+        SealedFile::new(dir.path(), "hub", &[7; 32])
             .unwrap()
             .save(&saved("rt"))
             .unwrap();
-        let other_key = StateFile::new(dir.path(), "hub", &[8; 32]).unwrap();
-        assert!(matches!(
-            other_key.load(),
-            Err(StateError::Undecryptable(_))
-        ));
+        let other_key = SealedFile::new(dir.path(), "hub", &[8; 32]).unwrap();
+        assert!(matches!(other_key.load(), Err(SealError::Undecryptable(_))));
         std::fs::copy(dir.path().join("hub.state"), dir.path().join("evil.state")).unwrap();
-        let moved = StateFile::new(dir.path(), "evil", &[7; 32]).unwrap();
+        let moved = SealedFile::new(dir.path(), "evil", &[7; 32]).unwrap();
         assert!(
-            matches!(moved.load(), Err(StateError::Undecryptable(_))),
+            matches!(moved.load(), Err(SealError::Undecryptable(_))),
             "bound to the credential name"
         );
         let mut data = std::fs::read(dir.path().join("hub.state")).unwrap();
         let last = data.len() - 1;
         data[last] ^= 1;
         std::fs::write(dir.path().join("hub.state"), &data).unwrap();
-        let same = StateFile::new(dir.path(), "hub", &[7; 32]).unwrap();
-        assert!(matches!(same.load(), Err(StateError::Undecryptable(_))));
+        let same = SealedFile::new(dir.path(), "hub", &[7; 32]).unwrap();
+        assert!(matches!(same.load(), Err(SealError::Undecryptable(_))));
     }
 
     #[test]
