@@ -14,13 +14,10 @@ use pingora::http::RequestHeader;
 fn signer(service: &str) -> std::sync::Arc<credproxy::credentials::aws_sigv4::AwsSigV4> {
     let text = format!("credentials:\n  a: {{ type: aws_sigv4, access_key_id: AKIDEXAMPLE, secret_access_key: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY, service: {service}, region: us-east-1 }}\n");
     let cfg = credproxy::config::load_str(&text, Path::new("b.yaml"), &|_| None).unwrap();
-    cfg.credentials[0]
-        .credential
-        .as_ref()
-        .unwrap()
-        .signer()
-        .unwrap()
-        .clone()
+    match cfg.credentials[0].credential.as_ref().unwrap() {
+        credproxy::credentials::Credential::Signed(s) => s.clone(),
+        other => panic!("not a signer: {other:?}"),
+    }
 }
 
 fn request() -> RequestHeader {

@@ -57,39 +57,10 @@ pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> 
             if let Some(c) = plan.credential {
                 let entry = &cfg.credentials[c];
                 let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
-                match entry
-                    .credential
-                    .as_ref()
-                    .map(|c| (c.injection(), c.token_source()))
-                {
-                    Ok((Some(inj), _)) => {
-                        for (name, value) in inj.display() {
-                            let _ = writeln!(out, "inject:      {name}: {value}");
-                        }
+                if let Ok(cred) = &entry.credential {
+                    for line in cred.describe() {
+                        let _ = writeln!(out, "inject:      {line}");
                     }
-                    Ok((None, None)) => {
-                        if let Some(sig) = entry.credential.as_ref().ok().and_then(|c| c.signer()) {
-                            let how = if sig.sign_query {
-                                "presigned query (X-Amz-Signature=***)"
-                            } else {
-                                "authorization: AWS4-HMAC-SHA256 ***"
-                            };
-                            let _ = writeln!(
-                                out,
-                                "inject:      {how} (SigV4 {}/{})",
-                                sig.service, sig.region
-                            );
-                        }
-                    }
-                    Ok((None, Some(src))) => {
-                        let _ = writeln!(
-                            out,
-                            "inject:      authorization: {}*** (token from {})",
-                            src.prefix(),
-                            src.endpoint()
-                        );
-                    }
-                    _ => {}
                 }
                 let _ = writeln!(out, "removed:     client Authorization, Proxy-Authorization, Proxy-Connection, X-Credproxy-*");
             }
@@ -178,6 +149,22 @@ mod tests {
         );
         let none = explain(&c, "GET", "http://other.example.com/").unwrap();
         assert!(none.contains("forwarded untouched"), "{none}");
+    }
+
+    #[test]
+    fn explain_names_the_header_a_token_credential_sets() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/credentials/testdata/rsa.pem"
+        );
+        let text = format!("credentials:\n  p: {{ type: jwt_key_pair, private_key: \"file:{key}\", algorithm: RS256, header: X-Partner-Auth }}\nroutes:\n  - {{ host: partner.example.com, credential: p, allow_http: true }}\n");
+        let c = load_str(&text, Path::new("t.yaml"), &|_| None).unwrap();
+        let out = explain(&c, "GET", "http://partner.example.com/x").unwrap();
+        assert!(
+            out.contains("inject:      x-partner-auth: *** (token from local RS256 signer)"),
+            "{out}"
+        );
+        assert!(!out.contains("authorization:"), "{out}");
     }
 
     #[tokio::test]

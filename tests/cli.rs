@@ -183,6 +183,49 @@ fn schema_is_json_schema_of_the_config() {
     }
 }
 
+/// The types `credproxy schema` knows, from its `type` consts.
+fn schema_types() -> Vec<String> {
+    let (code, out, _) = run(&["schema"], &[]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let branches = v["$defs"]["Credential"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .clone();
+    branches
+        .iter()
+        .map(|b| {
+            b["properties"]["type"]["const"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn unknown_type_error_lists_every_type_the_schema_knows() {
+    let types = schema_types();
+    assert_eq!(types.len(), 9, "{types:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "credentials:\n  x: { type: nope }\n  y: { token: t }\n",
+    );
+    let (code, _, err) = run(&["check", "--offline", "-c", &f], &[]);
+    assert_eq!(code, 2, "{err}");
+    let unknown = err
+        .lines()
+        .find(|l| l.contains("unknown credential type `nope`"));
+    let missing = err.lines().find(|l| l.contains("missing `type`"));
+    for line in [unknown, missing] {
+        let line = line.unwrap_or_else(|| panic!("{err}"));
+        for t in &types {
+            assert!(line.contains(t.as_str()), "`{t}` missing from: {line}");
+        }
+    }
+}
+
 #[test]
 fn help_and_version() {
     let (code, out, _) = run(&["--help"], &[]);

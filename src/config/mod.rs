@@ -180,6 +180,20 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// serde_yaml appends " at line L column C"; the line is reported separately.
+/// serde_yaml may also prefix the parent path ("proxy: unknown field"); the path is reported
+/// separately too.
+pub(crate) fn serde_message(msg: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    match msg.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && !head.is_empty() => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
 /// The config file to use: `-c`, else `$CREDPROXY_CONFIG`, else `./credentials.yaml`.
 pub fn default_path(cli: Option<&Path>) -> PathBuf {
     cli.map(Path::to_path_buf)

@@ -73,7 +73,7 @@ pub struct RawConfig {
     pub clients: Option<Vec<RawClient>>,
     /// Named credentials; each has a `type`.
     #[serde(default)]
-    #[schemars(with = "IndexMap<String, RawCredential>")]
+    #[schemars(with = "IndexMap<String, crate::credentials::AnyCredential>")]
     pub credentials: IndexMap<String, serde_yaml::Value>,
     /// Tried in order; the first match wins.
     #[serde(default)]
@@ -188,140 +188,6 @@ pub struct RawClient {
     pub credentials: Vec<String>,
 }
 
-/// A credential; `type` selects which fields apply.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RawCredential {
-    Basic(RawBasic),
-    Bearer(RawBearer),
-    Headers(RawHeaders),
-    Oauth2ClientCredentials(RawOAuth2ClientCredentials),
-    JwtKeyPair(RawJwtKeyPair),
-    SalesforceData360(RawData360),
-    GoogleServiceAccount(RawGoogle),
-    Oauth2RefreshToken(RawRefreshToken),
-    AwsSigv4(RawAwsSigv4),
-}
-
-impl RawCredential {
-    /// The `type` names this build accepts, in the order the docs list them.
-    pub const TYPES: &'static [&'static str] = &[
-        "basic",
-        "bearer",
-        "headers",
-        "oauth2_client_credentials",
-        "jwt_key_pair",
-    ];
-}
-
-/// JWS algorithms for `jwt_key_pair`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-pub enum JwtAlgorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawJwtKeyPair {
-    /// PEM private key (PKCS#8, or PKCS#1 for RSA, SEC1 for EC): `file:` or `${ENV}`.
-    pub private_key: SecretText,
-    pub algorithm: JwtAlgorithm,
-    /// Claims to sign; `iat`, `exp` and `jti` are added.
-    #[serde(default)]
-    pub claims: IndexMap<String, serde_json::Value>,
-    /// Validity of each JWT. Default 1h.
-    pub lifetime: Option<String>,
-    /// `kid` header.
-    pub key_id: Option<String>,
-    /// Header to set. Default `Authorization`.
-    pub header: Option<String>,
-    /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
-    pub prefix: Option<String>,
-    pub cache: Option<RawCache>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawAwsSigv4 {
-    /// Omit to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
-    pub access_key_id: Option<SecretText>,
-    pub secret_access_key: Option<SecretText>,
-    pub session_token: Option<SecretText>,
-    /// Signing name, e.g. `s3`, `execute-api`, `sqs`.
-    pub service: String,
-    pub region: String,
-    /// Presigned query string instead of the Authorization header.
-    #[serde(default)]
-    pub sign_query: bool,
-    /// Validity of a presigned request. Default 5m, at most 7d.
-    pub expires: Option<String>,
-    /// Allow `UNSIGNED-PAYLOAD` (streamed, not hashed) for bodies over max_body or chunked.
-    #[serde(default)]
-    pub unsigned_payload: bool,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawRefreshToken {
-    /// https URL (http only to loopback).
-    pub token_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
-    /// The seed. Rotated refresh tokens are persisted (encrypted) in `proxy.state_dir` and win
-    /// over the seed until the seed itself changes.
-    pub refresh_token: SecretText,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// `basic` or `post_body` (default).
-    pub auth_method: Option<AuthMethod>,
-    pub cache: Option<RawCache>,
-    pub timeout: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GoogleMode {
-    /// JWT-bearer grant at the key's `token_uri`; injects the access token.
-    AccessToken,
-    /// Injects a JWT signed by the key, with `aud` set to the target API.
-    SelfSignedJwt,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawGoogle {
-    /// The service-account JSON key: `file:keys/sa.json` or `${ENV}`.
-    pub key_file: SecretText,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    /// Default `access_token`.
-    pub mode: Option<GoogleMode>,
-    /// User to impersonate (domain-wide delegation).
-    pub subject: Option<String>,
-    pub cache: Option<RawCache>,
-    pub timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawData360 {
-    /// `https://acme.my.salesforce.com`; step 1 uses `{login_url}/services/oauth2/token`.
-    pub login_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
-    /// Data space for the exchange. Default `default`.
-    pub dataspace: Option<String>,
-    pub cache: Option<RawCache>,
-    /// Total time for each step. Default 10s.
-    pub timeout: Option<String>,
-}
-
 /// How the client secret reaches the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -341,50 +207,6 @@ pub enum AuthMethod {
 pub struct RawCache {
     /// Upper bound on how long a token is kept, e.g. `45s`; never past its own expiry.
     pub ttl: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawOAuth2ClientCredentials {
-    /// https URL (http only to loopback); its query parameters are kept and merged.
-    pub token_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    pub audience: Option<String>,
-    /// Extra form parameters sent to the token endpoint.
-    #[serde(default)]
-    pub params: IndexMap<String, String>,
-    pub auth_method: Option<AuthMethod>,
-    pub cache: Option<RawCache>,
-    /// Total time allowed for one token request. Default 10s.
-    pub timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawBasic {
-    /// Secret reference or plain string.
-    pub username: SecretText,
-    pub password: SecretText,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawBearer {
-    pub token: SecretText,
-    /// Header to set. Default `Authorization`.
-    pub header: Option<String>,
-    /// Text before the token. Default `Bearer ` (with `Authorization`), else empty.
-    pub prefix: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeaders {
-    /// Header name to value; values may be secret references.
-    pub headers: IndexMap<String, SecretText>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use http::Method;
 use indexmap::IndexMap;
-use serde::de::DeserializeOwned;
 
 use super::locate::Locator;
-use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, Unmatched};
+use super::raw::{RawConfig, RawProxy, RawRoute, Unmatched};
 use super::units::{parse_duration, parse_size};
 use super::{
     CaPaths, Client, Config, ConfigError, ConfigErrors, CredentialEntry, DnsSettings, Egress,
     Limits, ProxySettings, Route, Timeouts, Upstream,
 };
-use crate::credentials::{self, BuildCtx, BuildError, Credential};
+use crate::credentials::{self, BuildCtx, BuildError, KindEntry};
 use crate::routing::{parse_host_pattern, split_host_port, Glob, Matcher, Router};
 use crate::secret::{check_template, SecretSource};
 
@@ -68,20 +67,6 @@ struct Validator<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
 }
 
-/// serde_yaml appends " at line L column C"; the line is reported separately.
-/// serde_yaml may also prefix the parent path ("proxy: unknown field"); the path is reported
-/// separately too.
-fn strip_location(msg: &str) -> String {
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    match msg.split_once(": ") {
-        Some((head, rest)) if !head.contains(' ') && !head.is_empty() => rest.to_string(),
-        _ => msg.to_string(),
-    }
-}
-
 impl Validator<'_> {
     fn problem(&self, path: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -112,31 +97,13 @@ impl Validator<'_> {
             let inner = e.into_inner();
             let mut err = self.problem(
                 if path == "." { "" } else { &path },
-                strip_location(&inner.to_string()),
+                super::serde_message(&inner.to_string()),
             );
             if let Some(l) = inner.location() {
                 err.line = Some(l.line());
             }
             ConfigErrors(vec![err])
         })
-    }
-
-    /// Deserialises a sub-document at `path`, reporting errors with their full path.
-    fn sub<T: DeserializeOwned>(&mut self, path: &str, v: serde_yaml::Value) -> Option<T> {
-        match serde_path_to_error::deserialize(v) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let sub = e.path().to_string();
-                let full = if sub == "." {
-                    path.to_string()
-                } else {
-                    format!("{path}.{sub}")
-                };
-                let msg = strip_location(&e.into_inner().to_string());
-                self.err(&full, msg);
-                None
-            }
-        }
     }
 
     fn resolve(&mut self, raw: RawConfig) -> Option<Config> {
@@ -487,10 +454,9 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            let Some(raw) = self.credential(&path, value) else {
+            let Some((kind, fields)) = self.credential_kind(&path, value) else {
                 continue;
             };
-            let kind = credentials::type_name(&raw);
             let mut ctx = BuildCtx {
                 base_dir: &self.base_dir,
                 env: self.env,
@@ -499,7 +465,7 @@ impl Validator<'_> {
                 state_dir,
                 strict_permissions,
             };
-            let built = Credential::build(&raw, &mut ctx);
+            let built = kind.build(fields, &mut ctx);
             for (key, msg) in std::mem::take(&mut ctx.warnings) {
                 self.warn(&format!("{path}.{key}"), msg);
             }
@@ -509,6 +475,10 @@ impl Validator<'_> {
                     self.warn(&path, format!("unavailable until fixed: {e}"));
                     Err(e)
                 }
+                Err(BuildError::Invalid { key, message }) if key.is_empty() => {
+                    self.err(&path, message);
+                    continue;
+                }
                 Err(BuildError::Invalid { key, message }) => {
                     self.err(&format!("{path}.{key}"), message);
                     continue;
@@ -516,15 +486,19 @@ impl Validator<'_> {
             };
             out.push(CredentialEntry {
                 name: name.into(),
-                kind,
+                kind: kind.name,
                 credential,
             });
         }
         out
     }
 
-    /// Reads `type`, then the type's own fields, so errors carry the precise key path.
-    fn credential(&mut self, path: &str, value: serde_yaml::Value) -> Option<RawCredential> {
+    /// The credential's type (from `type`) and the rest of its fields.
+    fn credential_kind(
+        &mut self,
+        path: &str,
+        value: serde_yaml::Value,
+    ) -> Option<(&'static KindEntry, serde_yaml::Value)> {
         let serde_yaml::Value::Mapping(mut map) = value else {
             self.err(path, "expected a mapping with a `type` key");
             return None;
@@ -536,40 +510,20 @@ impl Validator<'_> {
                 return None;
             }
             None => {
-                self.err(
-                    path,
-                    format!(
-                        "missing `type` (one of: {})",
-                        RawCredential::TYPES.join(", ")
-                    ),
-                );
+                let m = format!("missing `type` (one of: {})", credentials::kind_names());
+                self.err(path, m);
                 return None;
             }
         };
-        let v = serde_yaml::Value::Mapping(map);
-        Some(match ty.as_str() {
-            "basic" => RawCredential::Basic(self.sub(path, v)?),
-            "bearer" => RawCredential::Bearer(self.sub(path, v)?),
-            "headers" => RawCredential::Headers(self.sub(path, v)?),
-            "oauth2_client_credentials" => {
-                RawCredential::Oauth2ClientCredentials(self.sub(path, v)?)
-            }
-            "jwt_key_pair" => RawCredential::JwtKeyPair(self.sub(path, v)?),
-            "salesforce_data360" => RawCredential::SalesforceData360(self.sub(path, v)?),
-            "google_service_account" => RawCredential::GoogleServiceAccount(self.sub(path, v)?),
-            "oauth2_refresh_token" => RawCredential::Oauth2RefreshToken(self.sub(path, v)?),
-            "aws_sigv4" => RawCredential::AwsSigv4(self.sub(path, v)?),
-            other => {
-                self.err(
-                    &format!("{path}.type"),
-                    format!(
-                        "unknown credential type `{other}` (one of: {})",
-                        RawCredential::TYPES.join(", ")
-                    ),
-                );
-                return None;
-            }
-        })
+        let Some(kind) = credentials::kind(&ty) else {
+            let m = format!(
+                "unknown credential type `{ty}` (one of: {})",
+                credentials::kind_names()
+            );
+            self.err(&format!("{path}.type"), m);
+            return None;
+        };
+        Some((kind, serde_yaml::Value::Mapping(map)))
     }
 
     fn routes(&mut self, raw: &[RawRoute], creds: &[&str]) -> (Vec<Route>, Vec<Matcher>) {

@@ -5,6 +5,7 @@
 //! contacted, and the payload hash is the SHA-256 of the body (read whole, up to
 //! `proxy.max_body`) unless `UNSIGNED-PAYLOAD` applies.
 
+use std::sync::Arc;
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
@@ -14,11 +15,33 @@ use aws_sigv4::http_request::{
 };
 use aws_smithy_runtime_api::client::identity::Identity;
 use pingora::http::RequestHeader;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
-use super::{BuildCtx, BuildError};
-use crate::config::raw::RawAwsSigv4;
+use super::{BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::SecretText;
 use crate::config::units::parse_duration;
 use crate::secret::Secret;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAwsSigv4 {
+    /// Omit to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
+    pub access_key_id: Option<SecretText>,
+    pub secret_access_key: Option<SecretText>,
+    pub session_token: Option<SecretText>,
+    /// Signing name, e.g. `s3`, `execute-api`, `sqs`.
+    pub service: String,
+    pub region: String,
+    /// Presigned query string instead of the Authorization header.
+    #[serde(default)]
+    pub sign_query: bool,
+    /// Validity of a presigned request. Default 5m, at most 7d.
+    pub expires: Option<String>,
+    /// Allow `UNSIGNED-PAYLOAD` (streamed, not hashed) for bodies over max_body or chunked.
+    #[serde(default)]
+    pub unsigned_payload: bool,
+}
 
 /// Headers a client may have set from its own signing attempt; always replaced.
 const CLIENT_SIGNING_HEADERS: [&str; 4] = [
@@ -151,6 +174,16 @@ impl AwsSigV4 {
             unsigned_payload: raw.unsigned_payload,
             payload_hash_header: raw.service == "s3" || raw.service == "s3-object-lambda",
         })
+    }
+
+    /// What `explain` shows: where the signature goes, secrets as `***`.
+    pub fn describe(&self) -> String {
+        let scope = format!("(SigV4 {}/{})", self.service, self.region);
+        if self.sign_query {
+            format!("presigned query (X-Amz-Signature=***) {scope}")
+        } else {
+            format!("authorization: AWS4-HMAC-SHA256 *** {scope}")
+        }
     }
 
     pub fn is_s3(&self) -> bool {
@@ -286,6 +319,17 @@ fn strip_presign_params(path_and_query: &str) -> String {
         path.to_string()
     } else {
         format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// `type: aws_sigv4`: AWS Signature Version 4 on each request.
+pub struct SigV4Kind;
+
+impl Kind for SigV4Kind {
+    const NAME: &'static str = "aws_sigv4";
+    type Raw = RawAwsSigv4;
+    fn build(raw: &RawAwsSigv4, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Signed(Arc::new(AwsSigV4::build(raw, ctx)?)))
     }
 }
 

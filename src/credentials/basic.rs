@@ -3,8 +3,19 @@
 use base64::Engine;
 use http::header::AUTHORIZATION;
 
-use super::{BuildCtx, BuildError, Injection};
-use crate::config::raw::RawBasic;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{BuildCtx, BuildError, Credential, Injection, Kind};
+use crate::config::raw::SecretText;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    /// Secret reference or plain string.
+    pub username: SecretText,
+    pub password: SecretText,
+}
 
 #[derive(Debug, Clone)]
 pub struct Basic {
@@ -39,6 +50,17 @@ impl Basic {
                 message,
             })?;
         Ok(Basic { injection })
+    }
+}
+
+/// `type: basic`: fixed `Authorization: Basic`.
+pub struct BasicKind;
+
+impl Kind for BasicKind {
+    const NAME: &'static str = "basic";
+    type Raw = RawBasic;
+    fn build(raw: &RawBasic, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Static(Basic::build(raw, ctx)?.injection))
     }
 }
 

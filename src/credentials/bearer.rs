@@ -2,8 +2,21 @@
 
 use http::header::AUTHORIZATION;
 
-use super::{config_header_name, BuildCtx, BuildError, Injection};
-use crate::config::raw::RawBearer;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{config_header_name, BuildCtx, BuildError, Credential, Injection, Kind};
+use crate::config::raw::SecretText;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearer {
+    pub token: SecretText,
+    /// Header to set. Default `Authorization`.
+    pub header: Option<String>,
+    /// Text before the token. Default `Bearer ` (with `Authorization`), else empty.
+    pub prefix: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Bearer {
@@ -40,6 +53,17 @@ impl Bearer {
                 message,
             })?;
         Ok(Bearer { injection })
+    }
+}
+
+/// `type: bearer`: a fixed token in one header.
+pub struct BearerKind;
+
+impl Kind for BearerKind {
+    const NAME: &'static str = "bearer";
+    type Raw = RawBearer;
+    fn build(raw: &RawBearer, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Static(Bearer::build(raw, ctx)?.injection))
     }
 }
 

@@ -10,14 +10,39 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::jwt_key_pair::{random_id, signing_key, unix_now};
 use super::oauth2_client_credentials::{exchange, parse_response, token_url};
-use super::{BuildCtx, BuildError};
-use crate::config::raw::{GoogleMode, RawGoogle};
+use super::{BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::{RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoogle {
+    /// The service-account JSON key: `file:keys/sa.json` or `${ENV}`.
+    pub key_file: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Default `access_token`.
+    pub mode: Option<GoogleMode>,
+    /// User to impersonate (domain-wide delegation).
+    pub subject: Option<String>,
+    pub cache: Option<RawCache>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GoogleMode {
+    /// JWT-bearer grant at the key's `token_uri`; injects the access token.
+    AccessToken,
+    /// Injects a JWT signed by the key, with `aud` set to the target API.
+    SelfSignedJwt,
+}
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const JWT_LIFETIME: u64 = 3600;
@@ -260,6 +285,17 @@ impl TokenSource for SelfSignedFor {
     }
     fn endpoint(&self) -> &str {
         &self.label
+    }
+}
+
+/// `type: google_service_account`: tokens from a service-account key.
+pub struct GoogleKind;
+
+impl Kind for GoogleKind {
+    const NAME: &'static str = "google_service_account";
+    type Raw = RawGoogle;
+    fn build(raw: &RawGoogle, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Token(build(raw, ctx)?))
     }
 }
 

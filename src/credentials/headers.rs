@@ -1,7 +1,18 @@
 //! `headers`: any set of headers (API keys such as `X-Api-Key`), each value a secret reference.
 
-use super::{config_header_name, BuildCtx, BuildError, Injection};
-use crate::config::raw::RawHeaders;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{config_header_name, BuildCtx, BuildError, Credential, Injection, Kind};
+use crate::config::raw::SecretText;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    /// Header name to value; values may be secret references.
+    pub headers: IndexMap<String, SecretText>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Headers {
@@ -32,6 +43,17 @@ impl Headers {
                 .map_err(|message| BuildError::Invalid { key: path, message })?;
         }
         Ok(Headers { injection })
+    }
+}
+
+/// `type: headers`: fixed headers.
+pub struct HeadersKind;
+
+impl Kind for HeadersKind {
+    const NAME: &'static str = "headers";
+    type Raw = RawHeaders;
+    fn build(raw: &RawHeaders, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Static(Headers::build(raw, ctx)?.injection))
     }
 }
 

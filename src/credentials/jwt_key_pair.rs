@@ -2,17 +2,53 @@
 //! `Authorization: Bearer <jwt>` (header and prefix configurable), cached for 90% of its
 //! lifetime through the token cache.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::HeaderName;
+use indexmap::IndexMap;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use schemars::JsonSchema;
+use serde::Deserialize;
 
-use super::{config_header_name, BuildCtx, BuildError};
-use crate::config::raw::{JwtAlgorithm, RawJwtKeyPair};
+use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::{RawCache, SecretText};
 use crate::config::units::parse_duration;
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtKeyPair {
+    /// PEM private key (PKCS#8, or PKCS#1 for RSA, SEC1 for EC): `file:` or `${ENV}`.
+    pub private_key: SecretText,
+    pub algorithm: JwtAlgorithm,
+    /// Claims to sign; `iat`, `exp` and `jti` are added.
+    #[serde(default)]
+    pub claims: IndexMap<String, serde_json::Value>,
+    /// Validity of each JWT. Default 1h.
+    pub lifetime: Option<String>,
+    /// `kid` header.
+    pub key_id: Option<String>,
+    /// Header to set. Default `Authorization`.
+    pub header: Option<String>,
+    /// Text before the JWT. Default `Bearer ` with `Authorization`, else empty.
+    pub prefix: Option<String>,
+    pub cache: Option<RawCache>,
+}
+
+/// JWS algorithms for `jwt_key_pair`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
 
 pub struct JwtKeyPair {
     key: EncodingKey,
@@ -179,6 +215,17 @@ impl TokenSource for JwtKeyPair {
 
     fn header_name(&self) -> HeaderName {
         self.header_name.clone()
+    }
+}
+
+/// `type: jwt_key_pair`: a JWT signed locally.
+pub struct JwtKeyPairKind;
+
+impl Kind for JwtKeyPairKind {
+    const NAME: &'static str = "jwt_key_pair";
+    type Raw = RawJwtKeyPair;
+    fn build(raw: &RawJwtKeyPair, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Token(Arc::new(JwtKeyPair::build(raw, ctx)?)))
     }
 }
 

@@ -1,18 +1,12 @@
-//! Credential types: building them from config, and the headers each one injects.
+//! Credential types: the one table of them (`KINDS`), how each is built from its config, and
+//! how a built credential applies to a request.
 //!
-//! One file per type. Static types (basic, bearer, headers) resolve to a fixed header set at
-//! config load, so injecting them on the request path is a few header inserts, no allocation
-//! of secrets.
-
-pub mod aws_sigv4;
-pub mod basic;
-pub mod bearer;
-pub mod google_service_account;
-pub mod headers;
-pub mod jwt_key_pair;
-pub mod oauth2_client_credentials;
-pub mod oauth2_refresh_token;
-pub mod salesforce_data360;
+//! One file per type holds its config as written (`Raw*`), its build step and its spec's test
+//! vectors. Adding a type is that file plus one line in `KINDS`: the type list in errors, the
+//! JSON Schema, `type` names in `/credentials` and `explain` all come from the table.
+//!
+//! A built credential applies in one of three ways (`Credential`): fixed headers computed at
+//! load, a token from the cache, or a signature over each request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,9 +14,130 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
-use crate::config::raw::RawCredential;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::de::DeserializeOwned;
+
 use crate::secret::{check_template, Secret, SecretError, SecretSource};
 use crate::tokens::TokenSource;
+
+/// One credential type: its `type` name, its config as written, and how it is built.
+pub trait Kind {
+    const NAME: &'static str;
+    /// The type's fields as written (`type` itself excluded).
+    type Raw: DeserializeOwned + JsonSchema;
+    fn build(raw: &Self::Raw, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError>;
+}
+
+/// A row of `KINDS`: a `Kind` with its types erased.
+pub struct KindEntry {
+    pub name: &'static str,
+    build: fn(serde_yaml::Value, &mut BuildCtx<'_>) -> Result<Credential, BuildError>,
+    schema: fn(&mut SchemaGenerator) -> Schema,
+}
+
+const fn entry<K: Kind>() -> KindEntry {
+    KindEntry {
+        name: K::NAME,
+        build: parse_and_build::<K>,
+        schema: schema_of::<K>,
+    }
+}
+
+/// Declares each type's module and its row in `KINDS`.
+macro_rules! kinds {
+    ($($module:ident :: $kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every credential type, in the order the docs list them.
+        pub static KINDS: &[KindEntry] = &[$(entry::<$module::$kind>()),*];
+    };
+}
+
+// The table: one line per credential type.
+kinds! {
+    basic::BasicKind,
+    bearer::BearerKind,
+    headers::HeadersKind,
+    oauth2_client_credentials::ClientCredentialsKind,
+    jwt_key_pair::JwtKeyPairKind,
+    google_service_account::GoogleKind,
+    salesforce_data360::Data360Kind,
+    oauth2_refresh_token::RefreshTokenKind,
+    aws_sigv4::SigV4Kind,
+}
+
+/// The type called `name`.
+pub fn kind(name: &str) -> Option<&'static KindEntry> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// `basic, bearer, ...`: for messages that list the choices.
+pub fn kind_names() -> String {
+    KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+impl KindEntry {
+    /// Reads the type's fields from `value` (a mapping without `type`) and builds it. Field
+    /// errors come back as `Invalid` with the key relative to the credential.
+    pub fn build(
+        &self,
+        value: serde_yaml::Value,
+        ctx: &mut BuildCtx<'_>,
+    ) -> Result<Credential, BuildError> {
+        (self.build)(value, ctx)
+    }
+}
+
+fn parse_and_build<K: Kind>(
+    value: serde_yaml::Value,
+    ctx: &mut BuildCtx<'_>,
+) -> Result<Credential, BuildError> {
+    let raw: K::Raw = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        BuildError::Invalid {
+            key: if key == "." { String::new() } else { key },
+            message: crate::config::serde_message(&e.into_inner().to_string()),
+        }
+    })?;
+    K::build(&raw, ctx)
+}
+
+/// The type's fields with `type` added, as one branch of the credential schema.
+fn schema_of<K: Kind>(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = K::Raw::json_schema(generator);
+    let obj = schema.ensure_object();
+    if let Some(serde_json::Value::Object(props)) = obj.get_mut("properties") {
+        props.insert(
+            "type".into(),
+            serde_json::json!({ "type": "string", "const": K::NAME }),
+        );
+    }
+    let mut required = vec![serde_json::Value::from("type")];
+    if let Some(serde_json::Value::Array(r)) = obj.remove("required") {
+        required.extend(r);
+    }
+    obj.insert("required".into(), required.into());
+    schema
+}
+
+/// Any credential, for the JSON Schema: one of `KINDS`, chosen by `type`.
+pub struct AnyCredential;
+
+impl JsonSchema for AnyCredential {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Credential".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let branches: Vec<serde_json::Value> = KINDS
+            .iter()
+            .map(|k| (k.schema)(generator).to_value())
+            .collect();
+        json_schema!({
+            "description": "A credential; `type` selects which fields apply.",
+            "oneOf": branches,
+        })
+    }
+}
 
 /// Why a credential could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,71 +251,44 @@ impl Injection {
     }
 }
 
-/// A usable credential.
+/// A usable credential, by how it applies to a request.
 #[derive(Debug, Clone)]
 pub enum Credential {
-    Basic(basic::Basic),
-    Bearer(bearer::Bearer),
-    Headers(headers::Headers),
-    /// Injects `Authorization: Bearer <token>` from the token cache.
+    /// Fixed headers computed at load (basic, bearer, headers).
+    Static(Injection),
+    /// A header from the token cache.
     Token(Arc<dyn TokenSource>),
-    /// Signs each request (AWS SigV4).
-    AwsSigV4(Arc<aws_sigv4::AwsSigV4>),
+    /// A signature over each request (AWS SigV4).
+    Signed(Arc<aws_sigv4::AwsSigV4>),
 }
 
 impl Credential {
-    pub fn build(raw: &RawCredential, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
-        Ok(match raw {
-            RawCredential::Basic(r) => Credential::Basic(basic::Basic::build(r, ctx)?),
-            RawCredential::Bearer(r) => Credential::Bearer(bearer::Bearer::build(r, ctx)?),
-            RawCredential::Headers(r) => Credential::Headers(headers::Headers::build(r, ctx)?),
-            RawCredential::AwsSigv4(r) => {
-                Credential::AwsSigV4(Arc::new(aws_sigv4::AwsSigV4::build(r, ctx)?))
-            }
-            RawCredential::Oauth2RefreshToken(r) => {
-                Credential::Token(Arc::new(oauth2_refresh_token::RefreshToken::build(r, ctx)?))
-            }
-            RawCredential::GoogleServiceAccount(r) => {
-                Credential::Token(google_service_account::build(r, ctx)?)
-            }
-            RawCredential::SalesforceData360(r) => {
-                Credential::Token(Arc::new(salesforce_data360::Data360::build(r, ctx)?))
-            }
-            RawCredential::JwtKeyPair(r) => {
-                Credential::Token(Arc::new(jwt_key_pair::JwtKeyPair::build(r, ctx)?))
-            }
-            RawCredential::Oauth2ClientCredentials(r) => Credential::Token(Arc::new(
-                oauth2_client_credentials::OAuth2ClientCredentials::build(r, ctx)?,
-            )),
-        })
-    }
-
-    /// The fixed headers of a static credential; None for token credentials.
-    pub fn injection(&self) -> Option<&Injection> {
-        match self {
-            Credential::Basic(c) => Some(&c.injection),
-            Credential::Bearer(c) => Some(&c.injection),
-            Credential::Headers(c) => Some(&c.injection),
-            Credential::Token(_) | Credential::AwsSigV4(_) => None,
-        }
-    }
-
-    pub fn signer(&self) -> Option<&Arc<aws_sigv4::AwsSigV4>> {
-        match self {
-            Credential::AwsSigV4(s) => Some(s),
-            _ => None,
-        }
-    }
-
     pub fn token_source(&self) -> Option<&Arc<dyn TokenSource>> {
         match self {
             Credential::Token(t) => Some(t),
             _ => None,
         }
     }
+
+    /// What it sets on a request, secrets as `***`: one line per header (`explain`).
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            Credential::Static(inj) => inj
+                .display()
+                .iter()
+                .map(|(name, value)| format!("{name}: {value}"))
+                .collect(),
+            Credential::Token(src) => vec![format!(
+                "{}: {}*** (token from {})",
+                src.header_name(),
+                src.prefix(),
+                src.endpoint()
+            )],
+            Credential::Signed(sig) => vec![sig.describe()],
+        }
+    }
 }
 
-/// The `type` name of a raw credential.
 /// `cache.ttl`, the optional override of a token type's expiry policy.
 pub fn cache_ttl(
     cache: Option<&crate::config::raw::RawCache>,
@@ -223,20 +311,6 @@ pub fn endpoint_timeout(raw: Option<&String>) -> Result<std::time::Duration, Bui
             message,
         })
     })
-}
-
-pub fn type_name(raw: &RawCredential) -> &'static str {
-    match raw {
-        RawCredential::Basic(_) => "basic",
-        RawCredential::Bearer(_) => "bearer",
-        RawCredential::Headers(_) => "headers",
-        RawCredential::Oauth2ClientCredentials(_) => "oauth2_client_credentials",
-        RawCredential::JwtKeyPair(_) => "jwt_key_pair",
-        RawCredential::SalesforceData360(_) => "salesforce_data360",
-        RawCredential::GoogleServiceAccount(_) => "google_service_account",
-        RawCredential::Oauth2RefreshToken(_) => "oauth2_refresh_token",
-        RawCredential::AwsSigv4(_) => "aws_sigv4",
-    }
 }
 
 /// Header names a credential may not set: they frame or route the request, or belong to the

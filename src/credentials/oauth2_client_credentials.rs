@@ -2,16 +2,38 @@
 //! four ways providers take the client secret: `basic` (RFC 6749 2.3.1), `post_body`,
 //! `post_query` (everything in the query of a POST, Zoho-style) and `get_query`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError};
-use crate::config::raw::{AuthMethod, RawOAuth2ClientCredentials};
+use super::{BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::Secret;
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2ClientCredentials {
+    /// https URL (http only to loopback); its query parameters are kept and merged.
+    pub token_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    /// Extra form parameters sent to the token endpoint.
+    #[serde(default)]
+    pub params: IndexMap<String, String>,
+    pub auth_method: Option<AuthMethod>,
+    pub cache: Option<RawCache>,
+    /// Total time allowed for one token request. Default 10s.
+    pub timeout: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct OAuth2ClientCredentials {
@@ -309,6 +331,17 @@ impl TokenSource for OAuth2ClientCredentials {
 
     fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+}
+
+/// `type: oauth2_client_credentials`: the client-credentials grant (RFC 6749 4.4).
+pub struct ClientCredentialsKind;
+
+impl Kind for ClientCredentialsKind {
+    const NAME: &'static str = "oauth2_client_credentials";
+    type Raw = RawOAuth2ClientCredentials;
+    fn build(raw: &RawOAuth2ClientCredentials, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Token(Arc::new(OAuth2ClientCredentials::build(raw, ctx)?)))
     }
 }
 

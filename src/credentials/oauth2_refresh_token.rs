@@ -6,20 +6,40 @@
 //! refresh token keeps the old one. `invalid_grant` marks the credential `needs_reconnect`: no
 //! further calls until a new seed is configured.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
-use super::{BuildCtx, BuildError};
-use crate::config::raw::{AuthMethod, RawRefreshToken};
+use super::{BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
 use crate::store::sealed_file::{parse_key, Saved, SealError, SealedFile, KEY_ENV};
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefreshToken {
+    /// https URL (http only to loopback).
+    pub token_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    /// The seed. Rotated refresh tokens are persisted (encrypted) in `proxy.state_dir` and win
+    /// over the seed until the seed itself changes.
+    pub refresh_token: SecretText,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `basic` or `post_body` (default).
+    pub auth_method: Option<AuthMethod>,
+    pub cache: Option<RawCache>,
+    pub timeout: Option<String>,
+}
 
 pub struct RefreshToken {
     url: reqwest::Url,
@@ -299,6 +319,17 @@ impl TokenSource for RefreshToken {
 
     fn needs_reconnect(&self) -> bool {
         self.reconnect.load(Ordering::Relaxed)
+    }
+}
+
+/// `type: oauth2_refresh_token`: the refresh-token grant, rotation kept.
+pub struct RefreshTokenKind;
+
+impl Kind for RefreshTokenKind {
+    const NAME: &'static str = "oauth2_refresh_token";
+    type Raw = RawRefreshToken;
+    fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Token(Arc::new(RefreshToken::build(raw, ctx)?)))
     }
 }
 

@@ -4,16 +4,32 @@
 //! (`grant_type=urn:salesforce:grant-type:external:cdp`). The Data 360 token is injected and
 //! cached 5 minutes (never past its own expiry).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
-use super::{BuildCtx, BuildError};
-use crate::config::raw::RawData360;
+use super::{BuildCtx, BuildError, Credential, Kind};
+use crate::config::raw::{RawCache, SecretText};
 use crate::secret::Secret;
 use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawData360 {
+    /// `https://acme.my.salesforce.com`; step 1 uses `{login_url}/services/oauth2/token`.
+    pub login_url: String,
+    pub client_id: SecretText,
+    pub client_secret: SecretText,
+    /// Data space for the exchange. Default `default`.
+    pub dataspace: Option<String>,
+    pub cache: Option<RawCache>,
+    /// Total time for each step. Default 10s.
+    pub timeout: Option<String>,
+}
 
 pub const EXCHANGE_GRANT: &str = "urn:salesforce:grant-type:external:cdp";
 pub const SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -198,6 +214,17 @@ impl TokenSource for Data360 {
 
     fn endpoint(&self) -> &str {
         &self.step1_label
+    }
+}
+
+/// `type: salesforce_data360`: the two-step Data 360 token exchange.
+pub struct Data360Kind;
+
+impl Kind for Data360Kind {
+    const NAME: &'static str = "salesforce_data360";
+    type Raw = RawData360;
+    fn build(raw: &RawData360, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
+        Ok(Credential::Token(Arc::new(Data360::build(raw, ctx)?)))
     }
 }
 

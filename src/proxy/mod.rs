@@ -21,6 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::app::App;
 use crate::config::Config;
 use crate::credentials::aws_sigv4::Payload;
+use crate::credentials::Credential;
 use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
 use crate::tokens::{Token, TokenError, TokenSource};
@@ -190,9 +191,11 @@ impl CredProxy {
         cfg.credentials[plan.credential?]
             .credential
             .as_ref()
-            .ok()?
-            .signer()
-            .cloned()
+            .ok()
+            .and_then(|c| match c {
+                Credential::Signed(s) => Some(s.clone()),
+                _ => None,
+            })
     }
 
     /// Gets the body ready for SigV4: read whole (hashed), or streamed as UNSIGNED-PAYLOAD.
@@ -450,18 +453,18 @@ impl ProxyHttp for CredProxy {
             req.remove_header(&http::header::AUTHORIZATION);
             match (&ctx.token, &cfg.credentials[c].credential) {
                 (Some(t), _) => req.insert_header(t.name.clone(), t.header.clone())?,
-                (None, Ok(cred)) => {
-                    if let Some(inj) = cred.injection() {
-                        inj.apply(req)?;
-                    }
-                }
-                (None, Err(_)) => {}
+                (None, Ok(Credential::Static(inj))) => inj.apply(req)?,
+                (None, _) => {}
             }
-            if let Some(signer) = cfg.credentials[c]
-                .credential
-                .as_ref()
-                .ok()
-                .and_then(|cr| cr.signer())
+            if let Some(signer) =
+                cfg.credentials[c]
+                    .credential
+                    .as_ref()
+                    .ok()
+                    .and_then(|cr| match cr {
+                        Credential::Signed(s) => Some(s),
+                        _ => None,
+                    })
             {
                 let payload = match &ctx.replay {
                     replay::Replay::Whole(b) => Payload::Bytes(b),
