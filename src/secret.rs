@@ -79,6 +79,29 @@ impl SecretSource {
         }
     }
 
+    /// Reads a secret as written in the config: its syntax checked, a warning (through
+    /// `warn`) for a literal or a `file:` others can read, which `strict` makes an error.
+    pub fn parse_checked(
+        raw: &str,
+        base_dir: &Path,
+        strict: bool,
+        warn: &mut dyn FnMut(String),
+    ) -> Result<Self, String> {
+        check_template(raw)?;
+        let source = SecretSource::parse(raw);
+        if source.is_literal() {
+            warn("secret written as a literal; prefer ${ENV_VAR} or file:PATH".into());
+        }
+        match source.permission_problem(base_dir) {
+            Some(problem) if strict => Err(format!("{problem} (proxy.strict_permissions is on)")),
+            Some(problem) => {
+                warn(problem);
+                Ok(source)
+            }
+            None => Ok(source),
+        }
+    }
+
     pub fn is_literal(&self) -> bool {
         matches!(self, SecretSource::Literal(_))
     }

@@ -148,8 +148,10 @@ impl Policy {
 pub trait TokenSource: Send + Sync + std::fmt::Debug {
     async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError>;
     fn policy(&self) -> Policy;
-    /// Text before the token in the header value (`Bearer `).
-    fn prefix(&self) -> &str;
+    /// Text before the token in the header value.
+    fn prefix(&self) -> &str {
+        "Bearer "
+    }
     /// The endpoint, for messages (no query, no secret).
     fn endpoint(&self) -> &str;
     /// The header the token goes into.

@@ -221,9 +221,6 @@ impl TokenSource for AccessToken {
             ..self.signer.policy
         }
     }
-    fn prefix(&self) -> &str {
-        "Bearer "
-    }
     fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -239,9 +236,6 @@ impl TokenSource for SelfSigned {
     }
     fn policy(&self) -> Policy {
         self.signer.policy
-    }
-    fn prefix(&self) -> &str {
-        "Bearer "
     }
     fn endpoint(&self) -> &str {
         "local self-signed JWT"
@@ -279,9 +273,6 @@ impl TokenSource for SelfSignedFor {
     }
     fn policy(&self) -> Policy {
         self.signer.policy
-    }
-    fn prefix(&self) -> &str {
-        "Bearer "
     }
     fn endpoint(&self) -> &str {
         &self.label

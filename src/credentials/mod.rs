@@ -17,7 +17,7 @@ use pingora::http::RequestHeader;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::secret::{check_template, Secret, SecretError, SecretSource};
+use crate::secret::{Secret, SecretError, SecretSource};
 use crate::tokens::TokenSource;
 
 /// One credential type: its `type` name, its config as written, and how it is built.
@@ -185,22 +185,13 @@ impl BuildCtx<'_> {
             key: key.to_string(),
             message,
         };
-        check_template(raw).map_err(invalid)?;
-        let source = SecretSource::parse(raw);
-        if source.is_literal() {
-            self.warnings.push((
-                key.to_string(),
-                "secret written as a literal; prefer ${ENV_VAR} or file:PATH".to_string(),
-            ));
-        }
-        if let Some(problem) = source.permission_problem(self.base_dir) {
-            if self.strict_permissions {
-                return Err(invalid(format!(
-                    "{problem} (proxy.strict_permissions is on)"
-                )));
-            }
-            self.warnings.push((key.to_string(), problem));
-        }
+        let mut warnings = Vec::new();
+        let source =
+            SecretSource::parse_checked(raw, self.base_dir, self.strict_permissions, &mut |w| {
+                warnings.push((key.to_string(), w))
+            });
+        self.warnings.extend(warnings);
+        let source = source.map_err(invalid)?;
         let resolved = if multiline {
             source.resolve_multiline(self.base_dir, self.env)
         } else {

@@ -321,10 +321,6 @@ impl TokenSource for OAuth2ClientCredentials {
         self.policy
     }
 
-    fn prefix(&self) -> &str {
-        "Bearer "
-    }
-
     fn sent_secrets(&self) -> Vec<Secret> {
         vec![self.client_secret.clone()]
     }

@@ -303,10 +303,6 @@ impl TokenSource for RefreshToken {
         self.policy
     }
 
-    fn prefix(&self) -> &str {
-        "Bearer "
-    }
-
     fn sent_secrets(&self) -> Vec<Secret> {
         let mut v = vec![self.client_secret.clone()];
         v.extend(self.current().ok());

@@ -204,10 +204,6 @@ impl TokenSource for Data360 {
         self.policy
     }
 
-    fn prefix(&self) -> &str {
-        "Bearer "
-    }
-
     fn sent_secrets(&self) -> Vec<Secret> {
         vec![self.client_secret.clone()]
     }

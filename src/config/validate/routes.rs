@@ -1,0 +1,243 @@
+//! `routes:`: host, path and method matchers, sidecar upstreams, and the credentials each uses.
+
+use http::Method;
+
+use super::{list_or_none, Validator};
+use crate::config::raw::RawRoute;
+use crate::config::{Route, Upstream};
+use crate::routing::{parse_host_pattern, split_host_port, Glob, HostPattern, Matcher};
+
+impl Validator<'_> {
+    pub(super) fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        creds: &[&str],
+    ) -> (Vec<Route>, Vec<Matcher>) {
+        let mut routes = Vec::new();
+        let mut matchers = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if let Some((route, matcher)) = self.route(&path, r, creds) {
+                routes.push(route);
+                matchers.push(matcher);
+            }
+        }
+        (routes, matchers)
+    }
+
+    fn route(&mut self, path: &str, r: &RawRoute, creds: &[&str]) -> Option<(Route, Matcher)> {
+        let errors_before = self.errors.len();
+        let (host, port) = self.route_host(path, r);
+        let upstream = r.upstream.as_ref().and_then(|u| {
+            parse_upstream(u)
+                .map_err(|e| self.err(&format!("{path}.upstream"), e))
+                .ok()
+        });
+        let glob = r.path.as_ref().and_then(|p| {
+            Glob::new(p)
+                .map_err(|e| self.err(&format!("{path}.path"), e))
+                .ok()
+        });
+        self.strip_prefix(path, r);
+        let methods = self.methods(path, r.methods.as_deref());
+        let credentials = self.route_credentials(path, r, creds);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let matcher = Matcher {
+            host,
+            port,
+            path: glob,
+            methods,
+        };
+        let route = Route {
+            name: r
+                .name
+                .clone()
+                .unwrap_or_else(|| default_route_name(r))
+                .into(),
+            credentials,
+            upstream,
+            strip_prefix: r.strip_prefix.clone(),
+            allow_http: r
+                .allow_http
+                .unwrap_or_else(|| matcher.host.as_ref().is_some_and(is_loopback)),
+        };
+        Some((route, matcher))
+    }
+
+    /// The host pattern and port of a proxy route; none for a sidecar route.
+    fn route_host(&mut self, path: &str, r: &RawRoute) -> (Option<HostPattern>, Option<u16>) {
+        match (&r.host, &r.upstream) {
+            (Some(_), Some(_)) => self.err(
+                &format!("{path}.host"),
+                "a sidecar route (with `upstream`) matches by path; remove `host`",
+            ),
+            (None, None) => self.err(
+                path,
+                "a route needs `host` (proxy route) or `upstream` (sidecar route)",
+            ),
+            (Some(h), None) => match parse_host_pattern(h) {
+                Ok((p, port)) => return (Some(p), port),
+                Err(e) => self.err(&format!("{path}.host"), e),
+            },
+            (None, Some(_)) => {}
+        }
+        (None, None)
+    }
+
+    fn strip_prefix(&mut self, path: &str, r: &RawRoute) {
+        let Some(sp) = &r.strip_prefix else { return };
+        let key = format!("{path}.strip_prefix");
+        if r.upstream.is_none() {
+            self.err(
+                &key,
+                "`strip_prefix` applies only to sidecar routes (with `upstream`)",
+            );
+        } else if !sp.starts_with('/') || sp.len() < 2 || sp.ends_with('/') {
+            self.err(
+                &key,
+                format!(
+                    "`{sp}`: expected a path such as /hubspot (leading slash, no trailing slash)"
+                ),
+            );
+        }
+    }
+
+    fn methods(&mut self, path: &str, ms: Option<&[String]>) -> Option<Vec<Method>> {
+        let ms = ms?;
+        if ms.is_empty() {
+            self.err(
+                &format!("{path}.methods"),
+                "empty list; omit `methods` to allow any method",
+            );
+        }
+        let mut out = Vec::new();
+        for (j, m) in ms.iter().enumerate() {
+            let upper = m.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(m) => out.push(m),
+                Err(_) => self.err(
+                    &format!("{path}.methods[{j}]"),
+                    format!("`{m}` is not an HTTP method"),
+                ),
+            }
+        }
+        Some(out)
+    }
+
+    fn route_credentials(&mut self, path: &str, r: &RawRoute, creds: &[&str]) -> Vec<usize> {
+        let (key, list): (String, Vec<&String>) = match (&r.credential, &r.credentials) {
+            (Some(c), None) => (format!("{path}.credential"), vec![c]),
+            (None, Some(cs)) if !cs.is_empty() => {
+                (format!("{path}.credentials"), cs.iter().collect())
+            }
+            (None, Some(_)) => {
+                self.err(&format!("{path}.credentials"), "empty list");
+                return Vec::new();
+            }
+            (Some(_), Some(_)) => {
+                self.err(path, "use either `credential` or `credentials`, not both");
+                return Vec::new();
+            }
+            (None, None) => {
+                self.err(path, "a route needs `credential` (or `credentials: [..]`)");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        let many = r.credentials.is_some();
+        for (j, name) in list.into_iter().enumerate() {
+            let at = if many {
+                format!("{key}[{j}]")
+            } else {
+                key.clone()
+            };
+            match creds.iter().position(|c| c == name) {
+                Some(idx) if out.contains(&idx) => {
+                    self.err(&at, format!("`{name}` is listed twice"))
+                }
+                Some(idx) => out.push(idx),
+                None => self.err(
+                    &at,
+                    format!(
+                        "unknown credential `{name}` (defined: {})",
+                        list_or_none(creds)
+                    ),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn default_route_name(r: &RawRoute) -> String {
+    match (&r.host, &r.path) {
+        (Some(h), Some(p)) => format!("{h}{p}"),
+        (Some(h), None) => h.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => r.upstream.clone().unwrap_or_default(),
+    }
+}
+
+/// Loopback hosts, where plain HTTP never leaves the machine.
+fn is_loopback(p: &HostPattern) -> bool {
+    match p {
+        HostPattern::Exact(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        HostPattern::Suffix(_) => false,
+    }
+}
+
+/// Parses a sidecar `upstream:` URL: `http(s)://host[:port][/base]`.
+pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let (tls, rest) = if let Some(r) = text.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = text.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("`{text}`: expected an http:// or https:// URL"));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!(
+            "`{text}`: an upstream URL has no query or fragment"
+        ));
+    }
+    let (authority, base) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "`{text}`: credentials in the URL are not allowed; use a credential"
+        ));
+    }
+    let (host, port) = split_host_port(authority).map_err(|e| format!("`{text}`: {e}"))?;
+    if !base.is_empty() && base.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(format!(
+            "`{text}`: the path is not valid in a URL (percent-encode it)"
+        ));
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let port = port.unwrap_or(default_port);
+    let host_for_header = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = if port == default_port {
+        host_for_header
+    } else {
+        format!("{host_for_header}:{port}")
+    };
+    Ok(Upstream {
+        tls,
+        host,
+        port,
+        base_path: base.to_string(),
+        authority,
+    })
+}
