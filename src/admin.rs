@@ -1,6 +1,5 @@
 //! The admin listener: health, readiness, metrics, credential status and reload.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::metrics::Scrape;
 
 /// The NAME of `/credentials/NAME/refresh`.
 fn refresh_target(path: &str) -> Option<&str> {
@@ -121,48 +121,27 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let mut extra = String::new();
-        extra.push_str(
-            "# HELP credproxy_credential_available 1 if the credential can be injected.\n",
+        let mut s = Scrape::default();
+        let statuses = credential_statuses(&self.app);
+        s.gauges(
+            "credproxy_credential_available",
+            "1 if the credential can be injected.",
+            &["credential", "type"],
+            statuses
+                .iter()
+                .map(|c| (vec![c.name.as_str(), c.kind], i64::from(c.status == "ok"))),
         );
-        extra.push_str("# TYPE credproxy_credential_available gauge\n");
-        for c in credential_statuses(&self.app) {
-            let v = u8::from(c.status == "ok");
-            let _ = writeln!(
-                extra,
-                "credproxy_credential_available{{credential=\"{}\",type=\"{}\"}} {v}",
-                c.name.replace('"', ""),
-                c.kind
+        self.token_metrics(&mut s);
+        if let Some(i) = &self.app.config().proxy.interceptor {
+            s.counters(
+                "credproxy_tls_leaf_mints_total",
+                "Interception certificates minted since the config was loaded.",
+                &[],
+                [(vec![], i.mints())],
             );
         }
-        self.token_metrics(&mut extra);
-        self.tls_metrics(&mut extra);
-        let body = self.app.metrics.render(&extra);
+        let body = self.app.metrics.render(s.families);
         reply(StatusCode::OK, "text/plain; version=0.0.4", body)
-    }
-
-    fn tls_metrics(&self, out: &mut String) {
-        out.push_str("# HELP credproxy_client_connections Client connections open now on the proxy listener.\n");
-        out.push_str("# TYPE credproxy_client_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "credproxy_client_connections {}",
-            self.app.client_connections.total()
-        );
-        out.push_str(
-            "# HELP credproxy_intercepted_connections Intercepted CONNECT tunnels now open.\n",
-        );
-        out.push_str("# TYPE credproxy_intercepted_connections gauge\n");
-        let _ = writeln!(
-            out,
-            "credproxy_intercepted_connections {}",
-            self.app.tunnels.len()
-        );
-        if let Some(i) = &self.app.config().proxy.interceptor {
-            out.push_str("# HELP credproxy_tls_leaf_mints_total Interception certificates minted since the config was loaded.\n");
-            out.push_str("# TYPE credproxy_tls_leaf_mints_total counter\n");
-            let _ = writeln!(out, "credproxy_tls_leaf_mints_total {}", i.mints());
-        }
     }
 
     /// `POST /credentials/NAME/refresh`: static credentials hold no token, so there is nothing
@@ -214,64 +193,50 @@ impl Admin {
         }
     }
 
-    fn token_metrics(&self, out: &mut String) {
+    /// Token slots' counts, read at scrape time.
+    fn token_metrics(&self, s: &mut Scrape) {
         let cfg = self.app.config();
         let tokens: Vec<_> = cfg
             .credentials
             .iter()
             .filter_map(|c| {
                 let src = c.credential.as_ref().ok()?.token_source()?;
-                Some((
-                    c.name.replace('"', ""),
-                    self.app.tokens.status(&c.name, src),
-                ))
+                Some((&*c.name, self.app.tokens.status(&c.name, src), src))
             })
             .collect();
-        out.push_str("# HELP credproxy_token_fetches_total Token endpoint fetches by credential and result.\n");
-        out.push_str("# TYPE credproxy_token_fetches_total counter\n");
-        for (n, s) in &tokens {
-            let _ = writeln!(
-                out,
-                "credproxy_token_fetches_total{{credential=\"{n}\",result=\"ok\"}} {}",
-                s.fetches_ok
-            );
-            let _ = writeln!(
-                out,
-                "credproxy_token_fetches_total{{credential=\"{n}\",result=\"error\"}} {}",
-                s.fetches_failed
-            );
-        }
-        out.push_str("# HELP credproxy_credential_needs_reconnect 1 when the provider refused the refresh token.\n");
-        out.push_str("# TYPE credproxy_credential_needs_reconnect gauge\n");
-        for c in cfg.credentials.iter() {
-            if let Some(t) = c.credential.as_ref().ok().and_then(|cr| cr.token_source()) {
-                let v = u8::from(t.needs_reconnect());
-                let _ = writeln!(
-                    out,
-                    "credproxy_credential_needs_reconnect{{credential=\"{}\"}} {v}",
-                    c.name.replace('"', "")
-                );
-            }
-        }
-        out.push_str("# HELP credproxy_token_cache_hits_total Requests served a cached token.\n");
-        out.push_str("# TYPE credproxy_token_cache_hits_total counter\n");
-        for (n, s) in &tokens {
-            let _ = writeln!(
-                out,
-                "credproxy_token_cache_hits_total{{credential=\"{n}\"}} {}",
-                s.cache_hits
-            );
-        }
-        out.push_str("# HELP credproxy_token_seconds_to_expiry Seconds until the cached token expires (absent: none cached).\n");
-        out.push_str("# TYPE credproxy_token_seconds_to_expiry gauge\n");
-        for (n, s) in &tokens {
-            if let Some(secs) = s.seconds_to_expiry {
-                let _ = writeln!(
-                    out,
-                    "credproxy_token_seconds_to_expiry{{credential=\"{n}\"}} {secs}"
-                );
-            }
-        }
+        s.counters(
+            "credproxy_token_fetches_total",
+            "Token endpoint fetches by credential and result.",
+            &["credential", "result"],
+            tokens.iter().flat_map(|(n, st, _)| {
+                [
+                    (vec![*n, "ok"], st.fetches_ok),
+                    (vec![*n, "error"], st.fetches_failed),
+                ]
+            }),
+        );
+        s.gauges(
+            "credproxy_credential_needs_reconnect",
+            "1 when the provider refused the refresh token.",
+            &["credential"],
+            tokens
+                .iter()
+                .map(|(n, _, src)| (vec![*n], i64::from(src.needs_reconnect()))),
+        );
+        s.counters(
+            "credproxy_token_cache_hits_total",
+            "Requests served a cached token.",
+            &["credential"],
+            tokens.iter().map(|(n, st, _)| (vec![*n], st.cache_hits)),
+        );
+        s.gauges(
+            "credproxy_token_seconds_to_expiry",
+            "Seconds until the cached token expires (absent: none cached).",
+            &["credential"],
+            tokens.iter().filter_map(|(n, st, _)| {
+                Some((vec![*n], i64::try_from(st.seconds_to_expiry?).ok()?))
+            }),
+        );
     }
 
     fn reload(&self) -> Response<Vec<u8>> {

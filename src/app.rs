@@ -9,9 +9,16 @@ use arc_swap::ArcSwap;
 use crate::config::{self, Config, ConfigErrors};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
-use crate::proxy::intercept::Tunnels;
-use crate::proxy::limits::ClientConnections;
 use crate::tokens::{Retry, TokenCache};
+
+/// Why the process-wide parts could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot set up the HTTP client for token endpoints: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
 
 pub struct App {
     config: ArcSwap<Config>,
@@ -19,26 +26,22 @@ pub struct App {
     pub dns: Resolver,
     pub metrics: Metrics,
     pub tokens: TokenCache,
-    /// Intercepted CONNECT tunnels, for the requests inside them.
-    pub tunnels: Tunnels,
-    /// Open connections per client address (`proxy.limits.max_connections_per_client`).
-    pub client_connections: ClientConnections,
 }
 
 impl App {
-    pub fn new(config: Config, config_path: PathBuf) -> Result<Self, reqwest::Error> {
+    pub fn new(config: Config, config_path: PathBuf) -> Result<Self, AppError> {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
         let tokens = token_cache(&config)?;
+        let metrics = Metrics::new()?;
+        let _ = config.metrics.set(metrics.for_config(&config));
         Ok(App {
             config: ArcSwap::from_pointee(config),
             config_path,
             dns,
-            metrics: Metrics::default(),
+            metrics,
             tokens,
-            tunnels: Tunnels::default(),
-            client_connections: ClientConnections::default(),
         })
     }
 
@@ -51,6 +54,7 @@ impl App {
     pub fn reload(&self) -> Result<Arc<Config>, ConfigErrors> {
         match config::load(&self.config_path) {
             Ok(c) => {
+                let _ = c.metrics.set(self.metrics.for_config(&c));
                 let c = Arc::new(c);
                 self.config.store(c.clone());
                 self.metrics.reload("ok");

@@ -14,7 +14,7 @@ use crate::admin::Admin;
 use crate::app::App;
 use crate::config::Config;
 use crate::proxy::connect::Front;
-use crate::proxy::CredProxy;
+use crate::proxy::{Connections, CredProxy};
 
 struct Sighup {
     app: Arc<App>,
@@ -82,7 +82,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            tracing::error!("cannot set up the HTTP client for token endpoints: {e}");
+            tracing::error!("{e}");
             std::process::exit(1);
         }
     };
@@ -97,8 +97,14 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy(&server.configuration, CredProxy { app: app.clone() });
+    let conns = Arc::new(Connections::new(&app.metrics));
+    let mut proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        CredProxy {
+            app: app.clone(),
+            conns: conns.clone(),
+        },
+    );
     proxy.server_options = Some(server_options(&app.config()));
     let http = Arc::new(proxy);
     let mut front = Service::new(
@@ -106,6 +112,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         Front {
             http,
             app: app.clone(),
+            conns,
         },
     );
     front.add_tcp(&listen);

@@ -246,9 +246,9 @@ fn rust_client_over_http2_and_http1_gets_the_credential_with_keepalive() {
     drop((h1, h2));
     let m = s
         .proxy
-        .metrics_with(&["route=\"api\",credential=\"gh\",status=\"200\"} 8"]);
+        .metrics_with(&["credential=\"gh\",route=\"api\",status=\"200\"} 8"]);
     assert!(
-        m.contains("credproxy_requests_total{route=\"(connect: intercepted)\",credential=\"(none)\",status=\"200\"} 2"),
+        m.contains("credproxy_requests_total{credential=\"(none)\",route=\"(connect: intercepted)\",status=\"200\"} 2"),
         "one CONNECT per client connection, reused for every request:\n{m}"
     );
     assert_eq!(metric(&m, "credproxy_tls_leaf_mints_total"), Some(1), "{m}");
@@ -762,7 +762,10 @@ fn http2_bodies_without_content_length_are_streamed_or_refused_never_dropped() {
     assert!(!out.starts_with("200"), "{out}");
     assert_eq!(origin.count(), before);
     let m = p.metrics_with(&["status=\"411\""]);
-    assert!(m.contains("credential=\"s3\",status=\"411\"} 1"), "{m}");
+    assert!(
+        m.contains("credential=\"s3\",route=\"127.0.0.1\",status=\"411\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]

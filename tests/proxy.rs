@@ -615,18 +615,18 @@ fn admin_endpoints() {
         &[],
     );
     let m = p.metrics_with(&[
-        "credproxy_requests_total{route=\"gh-route\",credential=\"gh\",status=\"200\"} 3",
-        "credproxy_requests_total{route=\"gh-route\",credential=\"gh\",status=\"404\"} 1",
+        "credproxy_requests_total{credential=\"gh\",route=\"gh-route\",status=\"200\"} 3",
+        "credproxy_requests_total{credential=\"gh\",route=\"gh-route\",status=\"404\"} 1",
     ]);
     assert!(
         m.contains(
-            "credproxy_requests_total{route=\"gh-route\",credential=\"gh\",status=\"200\"} 3"
+            "credproxy_requests_total{credential=\"gh\",route=\"gh-route\",status=\"200\"} 3"
         ),
         "{m}"
     );
     assert!(
         m.contains(
-            "credproxy_requests_total{route=\"gh-route\",credential=\"gh\",status=\"404\"} 1"
+            "credproxy_requests_total{credential=\"gh\",route=\"gh-route\",status=\"404\"} 1"
         ),
         "{m}"
     );

@@ -31,6 +31,8 @@ pub struct Config {
     /// None: no `clients:` section, no proxy authentication.
     pub clients: Option<Vec<Client>>,
     pub warnings: Vec<ConfigWarning>,
+    /// The metric handles this config's requests count with, set when it goes into service.
+    pub metrics: std::sync::OnceLock<crate::metrics::ConfigMetrics>,
 }
 
 impl Config {

@@ -20,10 +20,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect_head;
-use super::intercept::{self, InterceptError, Tunnel};
+use super::destination::destination;
+use super::intercept::{self, InterceptError};
 use super::limits::{self, FirstHead};
 use super::plan::authenticate;
-use super::CredProxy;
+use super::tunnel::Tunnel;
+use super::{Connections, CredProxy};
 use crate::app::App;
 use crate::config::{Config, Unmatched};
 use crate::errors::{self, ProxyError};
@@ -32,6 +34,7 @@ use crate::routing::split_host_port;
 pub struct Front {
     pub http: Arc<HttpProxy<CredProxy>>,
     pub app: Arc<App>,
+    pub conns: Arc<Connections>,
 }
 
 /// The CONNECT head is already in the stream's buffer (see `limits::read_first_head`).
@@ -51,8 +54,8 @@ impl ServerApp for Front {
         let limits = &cfg.proxy.limits;
         let ip = peer_ip(&l4)?;
         let Some(_counted) = self
-            .app
-            .client_connections
+            .conns
+            .clients
             .acquire(ip, limits.max_connections_per_client)
         else {
             let e = ProxyError::TooManyConnections(limits.max_connections_per_client);
@@ -173,7 +176,7 @@ impl Front {
     fn count(&self, label: &str, status: u16) {
         self.app
             .metrics
-            .request(&Arc::from(label), &Arc::from("(none)"), status);
+            .request(label, crate::metrics::NONE, status);
     }
 
     async fn intercept(
@@ -201,7 +204,7 @@ impl Front {
         let timeout = cfg.proxy.timeouts.handshake;
         let served = intercept::serve(
             &self.http,
-            &self.app.tunnels,
+            &self.conns.tunnels,
             interceptor,
             client,
             tunnel,
@@ -219,7 +222,7 @@ impl Front {
     }
 
     async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
-        let addrs = super::destination(&self.app, cfg, &p.host).await?;
+        let addrs = destination(&self.app.dns, &cfg.proxy.egress.policy, &p.host).await?;
         let hp = format!("{}:{}", p.host, p.port);
         let mut last = ProxyError::ConnectRefused(hp.clone());
         for ip in addrs.iter().take(4) {

@@ -2,81 +2,19 @@
 //! minted for the CONNECT host, and hand the decrypted stream to the HTTP proxy, which then
 //! matches and injects each request inside exactly like a plain-HTTP one.
 //!
-//! The HTTP proxy learns which tunnel a request came through from the connection's addresses
-//! (`Tunnels`): requests inside go only to the CONNECT host and port, with the client that
-//! authenticated the CONNECT.
+//! Each served connection is registered in `Tunnels`, so the HTTP proxy sends the requests
+//! inside only to the CONNECT host and port, with the client that authenticated the CONNECT.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::{GetSocketDigest, Peek};
-use pingora::proxy::HttpProxy;
+use pingora::protocols::Peek;
 use pingora::server::ShutdownWatch;
 
-use super::CredProxy;
-use crate::errors::ProxyError;
+use super::tunnel::{addresses, Tunnel, Tunnels};
 use crate::tls::Interceptor;
-
-/// Where an intercepted connection's requests may go, and who opened it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Tunnel {
-    /// Normalised host (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// TLS was intercepted; false for a CONNECT that carries plain HTTP (`curl -p http://..`).
-    pub tls: bool,
-    /// The `clients:` name that authenticated the CONNECT.
-    pub client: Option<String>,
-}
-
-/// Live intercepted connections by (local, peer) address.
-#[derive(Default)]
-pub struct Tunnels {
-    map: DashMap<(SocketAddr, SocketAddr), Arc<Tunnel>>,
-}
-
-impl Tunnels {
-    pub fn get(&self, local: SocketAddr, peer: SocketAddr) -> Option<Arc<Tunnel>> {
-        self.map.get(&(local, peer)).map(|t| t.clone())
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn register(&self, key: (SocketAddr, SocketAddr), t: Arc<Tunnel>) -> Registration<'_> {
-        self.map.insert(key, t.clone());
-        Registration {
-            tunnels: self,
-            key,
-            tunnel: t,
-        }
-    }
-}
-
-/// Removes its tunnel when the connection ends (only its own: the address pair may already
-/// belong to a new connection).
-struct Registration<'a> {
-    tunnels: &'a Tunnels,
-    key: (SocketAddr, SocketAddr),
-    tunnel: Arc<Tunnel>,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.tunnels
-            .map
-            .remove_if(&self.key, |_, t| Arc::ptr_eq(t, &self.tunnel));
-    }
-}
 
 /// Why an interception ended before any request.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +50,8 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Serves the requests inside an answered CONNECT: TLS-accepted with a minted leaf, or as
 /// plain HTTP when the client speaks that (a CONNECT to port 80, `ws://`).
-pub async fn serve(
-    http: &Arc<HttpProxy<CredProxy>>,
+pub async fn serve<A: ServerApp>(
+    http: &Arc<A>,
     tunnels: &Tunnels,
     interceptor: &Arc<Interceptor>,
     mut l4: Box<pingora::protocols::l4::stream::Stream>,
@@ -155,73 +93,9 @@ pub async fn serve(
     Ok(())
 }
 
-fn addresses(s: &dyn GetSocketDigest) -> Option<(SocketAddr, SocketAddr)> {
-    let d = s.get_socket_digest()?;
-    Some((*d.local_addr()?.as_inet()?, *d.peer_addr()?.as_inet()?))
-}
-
-/// Where a request came from.
-pub enum Arrival {
-    /// The listener itself: absolute-form or sidecar requests.
-    Listener,
-    Tunnel(Arc<Tunnel>),
-}
-
-/// Finds the tunnel a request arrived through. A TLS connection is always an intercepted
-/// one (the listener is plain TCP): if its tunnel is gone (an HTTP/2 stream still running
-/// after its connection ended) the request is refused rather than read as a sidecar request.
-pub fn arrival(
-    tunnels: &Tunnels,
-    session: &pingora::proxy::Session,
-) -> Result<Arrival, ProxyError> {
-    let found = lookup(tunnels, session);
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    match found {
-        Some(t) => Ok(Arrival::Tunnel(t)),
-        None if tls => Err(ProxyError::BadRequest(
-            "the CONNECT tunnel this request came through has closed".into(),
-        )),
-        None => Ok(Arrival::Listener),
-    }
-}
-
-fn lookup(tunnels: &Tunnels, session: &pingora::proxy::Session) -> Option<Arc<Tunnel>> {
-    if tunnels.is_empty() {
-        return None;
-    }
-    let local = *session.server_addr()?.as_inet()?;
-    let peer = *session.client_addr()?.as_inet()?;
-    tunnels.get(local, peer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn registration_removes_only_its_own_tunnel() {
-        let t = Tunnels::default();
-        let key: (SocketAddr, SocketAddr) = (
-            "127.0.0.1:8080".parse().unwrap(),
-            "127.0.0.1:5000".parse().unwrap(),
-        );
-        let mk = |h: &str| {
-            Arc::new(Tunnel {
-                host: h.into(),
-                port: 443,
-                tls: true,
-                client: None,
-            })
-        };
-        let a = t.register(key, mk("a.test"));
-        assert_eq!(t.get(key.0, key.1).unwrap().host, "a.test");
-        // The pair is reused by a new connection before the old one's guard drops.
-        let b = t.register(key, mk("b.test"));
-        drop(a);
-        assert_eq!(t.get(key.0, key.1).unwrap().host, "b.test");
-        drop(b);
-        assert!(t.is_empty());
-    }
 
     #[test]
     fn trust_alerts_are_recognised() {

@@ -6,13 +6,14 @@ use std::net::IpAddr;
 
 use dashmap::DashMap;
 use pingora::protocols::l4::stream::Stream as L4;
+use prometheus::IntGauge;
 use tokio::io::AsyncReadExt;
 
 /// Open connections by client address.
-#[derive(Default)]
 pub struct ClientConnections {
     open: DashMap<IpAddr, usize>,
-    total: std::sync::atomic::AtomicUsize,
+    /// `credproxy_client_connections`: all addresses together.
+    total: IntGauge,
 }
 
 /// One counted connection; uncounted when dropped.
@@ -22,6 +23,13 @@ pub struct Counted<'a> {
 }
 
 impl ClientConnections {
+    pub fn new(total: IntGauge) -> Self {
+        ClientConnections {
+            open: DashMap::new(),
+            total,
+        }
+    }
+
     /// Counts a new connection from `ip`, or `None` when it already has `max` open.
     pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<Counted<'_>> {
         let mut n = self.open.entry(ip).or_insert(0);
@@ -29,26 +37,18 @@ impl ClientConnections {
             return None;
         }
         *n += 1;
-        self.total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.total.inc();
         Some(Counted { conns: self, ip })
     }
 
     pub fn open(&self, ip: IpAddr) -> usize {
         self.open.get(&ip).map(|n| *n).unwrap_or(0)
     }
-
-    /// Client connections open now, all addresses together.
-    pub fn total(&self) -> usize {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.conns
-            .total
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.conns.total.dec();
         if let Some(mut n) = self.conns.open.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
         }
@@ -131,7 +131,8 @@ mod tests {
 
     #[test]
     fn connections_are_counted_per_address() {
-        let c = ClientConnections::default();
+        let total = IntGauge::new("total", "total").unwrap();
+        let c = ClientConnections::new(total.clone());
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let g1 = c.acquire(a, 2).unwrap();
@@ -145,6 +146,7 @@ mod tests {
         drop(_g3);
         assert_eq!(c.open(a), 0);
         assert!(c.open.get(&a).is_none(), "no entry left behind");
+        assert_eq!(total.get(), 1, "b's connection is still open");
     }
 
     #[test]

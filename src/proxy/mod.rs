@@ -3,10 +3,12 @@
 
 pub mod connect;
 pub mod connect_head;
+mod destination;
 pub mod intercept;
 pub mod limits;
 pub mod plan;
 mod replay;
+pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,13 +24,33 @@ use crate::app::App;
 use crate::config::Config;
 use crate::credentials::aws_sigv4::Payload;
 use crate::credentials::Credential;
-use crate::dns::DnsError;
 use crate::errors::{self, ProxyError};
+use crate::metrics::{self, Metrics};
 use crate::tokens::{Token, TokenError, TokenSource};
+use destination::destination;
+use limits::ClientConnections;
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
+use tunnel::{Arrival, Tunnels};
 
 pub struct CredProxy {
     pub app: Arc<App>,
+    pub conns: Arc<Connections>,
+}
+
+/// What the proxy listener's connections share: the intercepted tunnels (for the requests
+/// inside them) and the open connections per client address.
+pub struct Connections {
+    pub tunnels: Tunnels,
+    pub clients: ClientConnections,
+}
+
+impl Connections {
+    pub fn new(metrics: &Metrics) -> Self {
+        Connections {
+            tunnels: Tunnels::new(metrics.intercepted_connections.clone()),
+            clients: ClientConnections::new(metrics.client_connections.clone()),
+        }
+    }
 }
 
 /// Per-request state.
@@ -297,14 +319,29 @@ impl CredProxy {
         let route = r.route.map(|i| cfg.routes[i].name.clone());
         let cred = r.credential.map(|i| cfg.credentials[i].name.clone());
         respond(session, &r.error, route.as_deref(), cred.as_deref()).await?;
-        let none: Arc<str> = Arc::from("(none)");
-        self.app.metrics.request(
-            route.as_ref().unwrap_or(&none),
-            cred.as_ref().unwrap_or(&none),
-            r.error.status(),
-        );
+        self.count(cfg, r.route, r.credential, r.error.status());
         ctx.plan = None;
         Ok(true)
+    }
+
+    /// Counts an answer through the config's resolved handles; a route refused before its
+    /// credential was chosen is counted by label.
+    fn count(&self, cfg: &Config, route: Option<usize>, credential: Option<usize>, status: u16) {
+        let Some(m) = cfg.metrics.get() else { return };
+        let counter = match (route, credential) {
+            (None, None) => Some(&m.refused),
+            (Some(r), Some(c)) => m.route_requests(cfg, r, c),
+            _ => None,
+        };
+        match counter {
+            Some(c) => c.inc(status),
+            None => {
+                let name = |n: Option<&Arc<str>>| n.map_or(metrics::NONE, |n| &**n).to_string();
+                let r = name(route.map(|r| &cfg.routes[r].name));
+                let c = name(credential.map(|c| &cfg.credentials[c].name));
+                self.app.metrics.request(&r, &c, status);
+            }
+        }
     }
 }
 
@@ -322,11 +359,9 @@ impl ProxyHttp for CredProxy {
         client_timeouts(session, ctx, &cfg);
         let planned = match admit(session, &cfg) {
             Err(e) => Err(Refusal::from(e)),
-            Ok(()) => match intercept::arrival(&self.app.tunnels, session) {
-                Ok(intercept::Arrival::Tunnel(t)) => {
-                    plan::plan(&cfg, session.req_header(), Some(&t))
-                }
-                Ok(intercept::Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
+            Ok(()) => match tunnel::arrival(&self.conns.tunnels, session) {
+                Ok(Arrival::Tunnel(t)) => plan::plan(&cfg, session.req_header(), Some(&t)),
+                Ok(Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
                 Err(e) => Err(e.into()),
             },
         };
@@ -356,7 +391,7 @@ impl ProxyHttp for CredProxy {
         let t = &plan.target;
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
-            None => match destination(&self.app, cfg, &t.host).await {
+            None => match destination(&self.app.dns, &cfg.proxy.egress.policy, &t.host).await {
                 Ok(a) => {
                     ctx.addrs = Some(a.clone());
                     a
@@ -489,8 +524,11 @@ impl ProxyHttp for CredProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(t), (Some(route), _)) = (ctx.upstream_sent, ctx.labels()) {
-            self.app.metrics.upstream_latency(&route, t.elapsed());
+        if let (Some(t), Some(cfg), Some(plan)) = (ctx.upstream_sent, &ctx.cfg, &ctx.plan) {
+            let m = cfg.metrics.get();
+            if let Some(h) = plan.route.and_then(|r| m?.routes.get(r)) {
+                h.latency.observe(metrics::seconds(t.elapsed()));
+            }
         }
         if resp.status == http::StatusCode::UNAUTHORIZED {
             if let (Some(token), Some((name, src))) = (&ctx.token, &ctx.token_slot) {
@@ -598,36 +636,22 @@ impl ProxyHttp for CredProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.plan.is_none() {
-            return; // refusals are counted where they are made
-        }
+        // Refusals are counted where they are made.
+        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+            return;
+        };
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let (r, c) = ctx.labels();
-        let r = r.unwrap_or_else(|| "(unmatched)".into());
-        let c = c.unwrap_or_else(|| "(none)".into());
-        tracing::debug!(target: "credproxy::access", method = %session.req_header().method, route = %r, credential = %c, status, "request");
-        self.app.metrics.request(&r, &c, status);
+        tracing::debug!(target: "credproxy::access", method = %session.req_header().method,
+            route = ?plan.route.map(|r| &cfg.routes[r].name),
+            credential = ?plan.credential.map(|c| &cfg.credentials[c].name), status, "request");
+        match (plan.route, cfg.metrics.get()) {
+            (None, Some(m)) => m.unmatched.inc(status),
+            (route, _) => self.count(cfg, route, plan.credential, status),
+        }
     }
-}
-
-/// The addresses `host` may be connected to: resolved, then checked by the egress guard.
-/// Callers connect only to these (no second lookup that DNS rebinding could change).
-pub(crate) async fn destination(
-    app: &App,
-    cfg: &Config,
-    host: &str,
-) -> std::result::Result<Arc<[IpAddr]>, ProxyError> {
-    let addrs = app.dns.resolve(host).await.map_err(|e| match e {
-        DnsError::Timeout => ProxyError::DnsTimeout(host.to_string()),
-        DnsError::NotFound(reason) => ProxyError::Dns {
-            host: host.to_string(),
-            reason,
-        },
-    })?;
-    Ok(cfg.proxy.egress.policy.filter(host, addrs)?)
 }
 
 /// Client-side timeouts: between requests on a kept-alive connection, per read or write of

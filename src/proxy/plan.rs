@@ -5,7 +5,7 @@ use base64::Engine;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
-use super::intercept::Tunnel;
+use super::tunnel::Tunnel;
 use crate::config::{Config, Unmatched, Upstream};
 use crate::errors::ProxyError;
 use crate::routing::split_host_port;

@@ -131,6 +131,7 @@ impl Validator<'_> {
             router: Router::new(matchers),
             clients,
             warnings: Vec::new(),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
