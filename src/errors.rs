@@ -1,11 +1,15 @@
 //! Responses credproxy makes itself: one error type, mapped in one place to a status,
-//! an RFC 9209 `Proxy-Status` header and the JSON body of SPEC.md.
+//! an RFC 9209 `Proxy-Status` header and the JSON body of SPEC.md; and the errors of
+//! pingora and the token cache mapped into it.
 //!
 //! Messages carry names (hosts, env var names, routes) and statuses, never secret values.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
+
+use crate::tokens::TokenError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -147,6 +151,66 @@ impl ProxyError {
             TooManyConnections(_) | PlainHttp(_) => "http_request_denied",
         }
     }
+}
+
+impl From<TokenError> for ProxyError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
+            _ => ProxyError::TokenEndpoint(e.to_string()),
+        }
+    }
+}
+
+/// Maps a pingora error to what the user sees.
+pub fn from_pingora(e: &Error, host: &str) -> Option<ProxyError> {
+    let h = host.to_string();
+    Some(match e.etype() {
+        ErrorType::ConnectRefused => ProxyError::ConnectRefused(h),
+        ErrorType::ConnectTimedout => ProxyError::ConnectTimeout(h),
+        ErrorType::ConnectNoRoute => ProxyError::Upstream(h, "no route to host".into()),
+        ErrorType::HTTPStatus(400) => ProxyError::BadRequest(
+            e.context
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        ),
+        ErrorType::InvalidCert => ProxyError::TlsCertificate(h),
+        ErrorType::TLSHandshakeFailure if is_certificate_error(e) => ProxyError::TlsCertificate(h),
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::HandshakeError => ProxyError::Tls(h, e.etype().as_str().to_string()),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            ProxyError::ReadTimeout(h)
+        }
+        _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
+            ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectionClosed
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout => return None,
+            _ => ProxyError::BadRequest(e.etype().as_str().to_string()),
+        },
+        _ => ProxyError::Upstream(h, e.etype().as_str().to_string()),
+    })
+}
+
+/// rustls reports a refused origin certificate as a handshake failure whose cause says so.
+fn is_certificate_error(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("invalid peer certificate") || text.contains("CertificateUnknown")
+}
+
+pub fn is_connect_error(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,8 @@
 //! The data path: one thin `ProxyHttp` implementation whose hooks delegate to `plan` (what to
-//! do), `credentials` (what to inject), `dns` (where to connect) and `errors` (what to answer).
+//! do), `auth` (what the credential needs and sets), `destination` (where to connect) and
+//! `errors` (what to answer).
 
+mod auth;
 pub mod connect;
 pub mod connect_head;
 mod destination;
@@ -18,15 +20,13 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorType, Result};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::credentials::aws_sigv4::Payload;
-use crate::credentials::Credential;
 use crate::errors::{self, ProxyError};
 use crate::metrics::{self, Metrics};
-use crate::tokens::{Token, TokenError, TokenSource};
+use auth::{Auth, Prepared};
 use destination::destination;
 use limits::ClientConnections;
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
@@ -54,38 +54,51 @@ impl Connections {
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
-    cfg: Option<Arc<Config>>,
+    /// The config this request runs under, taken when it arrived (a reload does not change it).
+    cfg: Arc<Config>,
+    /// Set once the request is admitted and routed.
     plan: Option<Plan>,
+    auth: Auth,
+    /// The destination's addresses (checked by the egress guard), and the one being tried.
     addrs: Option<Arc<[IpAddr]>>,
     attempt: usize,
     /// An error found by our own code, preferred over pingora's generic one in `fail_to_proxy`.
     error: Option<ProxyError>,
     upstream_sent: Option<Instant>,
-    /// The token to inject, for token credentials.
-    token: Option<Arc<Token>>,
-    /// The cache key and source of that token (for the 401 replay).
-    token_slot: Option<(Arc<str>, Arc<dyn TokenSource>)>,
-    replay: replay::Replay,
-    /// Set when an upstream 401 asked for the one replay; cleared when it is granted.
-    replay_armed: bool,
-    replayed: bool,
-    /// SigV4 with UNSIGNED-PAYLOAD (body streamed, not hashed).
-    unsigned_payload: bool,
     /// `proxy.timeouts.total`: the request is abandoned past this instant.
     deadline: Option<Instant>,
 }
 
 impl Ctx {
-    fn labels(&self) -> (Option<Arc<str>>, Option<Arc<str>>) {
-        let (Some(cfg), Some(plan)) = (&self.cfg, &self.plan) else {
+    fn new(cfg: Arc<Config>) -> Self {
+        Ctx {
+            cfg,
+            plan: None,
+            auth: Auth::None,
+            addrs: None,
+            attempt: 0,
+            error: None,
+            upstream_sent: None,
+            deadline: None,
+        }
+    }
+
+    fn names(&self) -> (Option<&str>, Option<&str>) {
+        let Some(plan) = &self.plan else {
             return (None, None);
         };
         (
-            plan.route.map(|r| cfg.routes[r].name.clone()),
-            plan.credential.map(|c| cfg.credentials[c].name.clone()),
+            plan.route.map(|r| &*self.cfg.routes[r].name),
+            plan.credential.map(|c| &*self.cfg.credentials[c].name),
         )
+    }
+
+    /// Records an error of our own for `fail_to_proxy` and stops the request with it.
+    fn fail(&mut self, e: ProxyError, why: &'static str) -> Box<Error> {
+        let status = e.status();
+        self.error = Some(e);
+        Error::explain(ErrorType::HTTPStatus(status), why)
     }
 }
 
@@ -106,219 +119,22 @@ pub async fn respond(
     Ok(())
 }
 
-fn proxy_error(e: TokenError) -> ProxyError {
-    match e {
-        TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
-        _ => ProxyError::TokenEndpoint(e.to_string()),
-    }
-}
-
-/// Records a token failure met after the request was planned, for `fail_to_proxy`.
-fn token_failure(ctx: &mut Ctx, e: TokenError) -> Box<Error> {
-    let pe = proxy_error(e);
-    let status = pe.status();
-    ctx.error = Some(pe);
-    Error::explain(ErrorType::HTTPStatus(status), "token unavailable")
-}
-
-/// Maps a pingora error to what the user sees.
-fn classify(e: &Error, host: &str) -> Option<ProxyError> {
-    let h = host.to_string();
-    Some(match e.etype() {
-        ErrorType::ConnectRefused => ProxyError::ConnectRefused(h),
-        ErrorType::ConnectTimedout => ProxyError::ConnectTimeout(h),
-        ErrorType::ConnectNoRoute => ProxyError::Upstream(h, "no route to host".into()),
-        ErrorType::HTTPStatus(400) => ProxyError::BadRequest(
-            e.context
-                .as_ref()
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-        ),
-        ErrorType::InvalidCert => ProxyError::TlsCertificate(h),
-        ErrorType::TLSHandshakeFailure if is_certificate_error(e) => ProxyError::TlsCertificate(h),
-        ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::HandshakeError => ProxyError::Tls(h, e.etype().as_str().to_string()),
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if e.esource() == &ErrorSource::Upstream =>
-        {
-            ProxyError::ReadTimeout(h)
-        }
-        _ if e.esource() == &ErrorSource::Downstream => match e.etype() {
-            ErrorType::ReadError
-            | ErrorType::WriteError
-            | ErrorType::ConnectionClosed
-            | ErrorType::ReadTimedout
-            | ErrorType::WriteTimedout => return None,
-            _ => ProxyError::BadRequest(e.etype().as_str().to_string()),
-        },
-        _ => ProxyError::Upstream(h, e.etype().as_str().to_string()),
-    })
-}
-
-/// rustls reports a refused origin certificate as a handshake failure whose cause says so.
-fn is_certificate_error(e: &Error) -> bool {
-    let text = e.to_string();
-    text.contains("invalid peer certificate") || text.contains("CertificateUnknown")
-}
-
-fn is_connect_error(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectRefused
-            | ErrorType::ConnectTimedout
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-    )
-}
-
 impl CredProxy {
-    /// Fetches (or reads from the cache) the token of a token credential into `ctx`.
-    async fn obtain_token(&self, ctx: &mut Ctx, c: usize) -> std::result::Result<(), ProxyError> {
-        let Some(cfg) = &ctx.cfg else { return Ok(()) };
-        let entry = &cfg.credentials[c];
-        let Some(src) = entry
-            .credential
-            .as_ref()
-            .ok()
-            .and_then(|cr| cr.token_source())
-        else {
-            return Ok(());
-        };
-        let host = ctx
-            .plan
-            .as_ref()
-            .map(|p| p.target.host.as_str())
-            .unwrap_or_default();
-        let targeted = src
-            .for_target(host)
-            .map(|child| (Arc::<str>::from(format!("{}@{host}", entry.name)), child));
-        let (name, src) = match &targeted {
-            Some((n, s)) => (n, s),
-            None => (&entry.name, src),
-        };
-        let slot = (name.clone(), src.clone());
-        match self.app.tokens.get(name, src).await {
-            Ok(t) => {
-                ctx.token = Some(t);
-                ctx.token_slot = Some(slot);
-                Ok(())
-            }
-            Err(e) => Err(proxy_error(e)),
-        }
-    }
-
-    fn signer(&self, ctx: &Ctx) -> Option<Arc<crate::credentials::aws_sigv4::AwsSigV4>> {
-        let (cfg, plan) = (ctx.cfg.as_ref()?, ctx.plan.as_ref()?);
-        cfg.credentials[plan.credential?]
-            .credential
-            .as_ref()
-            .ok()
-            .and_then(|c| match c {
-                Credential::Signed(s) => Some(s.clone()),
-                _ => None,
-            })
-    }
-
-    /// Gets the body ready for SigV4: read whole (hashed), or streamed as UNSIGNED-PAYLOAD.
-    /// The outer error is the client's (hang-up); the inner one is a refusal to answer.
-    async fn prepare_signing(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        signer: &crate::credentials::aws_sigv4::AwsSigV4,
-        max_body: u64,
-    ) -> Result<std::result::Result<(), ProxyError>> {
-        let client = session
-            .req_header()
-            .headers
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_uppercase)
-            .unwrap_or_default();
-        if client.starts_with("STREAMING-") {
-            return Ok(Err(ProxyError::BadRequest(format!(
-                "x-amz-content-sha256: {client} (aws-chunked) cannot be re-signed by credproxy; \
-                 send single-part uploads, or let the SDK use UNSIGNED-PAYLOAD"
-            ))));
-        }
-        if client == "UNSIGNED-PAYLOAD" && signer.is_s3() {
-            ctx.unsigned_payload = true;
-            return Ok(Ok(()));
-        }
-        Ok(match replay::prepare_whole(session, max_body).await? {
-            replay::Whole::Body(b) => {
-                ctx.replay = replay::Replay::Whole(b);
-                Ok(())
-            }
-            replay::Whole::Chunked | replay::Whole::TooLarge if signer.unsigned_payload => {
-                ctx.unsigned_payload = true;
-                Ok(())
-            }
-            replay::Whole::Chunked => Err(ProxyError::LengthRequired),
-            replay::Whole::TooLarge => Err(ProxyError::BodyTooLarge(max_body)),
-        })
-    }
-
-    /// Gets the planned credential ready: its token fetched, or the body read for a replay
-    /// or for signing. The outer error is the client's; the inner one is a refusal.
-    async fn prepare_credential(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        credential: Option<usize>,
-    ) -> Result<std::result::Result<(), ProxyError>> {
-        let Some(c) = credential else {
-            return Ok(Ok(()));
-        };
-        if let Err(e) = self.obtain_token(ctx, c).await {
-            return Ok(Err(e));
-        }
-        let max_body = ctx.cfg.as_ref().map(|c| c.proxy.max_body).unwrap_or(0);
-        if ctx.token.is_some() {
-            ctx.replay = replay::prepare(session, max_body).await?;
-        } else if let Some(signer) = self.signer(ctx) {
-            return self.prepare_signing(session, ctx, &signer, max_body).await;
-        }
-        Ok(Ok(()))
-    }
-
-    /// A new token after the upstream rejected ours (shared with concurrent rejections).
-    async fn renew_token(&self, ctx: &mut Ctx) -> Result<()> {
-        let (Some(old), Some((name, src))) = (&ctx.token, &ctx.token_slot) else {
-            return Ok(());
-        };
-        match self.app.tokens.renew_after_reject(name, src, old).await {
-            Ok(t) => {
-                ctx.token = Some(t);
-                Ok(())
-            }
-            Err(e) => Err(token_failure(ctx, e)),
-        }
-    }
-
-    /// The cached token again (or a new one) for a request whose token expired meanwhile.
-    async fn refresh_expired_token(&self, ctx: &mut Ctx) -> Result<()> {
-        let Some((name, src)) = &ctx.token_slot else {
-            return Ok(());
-        };
-        match self.app.tokens.get(name, src).await {
-            Ok(t) => {
-                ctx.token = Some(t);
-                Ok(())
-            }
-            Err(e) => Err(token_failure(ctx, e)),
+    /// Admits and routes a request (or says why not).
+    fn plan(&self, session: &mut Session, cfg: &Config) -> std::result::Result<Plan, Refusal> {
+        admit(session, cfg)?;
+        match tunnel::arrival(&self.conns.tunnels, session)? {
+            Arrival::Tunnel(t) => plan::plan(cfg, session.req_header(), Some(&t)),
+            Arrival::Listener => plan::plan(cfg, session.req_header(), None),
         }
     }
 
     /// Answers a refused request and counts it.
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<bool> {
-        let Some(cfg) = ctx.cfg.as_ref() else {
-            return Ok(true);
-        };
-        let route = r.route.map(|i| cfg.routes[i].name.clone());
-        let cred = r.credential.map(|i| cfg.credentials[i].name.clone());
-        respond(session, &r.error, route.as_deref(), cred.as_deref()).await?;
+        let cfg = &ctx.cfg;
+        let route = r.route.map(|i| &*cfg.routes[i].name);
+        let cred = r.credential.map(|i| &*cfg.credentials[i].name);
+        respond(session, &r.error, route, cred).await?;
         self.count(cfg, r.route, r.credential, r.error.status());
         ctx.plan = None;
         Ok(true)
@@ -343,67 +159,18 @@ impl CredProxy {
             }
         }
     }
-}
 
-#[async_trait]
-impl ProxyHttp for CredProxy {
-    type CTX = Ctx;
-
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let cfg = self.app.config();
-        ctx.cfg = Some(cfg.clone());
-        client_timeouts(session, ctx, &cfg);
-        let planned = match admit(session, &cfg) {
-            Err(e) => Err(Refusal::from(e)),
-            Ok(()) => match tunnel::arrival(&self.conns.tunnels, session) {
-                Ok(Arrival::Tunnel(t)) => plan::plan(&cfg, session.req_header(), Some(&t)),
-                Ok(Arrival::Listener) => plan::plan(&cfg, session.req_header(), None),
-                Err(e) => Err(e.into()),
-            },
-        };
-        let plan = match planned {
-            Ok(p) => p,
-            Err(r) => return self.refuse(session, ctx, r).await,
-        };
-        let (route, credential) = (plan.route, plan.credential);
-        ctx.plan = Some(plan);
-        match self.prepare_credential(session, ctx, credential).await? {
-            Ok(()) => Ok(false),
-            Err(error) => {
-                let r = Refusal {
-                    error,
-                    route,
-                    credential,
-                };
-                self.refuse(session, ctx, r).await
-            }
-        }
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+    /// The peer for the planned target: a checked address, with the configured timeouts.
+    async fn peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(plan) = &ctx.plan else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
-        let t = &plan.target;
+        let (cfg, t) = (&ctx.cfg, &plan.target);
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
             None => match destination(&self.app.dns, &cfg.proxy.egress.policy, &t.host).await {
-                Ok(a) => {
-                    ctx.addrs = Some(a.clone());
-                    a
-                }
-                Err(pe) => {
-                    let status = pe.status();
-                    ctx.error = Some(pe);
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(status),
-                        "destination unresolvable or refused",
-                    ));
-                }
+                Ok(a) => ctx.addrs.insert(a).clone(),
+                Err(e) => return Err(ctx.fail(e, "destination unresolvable or refused")),
             },
         };
         let ip = addrs[ctx.attempt % addrs.len()];
@@ -428,42 +195,10 @@ impl ProxyHttp for CredProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // Try the host's next address (e.g. ::1 refused, 127.0.0.1 listening) before giving up.
-        let more = ctx
-            .addrs
-            .as_ref()
-            .is_some_and(|a| ctx.attempt + 1 < a.len().min(4));
-        if more && is_connect_error(&e) {
-            ctx.attempt += 1;
-            e.set_retry(true);
-        }
-        e
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        req: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if ctx.replayed {
-            self.renew_token(ctx).await?;
-        } else if ctx
-            .token
-            .as_ref()
-            .is_some_and(|t| t.expires_at <= tokio::time::Instant::now())
-        {
-            // Expired while the body was being read: never send a token past its expiry.
-            self.refresh_expired_token(ctx).await?;
-        }
-        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+    /// Rewrites the outgoing request: origin-form for the target, the proxy hop's headers
+    /// gone, the framing of a body read ahead, and the credential set.
+    fn rewrite(ctx: &mut Ctx, req: &mut RequestHeader) -> Result<()> {
+        let Some(plan) = &ctx.plan else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
         let uri: http::Uri = plan.target.path.parse().map_err(|_| {
@@ -476,7 +211,7 @@ impl ProxyHttp for CredProxy {
         req.insert_header(http::header::HOST, plan.target.authority.as_str())?;
         req.set_uri(uri);
         strip_proxy_headers(req);
-        if let replay::Replay::Whole(body) = &ctx.replay {
+        if let Some(body) = ctx.auth.whole_body() {
             // A bodiless GET stays without Content-Length.
             if !body.is_empty() || req.headers.contains_key(http::header::CONTENT_LENGTH) {
                 req.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
@@ -484,36 +219,83 @@ impl ProxyHttp for CredProxy {
             req.remove_header(&http::header::TRANSFER_ENCODING);
             req.remove_header(&http::header::EXPECT);
         }
-        if let Some(c) = plan.credential {
-            req.remove_header(&http::header::AUTHORIZATION);
-            match (&ctx.token, &cfg.credentials[c].credential) {
-                (Some(t), _) => req.insert_header(t.name.clone(), t.header.clone())?,
-                (None, Ok(Credential::Static(inj))) => inj.apply(req)?,
-                (None, _) => {}
+        let Some(c) = plan.credential else {
+            return Ok(());
+        };
+        req.remove_header(&http::header::AUTHORIZATION);
+        let credential = ctx.cfg.credentials[c].credential.as_ref().ok();
+        let applied = ctx.auth.apply(req, credential, plan.target.tls);
+        applied.map_err(|e| ctx.fail(e, "credential could not be applied"))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for CredProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(self.app.config())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let cfg = ctx.cfg.clone();
+        client_timeouts(session, ctx, &cfg);
+        let plan = match self.plan(session, &cfg) {
+            Ok(p) => p,
+            Err(r) => return self.refuse(session, ctx, r).await,
+        };
+        let (route, credential) = (plan.route, plan.credential);
+        let host = plan.target.host.clone();
+        ctx.plan = Some(plan);
+        match auth::prepare(&self.app.tokens, session, &cfg, credential, &host).await? {
+            Prepared::Ready(a) => {
+                ctx.auth = a;
+                Ok(false)
             }
-            if let Some(signer) =
-                cfg.credentials[c]
-                    .credential
-                    .as_ref()
-                    .ok()
-                    .and_then(|cr| match cr {
-                        Credential::Signed(s) => Some(s),
-                        _ => None,
-                    })
-            {
-                let payload = match &ctx.replay {
-                    replay::Replay::Whole(b) => Payload::Bytes(b),
-                    _ if ctx.unsigned_payload => Payload::Unsigned,
-                    _ => Payload::Bytes(&[]),
+            Prepared::Refused(error) => {
+                let r = Refusal {
+                    error,
+                    route,
+                    credential,
                 };
-                if let Err(e) =
-                    signer.sign(req, plan.target.tls, payload, std::time::SystemTime::now())
-                {
-                    ctx.error = Some(ProxyError::CredentialUnavailable(e.to_string()));
-                    return Err(Error::explain(ErrorType::HTTPStatus(502), "signing failed"));
-                }
+                self.refuse(session, ctx, r).await
             }
         }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.peer(ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Try the host's next address (e.g. ::1 refused, 127.0.0.1 listening) before giving up.
+        let more = ctx
+            .addrs
+            .as_ref()
+            .is_some_and(|a| ctx.attempt + 1 < a.len().min(4));
+        if more && errors::is_connect_error(&e) {
+            ctx.attempt += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Err(e) = ctx.auth.refresh_before_send(&self.app.tokens).await {
+            return Err(ctx.fail(e.into(), "token unavailable"));
+        }
+        Self::rewrite(ctx, req)?;
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -524,31 +306,21 @@ impl ProxyHttp for CredProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(t), Some(cfg), Some(plan)) = (ctx.upstream_sent, &ctx.cfg, &ctx.plan) {
-            let m = cfg.metrics.get();
+        if let (Some(t), Some(plan)) = (ctx.upstream_sent, &ctx.plan) {
+            let m = ctx.cfg.metrics.get();
             if let Some(h) = plan.route.and_then(|r| m?.routes.get(r)) {
                 h.latency.observe(metrics::seconds(t.elapsed()));
             }
         }
-        if resp.status == http::StatusCode::UNAUTHORIZED {
-            if let (Some(token), Some((name, src))) = (&ctx.token, &ctx.token_slot) {
-                if !ctx.replayed && ctx.replay.possible() {
-                    ctx.replayed = true;
-                    ctx.replay_armed = true;
-                    let mut e = Error::explain(
-                        ErrorType::HTTPStatus(401),
-                        "upstream rejected the token; replaying once with a new one",
-                    );
-                    e.set_retry(true);
-                    return Err(e);
-                }
-                // Not replayable: the 401 goes to the client, and the token is dropped so the
-                // client's own retry gets a fresh one. A 401 to the replay itself, with a token
-                // fetched a moment ago, is the API's answer, not a stale token: keep it.
-                if !ctx.replayed {
-                    self.app.tokens.reject(name, src, token);
-                }
-            }
+        if resp.status == http::StatusCode::UNAUTHORIZED
+            && ctx.auth.on_unauthorized(&self.app.tokens)
+        {
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(401),
+                "upstream rejected the token; replaying once with a new one",
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -562,7 +334,7 @@ impl ProxyHttp for CredProxy {
     ) -> Result<()> {
         check_deadline(ctx)?;
         // pingora holds only the tail of a pre-read body; send the whole of it, once per attempt.
-        if let replay::Replay::Whole(whole) = &ctx.replay {
+        if let Some(whole) = ctx.auth.whole_body() {
             *body = end_of_stream.then(|| whole.clone());
         }
         Ok(())
@@ -588,13 +360,13 @@ impl ProxyHttp for CredProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if std::mem::take(&mut ctx.replay_armed) {
+        if ctx.auth.take_armed_replay() {
             // The one replay after a 401: the body is held (pingora's buffer or ours), so a
             // non-idempotent method is safe to send again.
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
-            || ctx.replayed
+            || ctx.auth.replayed()
         {
             e.set_retry(false);
         } else {
@@ -607,25 +379,24 @@ impl ProxyHttp for CredProxy {
         let host = ctx
             .plan
             .as_ref()
-            .map(|p| p.target.authority.as_str())
-            .unwrap_or("upstream");
-        let err = ctx.error.take().or_else(|| classify(e, host));
+            .map(|p| p.target.authority.clone())
+            .unwrap_or_else(|| "upstream".into());
+        let err = ctx.error.take().or_else(|| errors::from_pingora(e, &host));
         let Some(err) = err else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
             };
         };
-        let code = err.status();
         if session.response_written().is_none() {
-            let (r, c) = ctx.labels();
-            if let Err(we) = respond(session, &err, r.as_deref(), c.as_deref()).await {
+            let (r, c) = ctx.names();
+            if let Err(we) = respond(session, &err, r, c).await {
                 tracing::debug!("could not send error response: {we}");
             }
         }
         tracing::warn!(host, error = %err, "request failed");
         FailToProxy {
-            error_code: code,
+            error_code: err.status(),
             can_reuse_downstream: false,
         }
     }
@@ -637,7 +408,7 @@ impl ProxyHttp for CredProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         // Refusals are counted where they are made.
-        let (Some(cfg), Some(plan)) = (&ctx.cfg, &ctx.plan) else {
+        let Some(plan) = &ctx.plan else {
             return;
         };
         let status = session
@@ -645,11 +416,10 @@ impl ProxyHttp for CredProxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         tracing::debug!(target: "credproxy::access", method = %session.req_header().method,
-            route = ?plan.route.map(|r| &cfg.routes[r].name),
-            credential = ?plan.credential.map(|c| &cfg.credentials[c].name), status, "request");
-        match (plan.route, cfg.metrics.get()) {
+            route = ?ctx.names().0, credential = ?ctx.names().1, status, "request");
+        match (plan.route, ctx.cfg.metrics.get()) {
             (None, Some(m)) => m.unmatched.inc(status),
-            (route, _) => self.count(cfg, route, plan.credential, status),
+            (route, _) => self.count(&ctx.cfg, route, plan.credential, status),
         }
     }
 }
@@ -692,9 +462,8 @@ fn check_deadline(ctx: &mut Ctx) -> Result<()> {
             .as_ref()
             .map(|p| p.target.authority.clone())
             .unwrap_or_default();
-        ctx.error = Some(ProxyError::ReadTimeout(host));
-        return Err(Error::explain(
-            ErrorType::HTTPStatus(504),
+        return Err(ctx.fail(
+            ProxyError::ReadTimeout(host),
             "proxy.timeouts.total reached",
         ));
     }

@@ -1,0 +1,236 @@
+//! What a request's credential needs on its way out, from the moment it is planned: the token
+//! fetched (and renewed once after an upstream 401), or the body read for signing or for the
+//! replay; then the credential set on the outgoing request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::Session;
+use pingora::Result;
+
+use super::replay::{self, Replay, Whole};
+use crate::config::Config;
+use crate::credentials::aws_sigv4::{AwsSigV4, Payload};
+use crate::credentials::Credential;
+use crate::errors::ProxyError;
+use crate::tokens::{Token, TokenCache, TokenError, TokenSource};
+
+/// What the planned credential needs.
+pub enum Auth {
+    /// No credential: the request goes out untouched.
+    None,
+    /// Fixed headers, read from the config as the request goes out.
+    Static,
+    Token(TokenAuth),
+    Signed(SignedAuth),
+}
+
+/// A token from the cache, and the body kept for the one replay after a 401.
+pub struct TokenAuth {
+    token: Arc<Token>,
+    /// The token's cache slot: credential name (and target host, for per-target tokens).
+    slot: Arc<str>,
+    src: Arc<dyn TokenSource>,
+    replay: Replay,
+    stage: Stage,
+}
+
+/// Where a token request is in its one replay.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    First,
+    /// The upstream answered 401 and a replay was asked for; pingora has not retried yet.
+    Armed,
+    /// The replay is under way (or was refused): no further one.
+    Replayed,
+}
+
+/// A signature over each attempt, and the body it covers.
+pub struct SignedAuth {
+    signer: Arc<AwsSigV4>,
+    body: SignedBody,
+}
+
+enum SignedBody {
+    Whole(Bytes),
+    /// UNSIGNED-PAYLOAD: the body streams as it comes.
+    Unsigned,
+}
+
+/// How getting the credential ready ended (the client's own failures are the outer `Result`).
+pub enum Prepared {
+    Ready(Auth),
+    Refused(ProxyError),
+}
+
+/// Gets the planned credential ready: its token fetched, or the body read for a replay or
+/// for signing.
+pub async fn prepare(
+    tokens: &TokenCache,
+    session: &mut Session,
+    cfg: &Config,
+    credential: Option<usize>,
+    host: &str,
+) -> Result<Prepared> {
+    let Some(entry) = credential.map(|c| &cfg.credentials[c]) else {
+        return Ok(Prepared::Ready(Auth::None));
+    };
+    let max_body = cfg.proxy.max_body;
+    match &entry.credential {
+        // The plan refuses unavailable credentials; nothing to inject if one got here.
+        Err(_) => Ok(Prepared::Ready(Auth::None)),
+        Ok(Credential::Static(_)) => Ok(Prepared::Ready(Auth::Static)),
+        Ok(Credential::Token(src)) => {
+            let (slot, src) = token_slot(&entry.name, src, host);
+            let token = match tokens.get(&slot, &src).await {
+                Ok(t) => t,
+                Err(e) => return Ok(Prepared::Refused(e.into())),
+            };
+            let replay = replay::prepare(session, max_body).await?;
+            Ok(Prepared::Ready(Auth::Token(TokenAuth {
+                token,
+                slot,
+                src,
+                replay,
+                stage: Stage::First,
+            })))
+        }
+        Ok(Credential::Signed(signer)) => signing(session, signer, max_body).await,
+    }
+}
+
+/// The cache slot of a token: the credential's own, or one per target host for tokens minted
+/// for their audience (self-signed JWTs).
+fn token_slot(
+    name: &Arc<str>,
+    src: &Arc<dyn TokenSource>,
+    host: &str,
+) -> (Arc<str>, Arc<dyn TokenSource>) {
+    match src.for_target(host) {
+        Some(child) => (Arc::from(format!("{name}@{host}")), child),
+        None => (name.clone(), src.clone()),
+    }
+}
+
+/// Gets the body ready for SigV4: read whole (hashed), or streamed as UNSIGNED-PAYLOAD.
+async fn signing(session: &mut Session, signer: &Arc<AwsSigV4>, max_body: u64) -> Result<Prepared> {
+    let client = session
+        .req_header()
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_uppercase)
+        .unwrap_or_default();
+    if client.starts_with("STREAMING-") {
+        return Ok(Prepared::Refused(ProxyError::BadRequest(format!(
+            "x-amz-content-sha256: {client} (aws-chunked) cannot be re-signed by credproxy; \
+             send single-part uploads, or let the SDK use UNSIGNED-PAYLOAD"
+        ))));
+    }
+    let signed = |body| {
+        Prepared::Ready(Auth::Signed(SignedAuth {
+            signer: signer.clone(),
+            body,
+        }))
+    };
+    if client == "UNSIGNED-PAYLOAD" && signer.is_s3() {
+        return Ok(signed(SignedBody::Unsigned));
+    }
+    Ok(match replay::prepare_whole(session, max_body).await? {
+        Whole::Body(b) => signed(SignedBody::Whole(b)),
+        Whole::Chunked | Whole::TooLarge if signer.unsigned_payload => signed(SignedBody::Unsigned),
+        Whole::Chunked => Prepared::Refused(ProxyError::LengthRequired),
+        Whole::TooLarge => Prepared::Refused(ProxyError::BodyTooLarge(max_body)),
+    })
+}
+
+impl Auth {
+    /// The whole body read ahead, sent in place of pingora's copy on every attempt.
+    pub fn whole_body(&self) -> Option<&Bytes> {
+        match self {
+            Auth::Token(TokenAuth {
+                replay: Replay::Whole(b),
+                ..
+            })
+            | Auth::Signed(SignedAuth {
+                body: SignedBody::Whole(b),
+                ..
+            }) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Before an attempt goes out: a new token for the replay after a 401 (shared by the
+    /// requests rejected with the same one), or the cached one again if ours expired while
+    /// the body was read. A token is never sent past its expiry.
+    pub async fn refresh_before_send(&mut self, tokens: &TokenCache) -> Result<(), TokenError> {
+        let Auth::Token(t) = self else { return Ok(()) };
+        if t.stage != Stage::First {
+            t.token = tokens.renew_after_reject(&t.slot, &t.src, &t.token).await?;
+        } else if t.token.expires_at <= tokio::time::Instant::now() {
+            t.token = tokens.get(&t.slot, &t.src).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the credential on the outgoing request, whose client `Authorization` is gone.
+    pub fn apply(
+        &self,
+        req: &mut RequestHeader,
+        credential: Option<&Credential>,
+        tls: bool,
+    ) -> Result<(), ProxyError> {
+        let header_error =
+            |e: Box<pingora::Error>| ProxyError::CredentialUnavailable(e.to_string());
+        match (self, credential) {
+            (Auth::Static, Some(Credential::Static(inj))) => inj.apply(req).map_err(header_error),
+            (Auth::Token(t), _) => req
+                .insert_header(t.token.name.clone(), t.token.header.clone())
+                .map_err(header_error),
+            (Auth::Signed(s), _) => {
+                let payload = match &s.body {
+                    SignedBody::Whole(b) => Payload::Bytes(b),
+                    SignedBody::Unsigned => Payload::Unsigned,
+                };
+                s.signer
+                    .sign(req, tls, payload, std::time::SystemTime::now())
+                    .map_err(|e| ProxyError::CredentialUnavailable(e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// On an upstream 401: true when the request is replayed once with a new token. Otherwise
+    /// the 401 goes to the client and the token is dropped, so the client's own retry gets a
+    /// fresh one; a 401 to the replay itself, with a token fetched a moment ago, is the API's
+    /// answer, not a stale token, and the token is kept.
+    pub fn on_unauthorized(&mut self, tokens: &TokenCache) -> bool {
+        let Auth::Token(t) = self else { return false };
+        if t.stage != Stage::First {
+            return false;
+        }
+        if t.replay.possible() {
+            t.stage = Stage::Armed;
+            return true;
+        }
+        tokens.reject(&t.slot, &t.src, &t.token);
+        false
+    }
+
+    /// Whether pingora's next retry is the replay asked for by `on_unauthorized` (once).
+    pub fn take_armed_replay(&mut self) -> bool {
+        match self {
+            Auth::Token(t) if t.stage == Stage::Armed => {
+                t.stage = Stage::Replayed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The one replay has happened: no other retry may follow.
+    pub fn replayed(&self) -> bool {
+        matches!(self, Auth::Token(t) if t.stage != Stage::First)
+    }
+}
