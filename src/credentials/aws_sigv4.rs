@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+    sign, PayloadChecksumKind, SigningInstructions, PercentEncodingMode, SignableBody, SignableRequest,
     SignatureLocation, SigningSettings, UriPathNormalizationMode,
 };
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -103,36 +103,7 @@ pub struct SignError(pub String);
 
 impl AwsSigV4 {
     pub fn build(raw: &RawAwsSigv4, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
-        let invalid = |key: &str, message: String| BuildError::Invalid {
-            key: key.into(),
-            message,
-        };
-        if raw.unsigned_payload && raw.service != "s3" {
-            return Err(invalid(
-                "unsigned_payload",
-                "only S3 accepts UNSIGNED-PAYLOAD".into(),
-            ));
-        }
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if !name_ok(&raw.service) {
-            return Err(invalid(
-                "service",
-                format!(
-                    "`{}` is not a signing name (e.g. s3, execute-api)",
-                    raw.service
-                ),
-            ));
-        }
-        if !name_ok(&raw.region) {
-            return Err(invalid(
-                "region",
-                format!("`{}` is not a region (e.g. us-east-1)", raw.region),
-            ));
-        }
+        check_names(raw)?;
         let expires = match &raw.expires {
             Some(e) => parse_duration(e).map_err(|m| invalid("expires", m))?,
             None => Duration::from_secs(300),
@@ -140,33 +111,11 @@ impl AwsSigV4 {
         if expires < Duration::from_secs(1) || expires > Duration::from_secs(7 * 86400) {
             return Err(invalid("expires", "between 1s and 7d (AWS's limit)".into()));
         }
-        // Without keys in the config, the standard AWS variables are used.
-        let env_ref = |name: &str| format!("${{{name}}}");
-        let ak = match &raw.access_key_id {
-            Some(v) => ctx.secret("access_key_id", v)?,
-            None => ctx.secret("access_key_id", &env_ref("AWS_ACCESS_KEY_ID"))?,
-        };
-        let sk = match (&raw.secret_access_key, &raw.access_key_id) {
-            (Some(v), _) => ctx.secret("secret_access_key", v)?,
-            (None, None) => ctx.secret("secret_access_key", &env_ref("AWS_SECRET_ACCESS_KEY"))?,
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "secret_access_key",
-                    "required with access_key_id".into(),
-                ))
-            }
-        };
-        let token = match (&raw.session_token, &raw.access_key_id) {
-            (Some(v), _) => Some(ctx.secret("session_token", v)?),
-            (None, None) if (ctx.env)("AWS_SESSION_TOKEN").is_some_and(|t| !t.is_empty()) => {
-                Some(ctx.secret("session_token", &env_ref("AWS_SESSION_TOKEN"))?)
-            }
-            _ => None,
-        };
+        let (access_key_id, secret_access_key, session_token) = keys(raw, ctx)?;
         Ok(AwsSigV4 {
-            access_key_id: ak,
-            secret_access_key: sk,
-            session_token: token,
+            access_key_id,
+            secret_access_key,
+            session_token,
             service: raw.service.clone(),
             region: raw.region.clone(),
             sign_query: raw.sign_query,
@@ -226,10 +175,8 @@ impl AwsSigV4 {
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| SignError("no Host header".into()))?
-            .to_string();
-        let scheme = if tls { "https" } else { "http" };
-        let url = format!("{scheme}://{host}{path_and_query}");
+            .ok_or_else(|| SignError("no Host header".into()))?;
+        let url = format!("{}://{host}{path_and_query}", if tls { "https" } else { "http" });
         let headers: Vec<(String, String)> = req
             .headers
             .iter()
@@ -247,6 +194,16 @@ impl AwsSigV4 {
             body,
         )
         .map_err(|e| SignError(e.to_string()))?;
+        let instructions = self.instructions(signable, time)?;
+        apply(req, instructions, path_and_query)
+    }
+
+    /// What signing adds to a request: headers, or query parameters.
+    fn instructions(
+        &self,
+        signable: SignableRequest<'_>,
+        time: SystemTime,
+    ) -> Result<SigningInstructions, SignError> {
         let creds = aws_credential_types::Credentials::new(
             self.access_key_id.expose(),
             self.secret_access_key.expose(),
@@ -267,27 +224,97 @@ impl AwsSigV4 {
         let (instructions, _signature) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
-        let (headers, query) = instructions.into_parts();
-        for h in headers {
-            let mut v = http::HeaderValue::from_str(h.value())
-                .map_err(|_| SignError("bad header value".into()))?;
-            v.set_sensitive(h.sensitive() || h.name() == "authorization");
-            req.insert_header(h.name(), v)
-                .map_err(|e| SignError(e.to_string()))?;
-        }
-        let mut pq = path_and_query;
-        for (k, v) in query {
-            pq.push(if pq.contains('?') { '&' } else { '?' });
-            pq.push_str(k);
-            pq.push('=');
-            pq.push_str(&percent_encode(&v));
-        }
-        let uri = pq
-            .parse::<http::Uri>()
-            .map_err(|e| SignError(e.to_string()))?;
-        req.set_uri(uri);
-        Ok(())
+        Ok(instructions)
     }
+}
+
+/// Puts the signature's headers (marked sensitive) or query parameters on `req`.
+fn apply(
+    req: &mut RequestHeader,
+    instructions: SigningInstructions,
+    mut path_and_query: String,
+) -> Result<(), SignError> {
+    let (headers, query) = instructions.into_parts();
+    for h in headers {
+        let mut v = http::HeaderValue::from_str(h.value())
+            .map_err(|_| SignError("bad header value".into()))?;
+        v.set_sensitive(h.sensitive() || h.name() == "authorization");
+        req.insert_header(h.name(), v)
+            .map_err(|e| SignError(e.to_string()))?;
+    }
+    for (k, v) in query {
+        path_and_query.push(if path_and_query.contains('?') { '&' } else { '?' });
+        path_and_query.push_str(k);
+        path_and_query.push('=');
+        path_and_query.push_str(&percent_encode(&v));
+    }
+    let uri = path_and_query
+        .parse::<http::Uri>()
+        .map_err(|e| SignError(e.to_string()))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+fn invalid(key: &str, message: String) -> BuildError {
+    BuildError::Invalid {
+        key: key.into(),
+        message,
+    }
+}
+
+/// `service` and `region` are names, and UNSIGNED-PAYLOAD is for S3 only.
+fn check_names(raw: &RawAwsSigv4) -> Result<(), BuildError> {
+    if raw.unsigned_payload && raw.service != "s3" {
+        return Err(invalid(
+            "unsigned_payload",
+            "only S3 accepts UNSIGNED-PAYLOAD".into(),
+        ));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name_ok(&raw.service) {
+        let m = format!("`{}` is not a signing name (e.g. s3, execute-api)", raw.service);
+        return Err(invalid("service", m));
+    }
+    if !name_ok(&raw.region) {
+        let m = format!("`{}` is not a region (e.g. us-east-1)", raw.region);
+        return Err(invalid("region", m));
+    }
+    Ok(())
+}
+
+/// The access key, secret key and session token: from the config, or without keys there,
+/// from the standard AWS variables.
+fn keys(
+    raw: &RawAwsSigv4,
+    ctx: &mut BuildCtx<'_>,
+) -> Result<(Secret, Secret, Option<Secret>), BuildError> {
+    let env_ref = |name: &str| format!("${{{name}}}");
+    let ak = match &raw.access_key_id {
+        Some(v) => ctx.secret("access_key_id", v)?,
+        None => ctx.secret("access_key_id", &env_ref("AWS_ACCESS_KEY_ID"))?,
+    };
+    let sk = match (&raw.secret_access_key, &raw.access_key_id) {
+        (Some(v), _) => ctx.secret("secret_access_key", v)?,
+        (None, None) => ctx.secret("secret_access_key", &env_ref("AWS_SECRET_ACCESS_KEY"))?,
+        (None, Some(_)) => {
+            return Err(invalid(
+                "secret_access_key",
+                "required with access_key_id".into(),
+            ))
+        }
+    };
+    let token = match (&raw.session_token, &raw.access_key_id) {
+        (Some(v), _) => Some(ctx.secret("session_token", v)?),
+        (None, None) if (ctx.env)("AWS_SESSION_TOKEN").is_some_and(|t| !t.is_empty()) => {
+            Some(ctx.secret("session_token", &env_ref("AWS_SESSION_TOKEN"))?)
+        }
+        _ => None,
+    };
+    Ok((ak, sk, token))
 }
 
 /// RFC 3986 unreserved characters stay; everything else is %XX (what SigV4 expects in queries).

@@ -216,7 +216,7 @@ pub fn oauth_error_detail(body: &[u8]) -> String {
 }
 
 /// `expires_in` as a number or a numeric string.
-pub fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
+fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
     let secs = match v {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Number(n)) => n.as_f64(),
@@ -227,6 +227,21 @@ pub fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, Strin
         Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s.min(1e9)))),
         _ => Err("expires_in is not a positive number".into()),
     }
+}
+
+/// The access token and its lifetime from a token answer, or what is wrong with them.
+pub fn fetched(
+    access_token: Option<String>,
+    expires_in: Option<&serde_json::Value>,
+    status: u16,
+) -> Result<Fetched, String> {
+    let token = access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| format!("status {status} without access_token"))?;
+    Ok(Fetched {
+        value: Secret::new(token),
+        lifetime: lifetime(expires_in)?,
+    })
 }
 
 /// Turns a token endpoint answer into a token or a precise error.
@@ -248,15 +263,7 @@ pub fn parse_response(endpoint: &str, status: u16, body: &[u8]) -> Result<Fetche
             oauth_error_detail(body)
         ))
     })?;
-    let token = r
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| bad(format!("status {status} without access_token")))?;
-    let lifetime = lifetime(r.expires_in.as_ref()).map_err(bad)?;
-    Ok(Fetched {
-        value: Secret::new(token),
-        lifetime,
-    })
+    fetched(r.access_token, r.expires_in.as_ref(), status).map_err(bad)
 }
 
 /// Sends a token-endpoint request and reads its answer (at most 1 MiB: a token response is

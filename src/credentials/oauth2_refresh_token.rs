@@ -16,7 +16,7 @@ use base64::Engine;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
+use super::oauth2_client_credentials::{exchange, fetched, oauth_error_detail, token_url};
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
@@ -95,6 +95,33 @@ fn unusable(source_name: &str, e: SealError) -> BuildError {
     })
 }
 
+/// The sealed file of the credential's chain and the refresh token to use next: the file's,
+/// unless the seed changed since it was written.
+fn open_chain(
+    ctx: &mut BuildCtx<'_>,
+    seed: Secret,
+    seed_sha256: &str,
+) -> Result<(SealedFile, Secret), BuildError> {
+    let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
+    let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
+    let file = SealedFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
+    // A state file that cannot be read makes the credential unavailable and is never
+    // overwritten: it may hold the only live refresh token.
+    let current = match file.load().map_err(|e| unusable("state file", e))? {
+        Some(s) if s.seed_sha256 == seed_sha256 => Secret::new(s.refresh_token),
+        Some(_) => {
+            ctx.warnings.push((
+                "refresh_token".into(),
+                "the seed changed since the state file was written: starting from the new seed"
+                    .into(),
+            ));
+            seed
+        }
+        None => seed,
+    };
+    Ok((file, current))
+}
+
 impl RefreshToken {
     pub fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
         let invalid = |key: &str, message: String| BuildError::Invalid {
@@ -117,26 +144,8 @@ impl RefreshToken {
         let client_id = ctx.secret("client_id", &raw.client_id)?;
         let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
         let seed = ctx.secret("refresh_token", &raw.refresh_token)?;
-        let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
-        let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
-        let file =
-            SealedFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
         let seed_sha256 = sha256_hex(seed.expose());
-        // A state file that cannot be read makes the credential unavailable and is never
-        // overwritten: it may hold the only live refresh token.
-        let saved = file.load().map_err(|e| unusable("state file", e))?;
-        let current = match saved {
-            Some(s) if s.seed_sha256 == seed_sha256 => Secret::new(s.refresh_token),
-            Some(_) => {
-                ctx.warnings.push((
-                    "refresh_token".into(),
-                    "the seed changed since the state file was written: starting from the new seed"
-                        .into(),
-                ));
-                seed
-            }
-            None => seed,
-        };
+        let (file, current) = open_chain(ctx, seed, &seed_sha256)?;
         Ok(RefreshToken {
             url,
             endpoint,
@@ -288,15 +297,7 @@ impl TokenSource for RefreshToken {
         {
             self.rotate(new)?;
         }
-        let token = a
-            .access_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.bad(format!("status {status} without access_token")))?;
-        let life = lifetime(a.expires_in.as_ref()).map_err(|r| self.bad(r))?;
-        Ok(Fetched {
-            value: Secret::new(token),
-            lifetime: life,
-        })
+        fetched(a.access_token, a.expires_in.as_ref(), status).map_err(|r| self.bad(r))
     }
 
     fn policy(&self) -> Policy {

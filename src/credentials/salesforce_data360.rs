@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::oauth2_client_credentials::{exchange, lifetime, oauth_error_detail, token_url};
+use super::oauth2_client_credentials::{exchange, fetched, oauth_error_detail, token_url};
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{RawCache, SecretText};
 use crate::secret::Secret;
@@ -189,15 +189,7 @@ impl TokenSource for Data360 {
         let (status, body) = self.post(http, exchange.clone(), &label, &form).await?;
         let r: Step2 = serde_json::from_slice(&body)
             .map_err(|_| bad(format!("status {status} with a body that is not JSON")))?;
-        let token = r
-            .access_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| bad("no access_token".into()))?;
-        let life = lifetime(r.expires_in.as_ref()).map_err(bad)?;
-        Ok(Fetched {
-            value: Secret::new(token),
-            lifetime: life,
-        })
+        fetched(r.access_token, r.expires_in.as_ref(), status).map_err(bad)
     }
 
     fn policy(&self) -> Policy {

@@ -96,23 +96,8 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
     let der = first_certificate(&cert_pem).map_err(|r| invalid(CaFile::Cert, r))?;
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| invalid(CaFile::Cert, format!("not a valid certificate: {e}")))?;
-    if !x509.is_ca() {
-        return Err(invalid(
-            CaFile::Cert,
-            "not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
-        ));
-    }
-    let validity = x509.validity();
-    let not_after = validity.not_after.to_datetime();
-    if !validity.is_valid() {
-        return Err(invalid(
-            CaFile::Cert,
-            format!(
-                "outside its validity period ({} to {})",
-                validity.not_before, validity.not_after
-            ),
-        ));
-    }
+    check_ca_cert(&x509).map_err(|r| invalid(CaFile::Cert, r))?;
+    let not_after = x509.validity().not_after.to_datetime();
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
         invalid(
             CaFile::Key,
@@ -129,15 +114,17 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
     let issuer = Issuer::from_ca_cert_der(&cert, key)
         .map_err(|e| invalid(CaFile::Cert, format!("cannot sign with it: {e}")))?;
     check_issuer_name(&issuer, x509.subject().as_raw()).map_err(|r| invalid(CaFile::Cert, r))?;
-    let mut warnings = Vec::new();
     let left = not_after - OffsetDateTime::now_utc();
-    if left < Duration::days(30) {
-        warnings.push(format!(
-            "{} expires in {} days: create a new CA (`credproxy ca init --force`) and make clients trust it",
-            cert_path.display(),
-            left.whole_days()
-        ));
-    }
+    let warnings = (left < Duration::days(30))
+        .then(|| {
+            format!(
+                "{} expires in {} days: create a new CA (`credproxy ca init --force`) and make clients trust it",
+                cert_path.display(),
+                left.whole_days()
+            )
+        })
+        .into_iter()
+        .collect();
     let key_exposed = crate::secret::readable_by_others(key_path).map(|mode| {
         format!(
             "{} is readable by group or others (mode {mode:o}); anyone who reads it can impersonate every HTTPS site to clients trusting this CA: chmod 600 it",
@@ -151,6 +138,21 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca, CaError> {
         warnings,
         key_exposed,
     })
+}
+
+/// A CA certificate, valid now.
+fn check_ca_cert(x509: &x509_parser::certificate::X509Certificate<'_>) -> Result<(), String> {
+    if !x509.is_ca() {
+        return Err("not a CA certificate (basicConstraints CA:TRUE is missing)".into());
+    }
+    let validity = x509.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "outside its validity period ({} to {})",
+            validity.not_before, validity.not_after
+        ));
+    }
+    Ok(())
 }
 
 /// Signs a probe leaf and checks that its issuer name is the CA's subject byte for byte:

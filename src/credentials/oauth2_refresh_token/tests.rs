@@ -22,29 +22,9 @@ async fn provider(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
             };
             let (u, latest) = (u.clone(), latest.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                loop {
-                    let n = s.read(&mut tmp).await.unwrap_or(0);
-                    buf.extend_from_slice(&tmp[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(i) = text.find("\r\n\r\n") {
-                        let cl: usize = text
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= i + 4 + cl {
-                            break;
-                        }
-                    }
-                    if n == 0 {
-                        return;
-                    }
-                }
+                let Some(buf) = read_request(&mut s).await else {
+                    return;
+                };
                 let text = String::from_utf8_lossy(&buf).to_string();
                 let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
                 let rt = url::form_urlencoded::parse(body.as_bytes())
@@ -69,6 +49,33 @@ async fn provider(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
         }
     });
     (port, used)
+}
+
+/// One whole HTTP request (head and Content-Length body), or None if the client left.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let n = s.read(&mut tmp).await.unwrap_or(0);
+        buf.extend_from_slice(&tmp[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(i) = text.find("\r\n\r\n") {
+            let cl: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + cl {
+                return Some(buf);
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+    }
 }
 
 fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
