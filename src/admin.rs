@@ -224,6 +224,19 @@ impl Admin {
                 .map(|(n, _, src)| (vec![*n], i64::from(src.needs_reconnect()))),
         );
         s.counters(
+            "credproxy_token_renewals_total",
+            "Tokens replaced because an upstream answered 401 (renewed), and 401s passed on \
+             without a renewal because the token had just been renewed or renewals were over \
+             their rate (limited).",
+            &["credential", "result"],
+            tokens.iter().flat_map(|(n, st, _)| {
+                [
+                    (vec![*n, "renewed"], st.renewals),
+                    (vec![*n, "limited"], st.renewals_limited),
+                ]
+            }),
+        );
+        s.counters(
             "credproxy_token_cache_hits_total",
             "Requests served a cached token.",
             &["credential"],

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod scrub;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use http::HeaderValue;
 
+use crate::scrub::Scrubber;
 use crate::secret::Secret;
+use renewal::Renewals;
 
 /// Why a token could not be obtained. Names the endpoint and its status, never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,24 +45,22 @@ pub enum TokenError {
 const MAX_DETAIL: usize = 300;
 
 impl TokenError {
-    /// The error with every `secrets` value replaced by `***`: an endpoint's error text is
-    /// shown to clients and in logs, and a careless endpoint may quote what it was sent.
-    pub fn redacted(self, secrets: &[Secret]) -> TokenError {
-        let scrub = |mut text: String| {
-            for s in secrets {
-                let v = s.expose();
-                if v.len() >= 4 {
-                    text = text.replace(v, "***");
-                    // As it was sent in a form body or query string.
-                    let encoded: String =
-                        url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
-                    text = text.replace(&encoded, "***");
-                }
-            }
+    /// The error with every form of every `sent` value replaced by `***` (see `scrub`),
+    /// then made printable and cut: an endpoint's error text is shown to clients and in logs,
+    /// and a careless endpoint may quote what it was sent.
+    pub fn redacted(self, sent: &[Secret]) -> TokenError {
+        let scrubber = Scrubber::new(sent);
+        let clean = |text: String| {
+            let text: String = scrubber
+                .scrub(&text)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             if text.chars().count() > MAX_DETAIL {
-                text = text.chars().take(MAX_DETAIL).collect::<String>() + "...";
+                text.chars().take(MAX_DETAIL).collect::<String>() + "..."
+            } else {
+                text
             }
-            text
         };
         match self {
             TokenError::Status {
@@ -70,15 +70,15 @@ impl TokenError {
             } => TokenError::Status {
                 endpoint,
                 status,
-                detail: scrub(detail),
+                detail: clean(detail),
             },
             TokenError::BadResponse { endpoint, reason } => TokenError::BadResponse {
                 endpoint,
-                reason: scrub(reason),
+                reason: clean(reason),
             },
             TokenError::Connect { endpoint, reason } => TokenError::Connect {
                 endpoint,
-                reason: scrub(reason),
+                reason: clean(reason),
             },
             e @ TokenError::Timeout { .. } => e,
         }
@@ -113,6 +113,8 @@ pub struct Token {
     pub refresh_at: Instant,
     /// Never served at or after this instant.
     pub expires_at: Instant,
+    /// Fetched because an upstream rejected the previous token (see `renewal`).
+    pub after_reject: bool,
 }
 
 /// How long a type's tokens are kept.
@@ -172,7 +174,8 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
         false
     }
     /// Values this source sends to its endpoint that an endpoint might echo back in an
-    /// error (a client secret, a refresh token): scrubbed from every error message.
+    /// error (a client secret, a refresh token, the `id:secret` of a Basic header): every
+    /// form of them is scrubbed from every error message.
     fn sent_secrets(&self) -> Vec<Secret> {
         Vec::new()
     }
@@ -186,6 +189,10 @@ pub struct SlotStatus {
     pub fetches_ok: u64,
     pub fetches_failed: u64,
     pub cache_hits: u64,
+    /// Tokens replaced because an upstream answered 401.
+    pub renewals: u64,
+    /// 401s passed to the client without a renewal (too soon, or over the rate).
+    pub renewals_limited: u64,
 }
 
 struct Slot {
@@ -198,6 +205,7 @@ struct Slot {
     fetches_failed: AtomicU64,
     hits: AtomicU64,
     last_error: Mutex<Option<String>>,
+    renewals: Renewals,
 }
 
 impl Slot {
@@ -306,6 +314,7 @@ impl TokenCache {
                     fetches_failed: AtomicU64::new(0),
                     hits: AtomicU64::new(0),
                     last_error: Mutex::new(None),
+                    renewals: Renewals::default(),
                 })
             })
             .clone()
@@ -335,7 +344,8 @@ impl TokenCache {
         if let Some(e) = slot.recent_failure(now) {
             return Err(e);
         }
-        let result = self.fetch(src.as_ref()).await;
+        let after_reject = slot.renewals.take_dropped();
+        let result = self.fetch(src.as_ref(), after_reject).await;
         slot.record(&result, self.negative_ttl);
         result
     }
@@ -349,9 +359,33 @@ impl TokenCache {
         let slot = self.slot(name, src);
         let _guard = slot.lock.lock().await;
         slot.current.store(None);
-        let result = self.fetch(src.as_ref()).await;
+        let result = self.fetch(src.as_ref(), false).await;
         slot.record(&result, self.negative_ttl);
         result
+    }
+
+    /// Whether an upstream's 401 to `rejected` may replace it (see `renewal`); a refusal is
+    /// counted and logged once a minute.
+    pub fn may_renew(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, rejected: &Token) -> bool {
+        let slot = self.slot(name, src);
+        self.renewal_allowed(name, &slot, rejected, false)
+    }
+
+    fn renewal_allowed(&self, name: &str, slot: &Slot, rejected: &Token, spend: bool) -> bool {
+        match slot.renewals.allow(rejected, spend) {
+            Ok(()) => true,
+            Err(why) => {
+                if slot.renewals.should_log() {
+                    tracing::warn!(
+                        credential = name,
+                        "upstream 401s ask for new tokens too often ({}): passing them to the \
+                         clients without renewing; this repeats at most once a minute",
+                        why.describe()
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// After an upstream rejected `rejected` (401): a new token, fetched once for all requests
@@ -373,20 +407,24 @@ impl TokenCache {
         if let Some(e) = slot.recent_failure(now) {
             return Err(e);
         }
+        if !self.renewal_allowed(name, &slot, rejected, true) {
+            return Ok(rejected.clone());
+        }
         slot.current.store(None);
-        let result = self.fetch(src.as_ref()).await;
+        let result = self.fetch(src.as_ref(), true).await;
         slot.record(&result, self.negative_ttl);
         result
     }
 
-    /// Forgets `rejected` if it is still current, so the next request fetches a new one.
+    /// Forgets `rejected` if it is still current and may be replaced, so the next request
+    /// fetches a new one.
     pub fn reject(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, rejected: &Arc<Token>) {
         let slot = self.slot(name, src);
-        if slot
-            .current
-            .load_full()
-            .is_some_and(|cur| Arc::ptr_eq(&cur, rejected))
+        let current = slot.current.load_full();
+        if current.is_some_and(|cur| Arc::ptr_eq(&cur, rejected))
+            && self.renewal_allowed(name, &slot, rejected, true)
         {
+            slot.renewals.mark_dropped();
             slot.current.store(None);
         }
     }
@@ -403,7 +441,7 @@ impl TokenCache {
             if fresh || slot.recent_failure(now).is_some() {
                 return;
             }
-            match cache.fetch(src.as_ref()).await {
+            match cache.fetch(src.as_ref(), false).await {
                 Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
                 // The current token stays in service until it expires; the failure is
                 // remembered like any other, so the endpoint is not asked on every request.
@@ -425,7 +463,11 @@ impl TokenCache {
     }
 
     /// One fetch, with bounded retries for retryable failures.
-    async fn fetch(&self, src: &dyn TokenSource) -> Result<Arc<Token>, TokenError> {
+    async fn fetch(
+        &self,
+        src: &dyn TokenSource,
+        after_reject: bool,
+    ) -> Result<Arc<Token>, TokenError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -434,7 +476,7 @@ impl TokenCache {
                 .await
                 .map_err(|e| e.redacted(&src.sent_secrets()))
             {
-                Ok(f) => return make_token(src, f),
+                Ok(f) => return make_token(src, f, after_reject),
                 Err(e) if e.retryable() && attempt < self.retry.attempts => {
                     let delay = self.retry.base_delay * 2u32.pow(attempt - 1);
                     tracing::debug!(
@@ -460,11 +502,17 @@ impl TokenCache {
             fetches_ok: slot.fetches_ok.load(Ordering::Relaxed),
             fetches_failed: slot.fetches_failed.load(Ordering::Relaxed),
             cache_hits: slot.hits.load(Ordering::Relaxed),
+            renewals: slot.renewals.renewed.load(Ordering::Relaxed),
+            renewals_limited: slot.renewals.limited.load(Ordering::Relaxed),
         }
     }
 }
 
-fn make_token(src: &dyn TokenSource, f: Fetched) -> Result<Arc<Token>, TokenError> {
+fn make_token(
+    src: &dyn TokenSource,
+    f: Fetched,
+    after_reject: bool,
+) -> Result<Arc<Token>, TokenError> {
     let bad = |reason: &str| TokenError::BadResponse {
         endpoint: src.endpoint().to_string(),
         reason: reason.to_string(),
@@ -480,8 +528,11 @@ fn make_token(src: &dyn TokenSource, f: Fetched) -> Result<Arc<Token>, TokenErro
         fetched_at: now,
         refresh_at,
         expires_at,
+        after_reject,
     }))
 }
+
+pub mod renewal;
 
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,11 @@ fn every_family_parses_with_its_type_and_labels() {
             &["credential", "result"],
         ),
         (
+            "credproxy_token_renewals",
+            "counter",
+            &["credential", "result"],
+        ),
+        (
             "credproxy_credential_needs_reconnect",
             "gauge",
             &["credential"],

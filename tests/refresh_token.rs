@@ -19,7 +19,7 @@ struct Provider {
 }
 
 fn provider(rotate: bool) -> Provider {
-    let latest = Arc::new(Mutex::new((0u32, "rt-0".to_string())));
+    let latest = Arc::new(Mutex::new((0u32, "refresh-token-0".to_string())));
     let used = Arc::new(Mutex::new(Vec::new()));
     let u = used.clone();
     let server = Origin::start_with(Arc::new(move |seen: &Seen| {
@@ -43,8 +43,8 @@ fn provider(rotate: bool) -> Provider {
         l.0 += 1;
         let n = l.0;
         if rotate {
-            l.1 = format!("rt-{n}");
-            TokenReply::raw(200, &format!("{{\"access_token\":\"at-{n}\",\"refresh_token\":\"rt-{n}\",\"expires_in\":3600}}"), "application/json")
+            l.1 = format!("refresh-token-{n}");
+            TokenReply::raw(200, &format!("{{\"access_token\":\"access-token-{n}\",\"refresh_token\":\"refresh-token-{n}\",\"expires_in\":3600}}"), "application/json")
         } else {
             TokenReply::raw(
                 200,
@@ -67,7 +67,11 @@ fn start(p: &Provider, origin: u16, state: &std::path::Path, key: &str) -> Proxy
     Proxy::start_with(
         &format!("state_dir: {}", state.display()),
         &config(p, origin),
-        &[("CS", "cs"), ("SEED", "rt-0"), ("CREDPROXY_STATE_KEY", key)],
+        &[
+            ("CS", "client-secret-1"),
+            ("SEED", "refresh-token-0"),
+            ("CREDPROXY_STATE_KEY", key),
+        ],
     )
 }
 
@@ -109,22 +113,22 @@ fn rotated_token_survives_a_crash_between_refresh_and_use() {
         "the proxy died mid-request"
     );
     drop(p1);
-    assert_eq!(*prov.used.lock().unwrap(), vec!["rt-0"]);
+    assert_eq!(*prov.used.lock().unwrap(), vec!["refresh-token-0"]);
 
     let p2 = start(&prov, origin.port(), state.path(), KEY);
     assert_eq!(send(&p2, origin.port()), Ok(200));
     assert_eq!(
         *prov.used.lock().unwrap(),
-        vec!["rt-0", "rt-1"],
+        vec!["refresh-token-0", "refresh-token-1"],
         "the restart used the rotated token, not the seed"
     );
     assert_eq!(
         origin.last().header("authorization").as_deref(),
-        Some("Bearer at-2")
+        Some("Bearer access-token-2")
     );
     let raw = std::fs::read(state.path().join("hub.state")).unwrap();
     assert!(
-        !String::from_utf8_lossy(&raw).contains("rt-2"),
+        !String::from_utf8_lossy(&raw).contains("refresh-token-2"),
         "encrypted at rest"
     );
 }
@@ -140,7 +144,10 @@ fn answer_without_refresh_token_keeps_the_old_one() {
         status_of(&admin_post(p.admin, "/credentials/hub/refresh")),
         200
     );
-    assert_eq!(*prov.used.lock().unwrap(), vec!["rt-0", "rt-0"]);
+    assert_eq!(
+        *prov.used.lock().unwrap(),
+        vec!["refresh-token-0", "refresh-token-0"]
+    );
     assert!(
         !state.path().join("hub.state").exists(),
         "nothing rotated, nothing written"
@@ -157,8 +164,8 @@ fn invalid_grant_marks_needs_reconnect_and_stops_calling() {
         &format!("state_dir: {}", state.path().display()),
         &body,
         &[
-            ("CS", "cs"),
-            ("SEED", "rt-stale"),
+            ("CS", "client-secret-1"),
+            ("SEED", "refresh-token-stale"),
             ("CREDPROXY_STATE_KEY", KEY),
         ],
     );
@@ -216,7 +223,7 @@ fn missing_state_key_makes_the_credential_unavailable() {
     let p = Proxy::start_with(
         &format!("state_dir: {}", state.path().display()),
         &config(&prov, origin.port()),
-        &[("CS", "cs"), ("SEED", "rt-0")],
+        &[("CS", "client-secret-1"), ("SEED", "refresh-token-0")],
     );
     let resp = raw(p.addr, format!("GET http://127.0.0.1:{0}/ HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nConnection: close\r\n\r\n", origin.port()).as_bytes());
     assert_eq!(status_of(&resp), 502);

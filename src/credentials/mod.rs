@@ -170,6 +170,23 @@ impl BuildCtx<'_> {
         self.secret_inner(key, raw, false)
     }
 
+    /// A secret sent to a token endpoint: at least `MIN_SENT_SECRET` characters, since a
+    /// shorter one cannot be told from ordinary text when an endpoint quotes it back, and so
+    /// could not be scrubbed from its error messages.
+    pub fn sent_secret(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+        let s = self.secret(key, raw)?;
+        if s.expose().chars().count() < MIN_SENT_SECRET {
+            return Err(BuildError::Invalid {
+                key: key.to_string(),
+                message: format!(
+                    "a secret sent to a token endpoint needs at least {MIN_SENT_SECRET} characters \
+                     (a shorter one could not be kept out of the endpoint's error messages)"
+                ),
+            });
+        }
+        Ok(s)
+    }
+
     /// Like `secret`, for values that may span lines (PEM keys, JSON key files).
     pub fn secret_multiline(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
         self.secret_inner(key, raw, true)
@@ -206,6 +223,9 @@ impl BuildCtx<'_> {
         }
     }
 }
+
+/// Shortest secret credproxy sends to a token endpoint.
+pub const MIN_SENT_SECRET: usize = 8;
 
 /// The headers a credential sets, precomputed and marked sensitive.
 #[derive(Debug, Clone, Default)]

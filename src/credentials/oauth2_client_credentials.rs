@@ -112,7 +112,7 @@ impl OAuth2ClientCredentials {
             params.push((k.clone(), v.clone()));
         }
         let client_id = ctx.secret("client_id", &raw.client_id)?;
-        let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
+        let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
         Ok(OAuth2ClientCredentials {
             url,
             endpoint,
@@ -129,18 +129,8 @@ impl OAuth2ClientCredentials {
         })
     }
 
-    /// RFC 6749 2.3.1: id and secret are form-urlencoded before the Basic encoding.
     fn basic_header(&self) -> String {
-        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let raw = format!(
-            "{}:{}",
-            enc(self.client_id.expose()),
-            enc(self.client_secret.expose())
-        );
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
+        basic_header(&basic_pair(&self.client_id, &self.client_secret))
     }
 
     fn all_params(&self) -> Vec<(&str, &str)> {
@@ -185,7 +175,22 @@ struct TokenResponse {
     expires_in: Option<serde_json::Value>,
 }
 
-/// The `error` (and description) of an RFC 6749 5.2 error body, shortened and printable.
+/// RFC 6749 2.3.1: the `id:secret` of a client's Basic header, each form-urlencoded first.
+pub fn basic_pair(id: &Secret, secret: &Secret) -> Secret {
+    let enc = |s: &Secret| url::form_urlencoded::byte_serialize(s.expose().as_bytes()).collect::<String>();
+    Secret::new(format!("{}:{}", enc(id), enc(secret)))
+}
+
+/// `Basic <base64(pair)>`.
+pub fn basic_header(pair: &Secret) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair.expose())
+    )
+}
+
+/// The `error` (and description) of an RFC 6749 5.2 error body, shortened. Left as received
+/// (control characters too): `TokenError::redacted` scrubs it before it is made printable.
 pub fn oauth_error_detail(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct E {
@@ -207,12 +212,8 @@ pub fn oauth_error_detail(body: &[u8]) -> String {
     };
     // Cut generously here: secrets are scrubbed before the final cut (TokenError::redacted),
     // so a secret straddling the cut cannot leak its first half.
-    let clean: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(2000)
-        .collect();
-    format!(" ({clean})")
+    let kept: String = text.chars().take(2000).collect();
+    format!(" ({kept})")
 }
 
 /// `expires_in` as a number or a numeric string.
@@ -329,7 +330,10 @@ impl TokenSource for OAuth2ClientCredentials {
     }
 
     fn sent_secrets(&self) -> Vec<Secret> {
-        vec![self.client_secret.clone()]
+        vec![
+            self.client_secret.clone(),
+            basic_pair(&self.client_id, &self.client_secret),
+        ]
     }
 
     fn endpoint(&self) -> &str {

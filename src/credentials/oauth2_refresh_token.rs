@@ -12,11 +12,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::oauth2_client_credentials::{exchange, fetched, oauth_error_detail, token_url};
+use super::oauth2_client_credentials::{
+    basic_header, basic_pair, exchange, fetched, oauth_error_detail, token_url,
+};
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
@@ -142,8 +143,8 @@ impl RefreshToken {
         let ttl = super::cache_ttl(raw.cache.as_ref())?;
         let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
         let client_id = ctx.secret("client_id", &raw.client_id)?;
-        let client_secret = ctx.secret("client_secret", &raw.client_secret)?;
-        let seed = ctx.secret("refresh_token", &raw.refresh_token)?;
+        let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
+        let seed = ctx.sent_secret("refresh_token", &raw.refresh_token)?;
         let seed_sha256 = sha256_hex(seed.expose());
         let (file, current) = open_chain(ctx, seed, &seed_sha256)?;
         Ok(RefreshToken {
@@ -195,20 +196,8 @@ impl RefreshToken {
             .header(http::header::ACCEPT, "application/json")
             .timeout(self.timeout);
         if self.basic_auth {
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let pair = format!(
-                "{}:{}",
-                enc(self.client_id.expose()),
-                enc(self.client_secret.expose())
-            );
-            rb = rb.header(
-                http::header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ),
-            );
+            let pair = basic_pair(&self.client_id, &self.client_secret);
+            rb = rb.header(http::header::AUTHORIZATION, basic_header(&pair));
         } else {
             form.push(("client_id", self.client_id.expose()));
             form.push(("client_secret", self.client_secret.expose()));
@@ -305,7 +294,10 @@ impl TokenSource for RefreshToken {
     }
 
     fn sent_secrets(&self) -> Vec<Secret> {
-        let mut v = vec![self.client_secret.clone()];
+        let mut v = vec![
+            self.client_secret.clone(),
+            basic_pair(&self.client_id, &self.client_secret),
+        ];
         v.extend(self.current().ok());
         v
     }

@@ -95,7 +95,7 @@ impl Data360 {
             step1,
             step1_label: format!("{label} (step 1)"),
             client_id: ctx.secret("client_id", &raw.client_id)?,
-            client_secret: ctx.secret("client_secret", &raw.client_secret)?,
+            client_secret: ctx.sent_secret("client_secret", &raw.client_secret)?,
             dataspace: raw.dataspace.clone().unwrap_or_else(|| "default".into()),
             policy: Policy {
                 default_lifetime: Duration::from_secs(300),

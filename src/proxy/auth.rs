@@ -205,9 +205,11 @@ impl Auth {
     /// the 401 goes to the client and the token is dropped, so the client's own retry gets a
     /// fresh one; a 401 to the replay itself, with a token fetched a moment ago, is the API's
     /// answer, not a stale token, and the token is kept.
+    /// A 401 that `TokenCache::may_renew` refuses (the token was just renewed for one, or
+    /// renewals are over their rate) goes to the client, token kept.
     pub fn on_unauthorized(&mut self, tokens: &TokenCache) -> bool {
         let Auth::Token(t) = self else { return false };
-        if t.stage != Stage::First {
+        if t.stage != Stage::First || !tokens.may_renew(&t.slot, &t.src, &t.token) {
             return false;
         }
         if t.replay.possible() {

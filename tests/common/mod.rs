@@ -620,6 +620,27 @@ impl TokenServer {
         let origin = Origin::start_with(Arc::new(move |_seen: &Seen| r.lock().unwrap().clone()));
         TokenServer { origin, reply }
     }
+    /// A token endpoint that refuses every request and quotes what it received (the
+    /// Authorization header and the body) in `error_description`, as careless ones do.
+    pub fn echoing() -> TokenServer {
+        let reply = Arc::new(Mutex::new(TokenReply::raw(401, "{}", "application/json")));
+        let origin = Origin::start_with(Arc::new(|seen: &Seen| {
+            let quoted = format!(
+                "got authorization=[{}] body=[{}]",
+                seen.header("authorization").unwrap_or_default(),
+                String::from_utf8_lossy(&seen.body)
+            );
+            let body = serde_json::json!({"error": "invalid_client", "error_description": quoted});
+            TokenReply {
+                status: 401,
+                body: body.to_string(),
+                content_type: "application/json",
+                delay: Duration::ZERO,
+            }
+        }));
+        TokenServer { origin, reply }
+    }
+
     pub fn set(&self, reply: TokenReply) {
         *self.reply.lock().unwrap() = reply;
     }

@@ -13,7 +13,7 @@ async fn provider(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let used = Arc::new(Mutex::new(Vec::new()));
-    let latest = Arc::new(Mutex::new((0u32, "rt-0".to_string())));
+    let latest = Arc::new(Mutex::new((0u32, "refresh-0".to_string())));
     let u = used.clone();
     tokio::spawn(async move {
         loop {
@@ -38,8 +38,8 @@ async fn provider(delay: Duration) -> (u16, Arc<Mutex<Vec<String>>>) {
                         (400, r#"{"error":"invalid_grant"}"#.to_string())
                     } else {
                         l.0 += 1;
-                        l.1 = format!("rt-{}", l.0);
-                        (200, format!("{{\"access_token\":\"at-{0}\",\"refresh_token\":\"rt-{0}\",\"expires_in\":3600}}", l.0))
+                        l.1 = format!("refresh-{}", l.0);
+                        (200, format!("{{\"access_token\":\"at-{0}\",\"refresh_token\":\"refresh-{0}\",\"expires_in\":3600}}", l.0))
                     }
                 };
                 tokio::time::sleep(delay).await;
@@ -91,8 +91,8 @@ fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
     let raw = RawRefreshToken {
         token_url: format!("http://127.0.0.1:{port}/token"),
         client_id: "cid".into(),
-        client_secret: "cs".into(),
-        refresh_token: "rt-0".into(),
+        client_secret: "client-secret".into(),
+        refresh_token: "refresh-0".into(),
         scopes: vec![],
         auth_method: None,
         cache: None,
@@ -107,12 +107,12 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let src = build(port, dir.path());
-    src.fetch(&http).await.unwrap(); // rt-0 -> rt-1, persisted
+    src.fetch(&http).await.unwrap(); // refresh-0 -> refresh-1, persisted
                                      // The next save fails (full or read-only disk).
     src.file
         .fail_saves
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let e = src.fetch(&http).await.unwrap_err(); // rt-1 -> rt-2, kept in memory only
+    let e = src.fetch(&http).await.unwrap_err(); // refresh-1 -> refresh-2, kept in memory only
     assert!(
         e.to_string().contains("kept in memory but not persisted"),
         "{e}"
@@ -120,9 +120,9 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     src.file
         .fail_saves
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    src.fetch(&http).await.unwrap(); // must spend rt-2, persisting it first
-    assert_eq!(*used.lock().unwrap(), vec!["rt-0", "rt-1", "rt-2"]);
-    assert_eq!(src.file.load().unwrap().unwrap().refresh_token, "rt-3");
+    src.fetch(&http).await.unwrap(); // must spend refresh-2, persisting it first
+    assert_eq!(*used.lock().unwrap(), vec!["refresh-0", "refresh-1", "refresh-2"]);
+    assert_eq!(src.file.load().unwrap().unwrap().refresh_token, "refresh-3");
 }
 
 #[tokio::test]
@@ -151,5 +151,5 @@ async fn old_and_new_config_never_spend_one_token_twice() {
     assert!(a.await.unwrap().is_ok());
     assert!(b.await.unwrap().is_ok(), "used: {:?}", used.lock().unwrap());
     assert!(!new.needs_reconnect());
-    assert_eq!(*used.lock().unwrap(), vec!["rt-0", "rt-1"]);
+    assert_eq!(*used.lock().unwrap(), vec!["refresh-0", "refresh-1"]);
 }

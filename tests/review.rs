@@ -1,0 +1,177 @@
+//! Regression tests for the findings of the security review (issue 11), each through the real
+//! binary on loopback. The variants that already held are pinned beside them, so they keep
+//! holding.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine;
+use common::*;
+
+/// Finding 1: a token endpoint quoting the Basic header (or the form body) it received must
+/// not get the client secret into the 502, `Proxy-Status`, `/credentials` or `check`, in
+/// any encoding, even with a control character in the secret.
+#[test]
+fn an_echoed_client_secret_is_scrubbed_in_every_form() {
+    let ts = TokenServer::echoing();
+    let origin = Origin::start();
+    let secret = "s3cr\tet-value-1";
+    let pair = "client-1:s3cr%09et-value-1";
+    let mut forms: Vec<String> = vec![
+        secret.into(),
+        secret.replace('\t', ""),
+        secret.replace('\t', " "),
+        "s3cr%09et-value-1".into(),
+    ];
+    for e in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+        forms.push(e.encode(pair));
+    }
+    forms.iter().for_each(|f| register_secret(f));
+    let body = format!(
+        "credentials:\n  basic:\n    type: oauth2_client_credentials\n    token_url: {0}\n    client_id: client-1\n    client_secret: \"${{CS}}\"\n  body:\n    type: oauth2_client_credentials\n    token_url: {0}\n    client_id: client-1\n    client_secret: \"${{CS}}\"\n    auth_method: post_body\nroutes:\n  - {{ host: \"127.0.0.1:{1}\", path: /a/*, credential: basic }}\n  - {{ host: \"127.0.0.1:{1}\", path: /b/*, credential: body }}\n",
+        ts.url("/token"),
+        origin.port()
+    );
+    let p = Proxy::start_with("", &body, &[("CS", secret)]);
+    let check = |what: &str, text: &str| {
+        for f in &forms {
+            assert!(!text.contains(f.as_str()), "{what} shows `{f}`:\n{text}");
+        }
+    };
+    for path in ["/a/x", "/b/x"] {
+        let url = format!("http://127.0.0.1:{}{path}", origin.port());
+        let resp = raw(
+            p.addr,
+            format!(
+                "GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                origin.port()
+            )
+            .as_bytes(),
+        );
+        assert_eq!(status_of(&resp), 502, "{resp}");
+        assert!(
+            resp.contains("invalid_client"),
+            "the endpoint's error is kept: {resp}"
+        );
+        assert!(resp.contains("***"), "{resp}");
+        check("the 502 (headers and body)", &resp);
+    }
+    let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+    assert!(creds.contains("invalid_client"), "{creds}");
+    check("/credentials", &creds);
+    let out = Command::new(bin())
+        .args(["check", "-c", p.config_path().to_str().unwrap()])
+        .env("CS", secret)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("invalid_client"), "{text}");
+    check("credproxy check", &text);
+}
+
+/// Finding 1, second half: secrets sent to token endpoints are at least 8 characters.
+#[test]
+fn short_secrets_sent_to_token_endpoints_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        "credentials:\n  a:\n    type: oauth2_client_credentials\n    token_url: http://127.0.0.1:9/t\n    client_id: id\n    client_secret: \"${CS}\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--offline", "-c", f.to_str().unwrap()])
+        .env("CS", "abc")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("credentials.a.client_secret: a secret sent to a token endpoint needs at least 8 characters"),
+        "{err}"
+    );
+}
+
+/// An origin that answers 401 on /deny (whatever the token) and 200 elsewhere.
+fn denying_origin() -> Origin {
+    Origin::start_with(std::sync::Arc::new(|s: &Seen| {
+        if s.uri.contains("/deny") {
+            return TokenReply::raw(401, r#"{"error":"invalid_token"}"#, "application/json");
+        }
+        TokenReply::raw(200, "{}", "application/json")
+    }))
+}
+
+/// A token endpoint that hands out a new token (and, for refresh-token grants, a new
+/// refresh token) on every call, counting them.
+fn counting_endpoint() -> Origin {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let n = std::sync::Arc::new(AtomicU32::new(0));
+    Origin::start_with(std::sync::Arc::new(move |_s: &Seen| {
+        let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!(
+            "{{\"access_token\":\"churn-access-{i}\",\"refresh_token\":\"churn-refresh-{i}\",\"expires_in\":3600}}"
+        );
+        TokenReply::raw(200, &body, "application/json")
+    }))
+}
+
+/// Finding 2: 40 requests to a path that answers 401 may not make 40 token fetches (or 40
+/// refresh-token rotations): at most one renewal, the rest of the 401s go to the client.
+#[test]
+fn upstream_401s_cannot_force_token_churn() {
+    let origin = denying_origin();
+    let cc = counting_endpoint();
+    let rt = counting_endpoint();
+    let key = "0202020202020202020202020202020202020202020202020202020202020202";
+    let body = format!(
+        "credentials:\n  cc:\n    type: oauth2_client_credentials\n    token_url: http://127.0.0.1:{}/token\n    client_id: id\n    client_secret: \"${{CS}}\"\n  rt:\n    type: oauth2_refresh_token\n    token_url: http://127.0.0.1:{}/token\n    client_id: id\n    client_secret: \"${{CS}}\"\n    refresh_token: \"${{SEED}}\"\nroutes:\n  - {{ host: \"127.0.0.1:{2}\", path: /cc/*, credential: cc }}\n  - {{ host: \"127.0.0.1:{2}\", path: /rt/*, credential: rt }}\n",
+        cc.port(),
+        rt.port(),
+        origin.port()
+    );
+    let p = Proxy::start_with(
+        "",
+        &body,
+        &[
+            ("CS", "client-secret-churn"),
+            ("SEED", "refresh-seed-churn"),
+            ("CREDPROXY_STATE_KEY", key),
+        ],
+    );
+    let rt_ = runtime();
+    let client = p.client();
+    for prefix in ["cc", "rt"] {
+        for i in 0..40 {
+            let url = format!("http://127.0.0.1:{}/{prefix}/deny/{i}", origin.port());
+            let resp = rt_.block_on(client.get(url).send()).unwrap();
+            assert_eq!(resp.status(), 401, "the 401 reaches the client");
+        }
+        // Still served: the kept token works on other paths.
+        let ok = format!("http://127.0.0.1:{}/{prefix}/ok", origin.port());
+        assert_eq!(rt_.block_on(client.get(ok).send()).unwrap().status(), 200);
+    }
+    assert_eq!(cc.count(), 2, "one fetch, one renewal");
+    assert_eq!(rt.count(), 2, "one redemption, one rotation for the 401");
+    let m = p.metrics_with(&["result=\"limited\""]);
+    assert!(
+        m.contains("credproxy_token_renewals_total{credential=\"cc\",result=\"renewed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("credproxy_token_renewals_total{credential=\"cc\",result=\"limited\"}"),
+        "{m}"
+    );
+    let log = p.log_text();
+    assert_eq!(
+        log.matches("upstream 401s ask for new tokens too often")
+            .count(),
+        2,
+        "logged once per credential:\n{log}"
+    );
+}
