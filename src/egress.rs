@@ -4,7 +4,6 @@
 //! address itself, so a DNS answer that changes between check and connect (rebinding) cannot
 //! slip through.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -120,17 +119,95 @@ pub fn private_category(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// One `proxy.egress.allow` entry: a CIDR, an IP address or a host name, optionally with a
+/// port or port range (`127.0.0.1:9000`, `10.0.0.0/8:8000-8999`, `[::1]:9000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    target: AllowTarget,
+    /// Inclusive; `None`: every port.
+    ports: Option<(u16, u16)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AllowTarget {
+    Net(Cidr),
+    Host(String),
+}
+
+impl Allow {
+    pub fn parse(text: &str) -> Result<Allow, String> {
+        let (target, ports) = split_ports(text)?;
+        let ports = ports.map(parse_ports).transpose()?;
+        let target = if let Ok(ip) = target.parse::<IpAddr>() {
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            AllowTarget::Net(Cidr { net: ip, bits })
+        } else if let Some(c) = Cidr::parse(target) {
+            AllowTarget::Net(c)
+        } else if target.contains('/') {
+            return Err(format!("`{target}` is not a CIDR (such as 10.0.0.0/8)"));
+        } else {
+            let h = normalize_host(target).map_err(|_| format!("`{target}` is not a host name"))?;
+            AllowTarget::Host(h)
+        };
+        Ok(Allow { target, ports })
+    }
+
+    fn port_ok(&self, port: u16) -> bool {
+        self.ports.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+    }
+}
+
+/// `target[:ports]`; an IPv6 address or CIDR takes a port only in brackets.
+fn split_ports(text: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inner, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{text}`: `[` without `]`"))?;
+        return match after {
+            "" => Ok((inner, None)),
+            a => a
+                .strip_prefix(':')
+                .map(|p| (inner, Some(p)))
+                .ok_or_else(|| format!("`{text}`: expected `:PORT` after `]`")),
+        };
+    }
+    match text.matches(':').count() {
+        1 => Ok(text
+            .split_once(':')
+            .map(|(t, p)| (t, Some(p)))
+            .unwrap_or((text, None))),
+        _ => Ok((text, None)),
+    }
+}
+
+/// `9000` or `9000-9099`.
+fn parse_ports(p: &str) -> Result<(u16, u16), String> {
+    let port = |x: &str| {
+        x.parse::<u16>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("`{x}` is not a port (1 to 65535)"))
+    };
+    let (lo, hi) = match p.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(p)?, port(p)?),
+    };
+    if lo > hi {
+        return Err(format!("`{p}`: the range runs backwards"));
+    }
+    Ok((lo, hi))
+}
+
 /// The compiled `proxy.egress` section.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub deny_private: bool,
-    nets: Vec<Cidr>,
-    hosts: HashSet<String>,
+    allow: Vec<Allow>,
 }
 
 /// A refused destination.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{host} resolves to {ip}, {why}: refused by proxy.egress.deny_private (add it to proxy.egress.allow if intended)")]
+#[error("{host} resolves to {ip}, {why}: refused by proxy.egress.deny_private (add it, with its port, to proxy.egress.allow if intended)")]
 pub struct Denied {
     pub host: String,
     pub ip: IpAddr,
@@ -138,35 +215,35 @@ pub struct Denied {
 }
 
 impl Policy {
-    /// `allow` entries are CIDRs or host names (validated at config load; others are ignored).
+    /// `allow` entries as `Allow::parse` reads them (validated at config load; others are
+    /// ignored).
     pub fn new(deny_private: bool, allow: &[String]) -> Policy {
-        let mut p = Policy {
+        Policy {
             deny_private,
-            ..Policy::default()
-        };
-        for a in allow {
-            match Cidr::parse(a) {
-                Some(c) => p.nets.push(c),
-                None => {
-                    if let Ok(h) = normalize_host(a) {
-                        p.hosts.insert(h);
-                    }
-                }
-            }
+            allow: allow.iter().filter_map(|a| Allow::parse(a).ok()).collect(),
         }
-        p
     }
 
-    /// The addresses of `host` that may be connected to, in their order; refused when none.
-    pub fn filter(&self, host: &str, addrs: Arc<[IpAddr]>) -> Result<Arc<[IpAddr]>, Denied> {
-        if !self.deny_private || self.hosts.contains(host) {
+    /// The addresses of `host` that may be connected to on `port`, in their order; refused
+    /// when none.
+    pub fn filter(
+        &self,
+        host: &str,
+        port: u16,
+        addrs: Arc<[IpAddr]>,
+    ) -> Result<Arc<[IpAddr]>, Denied> {
+        let host_allowed = self
+            .allow
+            .iter()
+            .any(|a| a.port_ok(port) && a.target == AllowTarget::Host(host.to_string()));
+        if !self.deny_private || host_allowed {
             return Ok(addrs);
         }
         let mut first_denied = None;
         let ok: Vec<IpAddr> = addrs
             .iter()
             .copied()
-            .filter(|&ip| match self.refusal(ip) {
+            .filter(|&ip| match self.refusal(ip, port) {
                 None => true,
                 Some(why) => {
                     first_denied.get_or_insert((ip, why));
@@ -185,16 +262,18 @@ impl Policy {
         }
     }
 
-    fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+    fn refusal(&self, ip: IpAddr, port: u16) -> Option<&'static str> {
         let why = private_category(ip)?;
         let mapped = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
-        let allowed = self
-            .nets
-            .iter()
-            .any(|n| n.contains(ip) || mapped.is_some_and(|m| n.contains(m)));
+        let allowed = self.allow.iter().any(|a| match &a.target {
+            AllowTarget::Net(n) => {
+                a.port_ok(port) && (n.contains(ip) || mapped.is_some_and(|m| n.contains(m)))
+            }
+            AllowTarget::Host(_) => false,
+        });
         (!allowed).then_some(why)
     }
 }
@@ -280,19 +359,72 @@ mod tests {
             &["127.0.0.0/8".into(), "::1/128".into(), "db.internal".into()],
         );
         let both: Arc<[IpAddr]> = Arc::from([ip("::1"), ip("127.0.0.1")]);
-        assert_eq!(p.filter("localhost", both.clone()).unwrap(), both);
+        assert_eq!(p.filter("localhost", 80, both.clone()).unwrap(), both);
         // Mapped forms of an allowed IPv4 range are allowed too.
-        assert!(p.filter("x", Arc::from([ip("::ffff:127.0.0.1")])).is_ok());
+        assert!(p
+            .filter("x", 80, Arc::from([ip("::ffff:127.0.0.1")]))
+            .is_ok());
         let e = p
-            .filter("metadata", Arc::from([ip("169.254.169.254")]))
+            .filter("metadata", 80, Arc::from([ip("169.254.169.254")]))
             .unwrap_err();
         assert!(e.to_string().contains("link-local"), "{e}");
-        assert!(p.filter("db.internal", Arc::from([ip("10.0.0.5")])).is_ok());
+        assert!(p
+            .filter("db.internal", 5432, Arc::from([ip("10.0.0.5")]))
+            .is_ok());
         // A name resolving to a public and a private address keeps only the public one.
         let mixed: Arc<[IpAddr]> = Arc::from([ip("10.0.0.1"), ip("1.2.3.4")]);
-        assert_eq!(&*p.filter("mixed", mixed).unwrap(), &[ip("1.2.3.4")]);
+        assert_eq!(&*p.filter("mixed", 80, mixed).unwrap(), &[ip("1.2.3.4")]);
         let off = Policy::new(false, &[]);
-        assert!(off.filter("x", Arc::from([ip("127.0.0.1")])).is_ok());
+        assert!(off.filter("x", 80, Arc::from([ip("127.0.0.1")])).is_ok());
+    }
+
+    #[test]
+    fn allow_entries_with_ports() {
+        let p = Policy::new(
+            true,
+            &[
+                "127.0.0.1:9000".into(),
+                "10.0.0.0/8:8000-8099".into(),
+                "[::1]:9000".into(),
+                "db.internal:5432".into(),
+            ],
+        );
+        let lo: Arc<[IpAddr]> = Arc::from([ip("127.0.0.1")]);
+        assert!(p.filter("127.0.0.1", 9000, lo.clone()).is_ok());
+        assert!(p.filter("127.0.0.1", 9090, lo).is_err(), "another port");
+        assert!(
+            p.filter("x", 9000, Arc::from([ip("127.0.0.2")])).is_err(),
+            "another IP"
+        );
+        assert!(p.filter("x", 8050, Arc::from([ip("10.1.2.3")])).is_ok());
+        assert!(p.filter("x", 8100, Arc::from([ip("10.1.2.3")])).is_err());
+        assert!(p.filter("x", 9000, Arc::from([ip("::1")])).is_ok());
+        assert!(p
+            .filter("db.internal", 5432, Arc::from([ip("10.9.9.9")]))
+            .is_ok());
+        assert!(p
+            .filter("db.internal", 22, Arc::from([ip("10.9.9.9")]))
+            .is_err());
+        for bad in [
+            "10.0.0.0/33",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            "1.2.3.4:9-1",
+            "[::1",
+            "[::1]x",
+            "a b",
+        ] {
+            assert!(Allow::parse(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "fc00::/7",
+            "[fc00::/7]:443",
+            "::1",
+            "host.example",
+            "host.example:1-2",
+        ] {
+            assert!(Allow::parse(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

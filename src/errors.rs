@@ -63,6 +63,12 @@ pub enum ProxyError {
     PlainHttp(String),
     #[error("{0} connections already open from this client address (proxy.limits.max_connections_per_client)")]
     TooManyConnections(usize),
+    #[error("{target} is credproxy's own {listener} listener ({addr}): requests through the proxy never reach credproxy itself")]
+    OwnListener {
+        target: String,
+        addr: std::net::SocketAddr,
+        listener: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -75,6 +81,7 @@ impl ProxyError {
             | CredentialNotOnRoute(_)
             | ClientForbidden { .. }
             | EgressDenied(_)
+            | OwnListener { .. }
             | PlainHttp(_) => 403,
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
@@ -121,6 +128,7 @@ impl ProxyError {
             HeadersTooLarge(_) => "headers_too_large",
             TooManyConnections(_) => "too_many_connections",
             PlainHttp(_) => "plain_http_refused",
+            OwnListener { .. } => "proxy_loop",
         }
     }
 
@@ -149,6 +157,7 @@ impl ProxyError {
             EgressDenied(_) => "destination_ip_prohibited",
             HeaderTimeout(_) | HeadersTooLarge(_) => "http_request_error",
             TooManyConnections(_) | PlainHttp(_) => "http_request_denied",
+            OwnListener { .. } => "proxy_loop_detected",
         }
     }
 }

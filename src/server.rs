@@ -14,7 +14,7 @@ use crate::admin::Admin;
 use crate::app::App;
 use crate::config::Config;
 use crate::proxy::connect::Front;
-use crate::proxy::{Connections, CredProxy};
+use crate::proxy::{Connections, CredProxy, OwnListeners};
 
 struct Sighup {
     app: Arc<App>,
@@ -76,8 +76,9 @@ fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
 /// Runs the proxy until SIGTERM/SIGINT. Never returns.
 pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     log_startup(&cfg);
-    let listen = cfg.proxy.listen.to_string();
-    let admin_addr = cfg.proxy.admin.map(|a| a.to_string());
+    let (cfg_listen, cfg_admin) = (cfg.proxy.listen, cfg.proxy.admin);
+    let listen = cfg_listen.to_string();
+    let admin_addr = cfg_admin.map(|a| a.to_string());
     let threads = cfg.proxy.threads;
     let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
@@ -97,7 +98,9 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let conns = Arc::new(Connections::new(&app.metrics));
+    let mut own = vec![(cfg_listen, "proxy")];
+    own.extend(cfg_admin.map(|a| (a, "admin")));
+    let conns = Arc::new(Connections::new(&app.metrics, OwnListeners(own)));
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         CredProxy {

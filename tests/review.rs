@@ -175,3 +175,83 @@ fn upstream_401s_cannot_force_token_churn() {
         "logged once per credential:\n{log}"
     );
 }
+
+/// Finding 3: the proxy's own listeners are never a destination, whatever `egress.allow`
+/// says (the harness allows all of loopback, as the reviewer's config did).
+#[test]
+fn the_proxy_never_reaches_its_own_listeners() {
+    let origin = Origin::start();
+    let body = format!(
+        "clients:\n  - {{ name: flows, secret: \"${{FLOWS}}\", credentials: [gh] }}\ncredentials:\n  gh: {{ type: bearer, token: \"${{GH}}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: gh }}\n  - {{ path: /adm/*, upstream: \"http://127.0.0.1:ADMIN\", strip_prefix: /adm, credential: gh }}\n",
+        origin.port()
+    );
+    // The sidecar route needs the admin port, which the harness picks: write it after.
+    let p = Proxy::start_with(
+        "",
+        &body.replace("ADMIN", "1"),
+        &[("FLOWS", "flows-secret-1"), ("GH", "gh-token-own")],
+    );
+    let cfg = std::fs::read_to_string(p.config_path()).unwrap();
+    std::fs::write(
+        p.config_path(),
+        cfg.replace("127.0.0.1:1\"", &format!("{}\"", p.admin)),
+    )
+    .unwrap();
+    assert!(admin_post(p.admin, "/reload").contains("reloaded"));
+    let auth = format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        STANDARD.encode("flows:flows-secret-1")
+    );
+    let (admin, listen) = (p.admin.port(), p.addr.port());
+    let mut attempts: Vec<String> = Vec::new();
+    for (method, target) in [
+        ("GET", format!("http://127.0.0.1:{admin}/credentials")),
+        ("GET", format!("http://127.0.0.1:{admin}/metrics")),
+        ("POST", format!("http://127.0.0.1:{admin}/reload")),
+        (
+            "POST",
+            format!("http://127.0.0.1:{admin}/credentials/gh/refresh"),
+        ),
+        ("GET", format!("http://localhost:{admin}/healthz")),
+        ("GET", format!("http://0.0.0.0:{admin}/healthz")),
+        ("GET", format!("http://[::ffff:127.0.0.1]:{admin}/healthz")),
+        ("GET", format!("http://127.0.0.1:{listen}/anything")),
+    ] {
+        let host = target.split('/').nth(2).unwrap().to_string();
+        attempts.push(format!(
+            "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+    }
+    attempts.push(format!(
+        "GET /adm/credentials HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    ));
+    attempts.push(format!(
+        "CONNECT 127.0.0.1:{admin} HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\n{auth}\r\n"
+    ));
+    for req in attempts {
+        let resp = raw(p.addr, req.as_bytes());
+        assert_eq!(status_of(&resp), 403, "{req}\n{resp}");
+        assert!(body_of(&resp).contains("\"proxy_loop\""), "{resp}");
+        assert!(
+            header_of(&resp, "proxy-status")
+                .unwrap()
+                .contains("error=proxy_loop_detected"),
+            "{resp}"
+        );
+    }
+    let m = p.metrics();
+    assert!(
+        m.contains("credproxy_config_reloads_total{result=\"ok\"} 1"),
+        "only the test's own reload reached the admin listener:\n{m}"
+    );
+    // The origin on loopback is still reachable.
+    let ok = raw(
+        p.addr,
+        format!(
+            "GET http://127.0.0.1:{0}/x HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n{auth}Connection: close\r\n\r\n",
+            origin.port()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status_of(&ok), 200, "{ok}");
+}

@@ -222,7 +222,8 @@ impl Front {
     }
 
     async fn dial(&self, cfg: &Config, p: &ConnectPlan) -> Result<TcpStream, ProxyError> {
-        let addrs = destination(&self.app.dns, &cfg.proxy.egress.policy, &p.host).await?;
+        let policy = &cfg.proxy.egress.policy;
+        let addrs = destination(&self.app.dns, policy, &self.conns.own, &p.host, p.port).await?;
         let hp = format!("{}:{}", p.host, p.port);
         let mut last = ProxyError::ConnectRefused(hp.clone());
         for ip in addrs.iter().take(4) {

@@ -28,6 +28,7 @@ use crate::errors::{self, ProxyError};
 use crate::metrics::{self, Metrics};
 use auth::{Auth, Prepared};
 use destination::destination;
+pub use destination::OwnListeners;
 use limits::ClientConnections;
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
 use tunnel::{Arrival, Tunnels};
@@ -42,13 +43,16 @@ pub struct CredProxy {
 pub struct Connections {
     pub tunnels: Tunnels,
     pub clients: ClientConnections,
+    /// credproxy's own listeners: never a destination.
+    pub own: OwnListeners,
 }
 
 impl Connections {
-    pub fn new(metrics: &Metrics) -> Self {
+    pub fn new(metrics: &Metrics, own: OwnListeners) -> Self {
         Connections {
             tunnels: Tunnels::new(metrics.intercepted_connections.clone()),
             clients: ClientConnections::new(metrics.client_connections.clone()),
+            own,
         }
     }
 }
@@ -168,7 +172,15 @@ impl CredProxy {
         let (cfg, t) = (&ctx.cfg, &plan.target);
         let addrs = match &ctx.addrs {
             Some(a) => a.clone(),
-            None => match destination(&self.app.dns, &cfg.proxy.egress.policy, &t.host).await {
+            None => match destination(
+                &self.app.dns,
+                &cfg.proxy.egress.policy,
+                &self.conns.own,
+                &t.host,
+                t.port,
+            )
+            .await
+            {
                 Ok(a) => ctx.addrs.insert(a).clone(),
                 Err(e) => return Err(ctx.fail(e, "destination unresolvable or refused")),
             },

@@ -10,7 +10,6 @@ use crate::config::raw::RawTimeouts as T;
 use crate::config::raw::{RawProxy, RawTimeouts, Unmatched};
 use crate::config::units::parse_size;
 use crate::config::{CaPaths, DnsSettings, Egress, Limits, ProxySettings, Timeouts};
-use crate::routing::split_host_port;
 
 impl Validator<'_> {
     pub(super) fn proxy(&mut self, p: &RawProxy) -> Option<ProxySettings> {
@@ -208,12 +207,10 @@ impl Validator<'_> {
         let e = p.egress.as_ref();
         let allow = e.map(|e| e.allow.clone()).unwrap_or_default();
         for (i, a) in allow.iter().enumerate() {
-            if !valid_allow_entry(a) {
+            if let Err(e) = crate::egress::Allow::parse(a) {
                 self.err(
                     &format!("proxy.egress.allow[{i}]"),
-                    format!(
-                        "`{a}` is neither a CIDR (10.0.0.0/8) nor a host name (without a port)"
-                    ),
+                    format!("{e}; expected a CIDR (10.0.0.0/8), an IP or a host name, optionally with :PORT or :LOW-HIGH"),
                 );
             }
         }
@@ -223,23 +220,6 @@ impl Validator<'_> {
             policy: crate::egress::Policy::new(deny_private, &allow),
             allow,
         }
-    }
-}
-
-fn valid_allow_entry(a: &str) -> bool {
-    match a.split_once('/') {
-        Some((ip, bits)) => {
-            let Ok(bits) = bits.parse::<u8>() else {
-                return false;
-            };
-            match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => bits <= 32,
-                Ok(std::net::IpAddr::V6(_)) => bits <= 128,
-                Err(_) => false,
-            }
-        }
-        // A host name without a port: the exemption is per host.
-        None => split_host_port(a).is_ok_and(|(_, port)| port.is_none()),
     }
 }
 

@@ -169,7 +169,13 @@ fn rejects_bad_egress_allow() {
         "proxy:\n  egress:\n    allow: [10.0.0.0/33]\n",
         "proxy.egress.allow[0]",
         3,
-        "neither a CIDR",
+        "`10.0.0.0/33` is not a CIDR",
+    );
+    rejects(
+        "proxy:\n  egress:\n    allow: [\"127.0.0.1:99999\"]\n",
+        "proxy.egress.allow[0]",
+        3,
+        "`99999` is not a port",
     );
 }
 
