@@ -255,3 +255,30 @@ fn the_proxy_never_reaches_its_own_listeners() {
     );
     assert_eq!(status_of(&ok), 200, "{ok}");
 }
+
+/// Finding 4: a sidecar route to a non-loopback `http://` upstream is a config error naming
+/// the route and `allow_http` (`check` used to say OK and the proxy sent the bearer in clear).
+#[test]
+fn plain_http_sidecar_upstreams_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\nroutes:\n  - { name: other, path: /o/*, upstream: \"http://other.acme.test/api\", credential: gh }\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--offline", "-c", f.to_str().unwrap()])
+        .env("GH", "gh-token-value")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            ":4: routes[0].upstream: route `other` would send its credential in cleartext"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("allow_http: true"), "{err}");
+}

@@ -227,7 +227,8 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     /// Sidecar route: removed from the request path before forwarding.
     pub strip_prefix: Option<String>,
-    /// Inject this route's credential into plain `http://` requests too. Default: false,
-    /// except for loopback hosts (127.0.0.0/8, ::1, localhost).
+    /// Inject this route's credential into plain `http://` requests (or, on a sidecar route,
+    /// an `http://` upstream) too. Default: false, except for loopback hosts (127.0.0.0/8,
+    /// ::1, localhost).
     pub allow_http: Option<bool>,
 }

@@ -39,6 +39,9 @@ impl Validator<'_> {
                 .ok()
         });
         self.strip_prefix(path, r);
+        if let Some(up) = &upstream {
+            self.plain_upstream(path, r, up);
+        }
         let methods = self.methods(path, r.methods.as_deref());
         let credentials = self.route_credentials(path, r, creds);
         if self.errors.len() > errors_before {
@@ -84,6 +87,28 @@ impl Validator<'_> {
             (None, Some(_)) => {}
         }
         (None, None)
+    }
+
+    /// A sidecar route sends its credential over plain HTTP only to loopback, or with
+    /// `allow_http: true`: the same rule as forward routes, checked at load since the upstream
+    /// is fixed.
+    fn plain_upstream(&mut self, path: &str, r: &RawRoute, up: &Upstream) {
+        let loopback = up.host == "localhost"
+            || up
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if up.tls || loopback || r.allow_http == Some(true) {
+            return;
+        }
+        let name = r.name.clone().unwrap_or_else(|| default_route_name(r));
+        self.err(
+            &format!("{path}.upstream"),
+            format!(
+                "route `{name}` would send its credential in cleartext to {}: use https://, or set `allow_http: true` on the route if that network is trusted",
+                up.authority
+            ),
+        );
     }
 
     fn strip_prefix(&mut self, path: &str, r: &RawRoute) {

@@ -688,3 +688,27 @@ fn rejects_bad_token_cache_ttl_and_timeout() {
         "",
     );
 }
+
+#[test]
+fn plain_http_sidecar_upstreams_need_allow_http() {
+    rejects(
+        "credentials:\n  gh: { type: bearer, token: t }\nroutes:\n  - { name: other, path: /o/*, upstream: \"http://other.acme.test/api\", credential: gh }\n",
+        "routes[0].upstream",
+        4,
+        "route `other` would send its credential in cleartext to other.acme.test: use https://, or set `allow_http: true`",
+    );
+    for ok in [
+        "http://127.0.0.1:9000",
+        "http://localhost:9000",
+        "http://[::1]:9000",
+        "https://other.acme.test",
+    ] {
+        let text = format!("credentials:\n  gh: {{ type: bearer, token: t }}\nroutes:\n  - {{ path: /o/*, upstream: \"{ok}\", credential: gh }}\n");
+        assert!(
+            load_str(&text, Path::new("t.yaml"), &|_| None).is_ok(),
+            "{ok}"
+        );
+    }
+    let allowed = "credentials:\n  gh: { type: bearer, token: t }\nroutes:\n  - { path: /o/*, upstream: \"http://other.acme.test\", credential: gh, allow_http: true }\n";
+    assert!(load_str(allowed, Path::new("t.yaml"), &|_| None).is_ok());
+}
