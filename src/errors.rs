@@ -63,6 +63,8 @@ pub enum ProxyError {
     PlainHttp(String),
     #[error("{0} connections already open from this client address (proxy.limits.max_connections_per_client)")]
     TooManyConnections(usize),
+    #[error("{}", buffers_full(.0))]
+    BuffersFull(crate::proxy::limits::OverBudget),
     #[error("{target} is credproxy's own {listener} listener ({addr}): requests through the proxy never reach credproxy itself")]
     OwnListener {
         target: String,
@@ -91,6 +93,7 @@ impl ProxyError {
             LengthRequired => 411,
             DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) | TokenTimeout(_) => 504,
             TokenEndpoint(_) => 502,
+            BuffersFull(_) => 503,
             CredentialUnavailable(_)
             | Dns { .. }
             | ConnectRefused(_)
@@ -129,6 +132,7 @@ impl ProxyError {
             TooManyConnections(_) => "too_many_connections",
             PlainHttp(_) => "plain_http_refused",
             OwnListener { .. } => "proxy_loop",
+            BuffersFull(_) => "buffers_full",
         }
     }
 
@@ -158,8 +162,21 @@ impl ProxyError {
             HeaderTimeout(_) | HeadersTooLarge(_) => "http_request_error",
             TooManyConnections(_) | PlainHttp(_) => "http_request_denied",
             OwnListener { .. } => "proxy_loop_detected",
+            BuffersFull(_) => "proxy_internal_error",
         }
     }
+}
+
+fn buffers_full(e: &crate::proxy::limits::OverBudget) -> String {
+    use crate::proxy::limits::OverBudget;
+    let (who, key, n) = match e {
+        OverBudget::Total(n) => ("credproxy", "max_buffered", n),
+        OverBudget::Client(n) => ("this client", "max_buffered_per_client", n),
+    };
+    format!(
+        "{who} already holds {n} bytes of request bodies read for signing or replay \
+         (proxy.limits.{key}); retry shortly"
+    )
 }
 
 impl From<TokenError> for ProxyError {
@@ -276,6 +293,9 @@ pub fn render(
     resp.insert_header("content-length", json.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("proxy-status", proxy_status(err))?;
+    if matches!(err, ProxyError::BuffersFull(_)) {
+        resp.insert_header("retry-after", "1")?;
+    }
     if matches!(err, ProxyError::ProxyAuthRequired) {
         resp.insert_header(
             "proxy-authenticate",

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// Intercepted CONNECT tunnels open now.
     pub intercepted_connections: IntGauge,
+    /// Bytes of request bodies held in memory now.
+    pub buffered_bytes: IntGauge,
 }
 
 /// `credproxy_requests_total` for one route and credential, by status.
@@ -147,6 +149,11 @@ impl Metrics {
             "credproxy_intercepted_connections",
             "Intercepted CONNECT tunnels now open.",
         )?;
+        let buffered_bytes = IntGauge::new(
+            "credproxy_buffered_bytes",
+            "Bytes of request bodies held in memory now, read whole for signing or replay.",
+        )?;
+        registry.register(Box::new(buffered_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
@@ -159,6 +166,7 @@ impl Metrics {
             reloads,
             client_connections,
             intercepted_connections,
+            buffered_bytes,
         })
     }
 

@@ -86,6 +86,7 @@ fn every_family_parses_with_its_type_and_labels() {
         ),
         ("credproxy_config_reloads", "counter", &["result"]),
         ("credproxy_client_connections", "gauge", &[]),
+        ("credproxy_buffered_bytes", "gauge", &[]),
         ("credproxy_intercepted_connections", "gauge", &[]),
         (
             "credproxy_credential_available",

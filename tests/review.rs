@@ -282,3 +282,107 @@ fn plain_http_sidecar_upstreams_are_refused_at_load() {
     );
     assert!(err.contains("allow_http: true"), "{err}");
 }
+
+/// Opens a connection from `source` (a loopback address) to the proxy.
+fn connect_from(source: &str, proxy: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    sock.connect(&proxy.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s
+}
+
+fn post_head(target: &str, host: &str, len: usize) -> String {
+    format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+}
+
+fn read_all(mut s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finding 5: bodies read whole (for signing, or for the 401 replay) have a process-wide
+/// budget and a per-client share; past them a signed request gets 503 with Retry-After, and
+/// a token request streams without its replay instead of failing.
+#[test]
+fn buffered_bodies_are_bounded_in_all_and_per_client() {
+    use std::io::Write;
+    let origin = Origin::start();
+    let ts = TokenServer::start(TokenReply::ok("budget-token-1", "3600"));
+    let extra = "max_body: 1MiB\nlimits: { max_buffered: 2MiB, max_buffered_per_client: 1MiB }\n";
+    let body = format!(
+        "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\n  api:\n    type: oauth2_client_credentials\n    token_url: {}\n    client_id: id\n    client_secret: \"${{CS}}\"\nroutes:\n  - {{ host: \"127.0.0.1:{1}\", path: /s3/*, credential: s3 }}\n  - {{ host: \"127.0.0.1:{1}\", path: /api/*, credential: api }}\n",
+        ts.url("/token"),
+        origin.port()
+    );
+    let p = Proxy::start_with(
+        extra,
+        &body,
+        &[
+            ("SK", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            ("CS", "client-secret-budget"),
+        ],
+    );
+    let host = format!("127.0.0.1:{}", origin.port());
+    let target = |path: &str| format!("http://{host}{path}");
+    let len = 700_000;
+    // A holds 700 KB from 127.0.0.1 (half sent): the proxy has reserved the whole length.
+    let mut a = connect_from("127.0.0.1", p.addr);
+    a.write_all(post_head(&target("/s3/a"), &host, len).as_bytes())
+        .unwrap();
+    a.write_all(&vec![b'a'; len / 2]).unwrap();
+    p.metrics_with(&["credproxy_buffered_bytes 700000"]);
+    // B, same client: over its share.
+    let mut b = connect_from("127.0.0.1", p.addr);
+    b.write_all(post_head(&target("/s3/b"), &host, len).as_bytes())
+        .unwrap();
+    let _ = b.write_all(&vec![b'b'; len]);
+    let resp = read_all(b);
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert_eq!(
+        header_of(&resp, "retry-after").as_deref(),
+        Some("1"),
+        "{resp}"
+    );
+    assert!(body_of(&resp).contains("\"buffers_full\""), "{resp}");
+    assert!(body_of(&resp).contains("max_buffered_per_client"), "{resp}");
+    // A token route past the share streams instead (no replay), and succeeds.
+    let mut t = connect_from("127.0.0.1", p.addr);
+    t.write_all(post_head(&target("/api/t"), &host, len).as_bytes())
+        .unwrap();
+    t.write_all(&vec![b't'; len]).unwrap();
+    assert_eq!(status_of(&read_all(t)), 200);
+    // C, another client address: its own share, and the total still has room.
+    let mut c = connect_from("127.0.0.2", p.addr);
+    c.write_all(post_head(&target("/s3/c"), &host, len).as_bytes())
+        .unwrap();
+    c.write_all(&vec![b'c'; len / 2]).unwrap();
+    p.metrics_with(&["credproxy_buffered_bytes 1400000"]);
+    // D, a third address: its share is free but the total (2 MiB) is not.
+    let mut d = connect_from("127.0.0.3", p.addr);
+    d.write_all(post_head(&target("/s3/d"), &host, len).as_bytes())
+        .unwrap();
+    let _ = d.write_all(&vec![b'd'; len]);
+    let resp = read_all(d);
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert!(
+        body_of(&resp).contains("(proxy.limits.max_buffered)"),
+        "{resp}"
+    );
+    // A and C finish and are served; the budget is given back.
+    a.write_all(&vec![b'a'; len / 2]).unwrap();
+    c.write_all(&vec![b'c'; len / 2]).unwrap();
+    assert_eq!(status_of(&read_all(a)), 200);
+    assert_eq!(status_of(&read_all(c)), 200);
+    p.metrics_with(&["credproxy_buffered_bytes 0"]);
+    let mut e = connect_from("127.0.0.1", p.addr);
+    e.write_all(post_head(&target("/s3/e"), &host, len).as_bytes())
+        .unwrap();
+    e.write_all(&vec![b'e'; len]).unwrap();
+    assert_eq!(status_of(&read_all(e)), 200);
+}

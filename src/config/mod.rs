@@ -78,6 +78,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_connections_per_client: usize,
+    pub max_buffered: u64,
+    pub max_buffered_per_client: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -135,6 +135,11 @@ pub struct RawLimits {
     pub max_headers: Option<usize>,
     /// Most connections open at once from one client IP address. Default 256.
     pub max_connections_per_client: Option<usize>,
+    /// Request bodies held in memory at once (read whole for signing or for the 401 replay),
+    /// all clients together, e.g. `256MiB` (the default). Past it: 503 with Retry-After.
+    pub max_buffered: Option<String>,
+    /// The share of `max_buffered` one client address may hold. Default a quarter of it.
+    pub max_buffered_per_client: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -9,7 +9,8 @@ use pingora::http::RequestHeader;
 use pingora::prelude::Session;
 use pingora::Result;
 
-use super::replay::{self, Replay, Whole};
+use super::limits::Reserved;
+use super::replay::{self, Replay, Reserve, Whole};
 use crate::config::Config;
 use crate::credentials::aws_sigv4::{AwsSigV4, Payload};
 use crate::credentials::Credential;
@@ -34,6 +35,8 @@ pub struct TokenAuth {
     src: Arc<dyn TokenSource>,
     replay: Replay,
     stage: Stage,
+    /// The memory the replay body holds, given back when the request ends.
+    _held: Option<Reserved>,
 }
 
 /// Where a token request is in its one replay.
@@ -50,6 +53,8 @@ enum Stage {
 pub struct SignedAuth {
     signer: Arc<AwsSigV4>,
     body: SignedBody,
+    /// The memory a whole body holds, given back when the request ends.
+    _held: Option<Reserved>,
 }
 
 enum SignedBody {
@@ -72,6 +77,7 @@ pub async fn prepare(
     cfg: &Config,
     credential: Option<usize>,
     host: &str,
+    reserve: Reserve<'_>,
 ) -> Result<Prepared> {
     let Some(entry) = credential.map(|c| &cfg.credentials[c]) else {
         return Ok(Prepared::Ready(Auth::None));
@@ -87,16 +93,17 @@ pub async fn prepare(
                 Ok(t) => t,
                 Err(e) => return Ok(Prepared::Refused(e.into())),
             };
-            let replay = replay::prepare(session, max_body).await?;
+            let (replay, held) = replay::prepare(session, max_body, reserve).await?;
             Ok(Prepared::Ready(Auth::Token(TokenAuth {
                 token,
                 slot,
                 src,
                 replay,
                 stage: Stage::First,
+                _held: held,
             })))
         }
-        Ok(Credential::Signed(signer)) => signing(session, signer, max_body).await,
+        Ok(Credential::Signed(signer)) => signing(session, signer, max_body, reserve).await,
     }
 }
 
@@ -114,7 +121,12 @@ fn token_slot(
 }
 
 /// Gets the body ready for SigV4: read whole (hashed), or streamed as UNSIGNED-PAYLOAD.
-async fn signing(session: &mut Session, signer: &Arc<AwsSigV4>, max_body: u64) -> Result<Prepared> {
+async fn signing(
+    session: &mut Session,
+    signer: &Arc<AwsSigV4>,
+    max_body: u64,
+    reserve: Reserve<'_>,
+) -> Result<Prepared> {
     let client = session
         .req_header()
         .headers
@@ -128,21 +140,27 @@ async fn signing(session: &mut Session, signer: &Arc<AwsSigV4>, max_body: u64) -
              send single-part uploads, or let the SDK use UNSIGNED-PAYLOAD"
         ))));
     }
-    let signed = |body| {
+    let signed = |body, held| {
         Prepared::Ready(Auth::Signed(SignedAuth {
             signer: signer.clone(),
             body,
+            _held: held,
         }))
     };
     if client == "UNSIGNED-PAYLOAD" && signer.is_s3() {
-        return Ok(signed(SignedBody::Unsigned));
+        return Ok(signed(SignedBody::Unsigned, None));
     }
-    Ok(match replay::prepare_whole(session, max_body).await? {
-        Whole::Body(b) => signed(SignedBody::Whole(b)),
-        Whole::Chunked | Whole::TooLarge if signer.unsigned_payload => signed(SignedBody::Unsigned),
-        Whole::Chunked => Prepared::Refused(ProxyError::LengthRequired),
-        Whole::TooLarge => Prepared::Refused(ProxyError::BodyTooLarge(max_body)),
-    })
+    Ok(
+        match replay::prepare_whole(session, max_body, reserve).await? {
+            Whole::Body(b, held) => signed(SignedBody::Whole(b), Some(held)),
+            Whole::Chunked | Whole::TooLarge | Whole::OverBudget(_) if signer.unsigned_payload => {
+                signed(SignedBody::Unsigned, None)
+            }
+            Whole::Chunked => Prepared::Refused(ProxyError::LengthRequired),
+            Whole::TooLarge => Prepared::Refused(ProxyError::BodyTooLarge(max_body)),
+            Whole::OverBudget(e) => Prepared::Refused(ProxyError::BuffersFull(e)),
+        },
+    )
 }
 
 impl Auth {

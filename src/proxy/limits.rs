@@ -101,6 +101,99 @@ pub async fn read_first_head(l4: &mut L4, deadline: std::time::Duration, max: us
     }
 }
 
+/// Bytes of request bodies held in memory (read whole for signing or for the 401 replay), in
+/// all and per client address, so that many clients each holding just under `max_body`
+/// cannot exhaust memory (`proxy.limits.max_buffered`, `max_buffered_per_client`).
+pub struct BufferBudget {
+    state: std::sync::Mutex<Held>,
+    /// `credproxy_buffered_bytes`.
+    gauge: IntGauge,
+}
+
+#[derive(Default)]
+struct Held {
+    total: u64,
+    by_client: std::collections::HashMap<IpAddr, u64>,
+}
+
+/// Bytes reserved for one body; given back when dropped.
+pub struct Reserved {
+    budget: std::sync::Arc<BufferBudget>,
+    client: IpAddr,
+    bytes: u64,
+}
+
+/// The budget is spent: which one, with its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverBudget {
+    Total(u64),
+    Client(u64),
+}
+
+impl BufferBudget {
+    pub fn new(gauge: IntGauge) -> Self {
+        BufferBudget {
+            state: std::sync::Mutex::default(),
+            gauge,
+        }
+    }
+
+    /// Reserves `bytes` for `client`, or says which bound it would cross.
+    pub fn reserve(
+        self: &std::sync::Arc<Self>,
+        client: IpAddr,
+        bytes: u64,
+        max_total: u64,
+        max_client: u64,
+    ) -> Result<Reserved, OverBudget> {
+        let mut held = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = held.by_client.get(&client).copied().unwrap_or(0);
+        if mine + bytes > max_client {
+            return Err(OverBudget::Client(max_client));
+        }
+        if held.total + bytes > max_total {
+            return Err(OverBudget::Total(max_total));
+        }
+        held.total += bytes;
+        *held.by_client.entry(client).or_insert(0) += bytes;
+        self.gauge
+            .set(i64::try_from(held.total).unwrap_or(i64::MAX));
+        Ok(Reserved {
+            budget: self.clone(),
+            client,
+            bytes,
+        })
+    }
+
+    /// Bytes held now, in all.
+    pub fn held(&self) -> u64 {
+        self.state.lock().map(|h| h.total).unwrap_or(0)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let mut held = self
+            .budget
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.total = held.total.saturating_sub(self.bytes);
+        self.budget
+            .gauge
+            .set(i64::try_from(held.total).unwrap_or(i64::MAX));
+        if let Some(n) = held.by_client.get_mut(&self.client) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                held.by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// Header fields over the limits, for every request (also inside tunnels and over HTTP/2).
 pub fn check_headers(
     headers: &http::HeaderMap,
@@ -128,6 +221,27 @@ pub fn check_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_buffer_budget_bounds_all_and_each_client() {
+        let b = std::sync::Arc::new(BufferBudget::new(IntGauge::new("b", "b").unwrap()));
+        let (x, y): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let a = b.reserve(x, 600, 1000, 700).unwrap();
+        assert_eq!(
+            b.reserve(x, 200, 1000, 700).err(),
+            Some(OverBudget::Client(700))
+        );
+        let c = b.reserve(y, 300, 1000, 700).unwrap();
+        assert_eq!(
+            b.reserve(y, 200, 1000, 700).err(),
+            Some(OverBudget::Total(1000))
+        );
+        drop(a);
+        assert_eq!(b.held(), 300);
+        let _d = b.reserve(x, 700, 1000, 700).unwrap();
+        drop(c);
+        assert_eq!(b.held(), 700);
+    }
 
     #[test]
     fn connections_are_counted_per_address() {

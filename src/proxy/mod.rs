@@ -29,7 +29,7 @@ use crate::metrics::{self, Metrics};
 use auth::{Auth, Prepared};
 use destination::destination;
 pub use destination::OwnListeners;
-use limits::ClientConnections;
+use limits::{BufferBudget, ClientConnections};
 use plan::{Plan, Refusal, CREDENTIAL_HEADER};
 use tunnel::{Arrival, Tunnels};
 
@@ -45,6 +45,8 @@ pub struct Connections {
     pub clients: ClientConnections,
     /// credproxy's own listeners: never a destination.
     pub own: OwnListeners,
+    /// Memory held by request bodies read whole.
+    pub buffers: Arc<BufferBudget>,
 }
 
 impl Connections {
@@ -53,6 +55,7 @@ impl Connections {
             tunnels: Tunnels::new(metrics.intercepted_connections.clone()),
             clients: ClientConnections::new(metrics.client_connections.clone()),
             own,
+            buffers: Arc::new(BufferBudget::new(metrics.buffered_bytes.clone())),
         }
     }
 }
@@ -259,7 +262,22 @@ impl ProxyHttp for CredProxy {
         let (route, credential) = (plan.route, plan.credential);
         let host = plan.target.host.clone();
         ctx.plan = Some(plan);
-        match auth::prepare(&self.app.tokens, session, &cfg, credential, &host).await? {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let l = &cfg.proxy.limits;
+        let buffers = &self.conns.buffers;
+        let mut reserve = |n| buffers.reserve(client, n, l.max_buffered, l.max_buffered_per_client);
+        let prepared = auth::prepare(
+            &self.app.tokens,
+            session,
+            &cfg,
+            credential,
+            &host,
+            &mut reserve,
+        );
+        match prepared.await? {
             Prepared::Ready(a) => {
                 ctx.auth = a;
                 Ok(false)

@@ -12,6 +12,8 @@ use pingora::prelude::Session;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, Result};
 
+use super::limits::{OverBudget, Reserved};
+
 /// pingora's retry buffer limit (`BODY_BUF_LIMIT`, private in pingora-core).
 pub const RETRY_BUFFER: u64 = 64 * 1024;
 
@@ -59,36 +61,59 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
 }
 
-/// Prepares the body for a possible replay. Errors are the client's (a body shorter than its
-/// Content-Length, a hang-up).
-pub async fn prepare(session: &mut Session, max_body: u64) -> Result<Replay> {
+/// Reserves memory for a body of the given length (see `limits::BufferBudget`).
+pub type Reserve<'a> = &'a mut (dyn FnMut(u64) -> std::result::Result<Reserved, OverBudget> + Send);
+
+/// Prepares the body for a possible replay. A body past the buffer budget streams instead,
+/// without a replay: buffering it is a convenience, not a need. Errors are the client's (a
+/// body shorter than its Content-Length, a hang-up).
+pub async fn prepare(
+    session: &mut Session,
+    max_body: u64,
+    reserve: Reserve<'_>,
+) -> Result<(Replay, Option<Reserved>)> {
     let Some(len) = content_length(session) else {
-        return Ok(Replay::No);
+        return Ok((Replay::No, None));
     };
     if len <= RETRY_BUFFER {
         session.enable_retry_buffering();
-        return Ok(Replay::Buffered);
+        return Ok((Replay::Buffered, None));
     }
     if len > max_body {
-        return Ok(Replay::No);
+        return Ok((Replay::No, None));
     }
-    Ok(Replay::Whole(read_whole(session, len).await?))
+    let Ok(held) = reserve(len) else {
+        tracing::debug!(
+            len,
+            "buffer budget spent: the body streams, without a 401 replay"
+        );
+        return Ok((Replay::No, None));
+    };
+    Ok((Replay::Whole(read_whole(session, len).await?), Some(held)))
 }
 
 /// What a signer gets: the whole body, or why not.
 pub enum Whole {
-    Body(Bytes),
+    Body(Bytes, Reserved),
     /// Chunked (no length known in advance).
     Chunked,
     TooLarge,
+    OverBudget(OverBudget),
 }
 
 /// Reads the whole body for signing (any size up to `max_body`), keeping it sendable.
-pub async fn prepare_whole(session: &mut Session, max_body: u64) -> Result<Whole> {
+pub async fn prepare_whole(
+    session: &mut Session,
+    max_body: u64,
+    reserve: Reserve<'_>,
+) -> Result<Whole> {
     match content_length(session) {
         None => Ok(Whole::Chunked),
         Some(len) if len > max_body => Ok(Whole::TooLarge),
-        Some(len) => Ok(Whole::Body(read_whole(session, len).await?)),
+        Some(len) => match reserve(len) {
+            Err(e) => Ok(Whole::OverBudget(e)),
+            Ok(held) => Ok(Whole::Body(read_whole(session, len).await?, held)),
+        },
     }
 }
 

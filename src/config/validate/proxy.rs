@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 
 use super::Validator;
 use crate::config::raw::RawTimeouts as T;
-use crate::config::raw::{RawProxy, RawTimeouts, Unmatched};
+use crate::config::raw::{RawLimits, RawProxy, RawTimeouts, Unmatched};
 use crate::config::units::parse_size;
 use crate::config::{CaPaths, DnsSettings, Egress, Limits, ProxySettings, Timeouts};
 
@@ -37,7 +37,7 @@ impl Validator<'_> {
             unmatched: p.unmatched.unwrap_or(Unmatched::Tunnel),
             max_body,
             timeouts: self.timeouts(p.timeouts.as_ref()),
-            limits: self.limits(p),
+            limits: self.limits(p, max_body),
             dns: self.dns(p),
             threads: self.threads(p.threads),
             ca,
@@ -150,8 +150,9 @@ impl Validator<'_> {
         }
     }
 
-    fn limits(&mut self, p: &RawProxy) -> Limits {
+    fn limits(&mut self, p: &RawProxy, max_body: u64) -> Limits {
         let l = p.limits.as_ref();
+        let (max_buffered, max_buffered_per_client) = self.buffered(l, max_body);
         let max_header_bytes = self.size(
             "proxy.limits.max_header_bytes",
             l.and_then(|l| l.max_header_bytes.as_ref()),
@@ -179,7 +180,34 @@ impl Validator<'_> {
                 256,
                 1_000_000,
             ),
+            max_buffered,
+            max_buffered_per_client,
         }
+    }
+
+    /// `max_buffered` and a client's share of it; each holds at least one `max_body` body.
+    fn buffered(&mut self, l: Option<&RawLimits>, max_body: u64) -> (u64, u64) {
+        let (key, client_key) = (
+            "proxy.limits.max_buffered",
+            "proxy.limits.max_buffered_per_client",
+        );
+        let total_raw = l.and_then(|l| l.max_buffered.as_ref());
+        let total = self.size(key, total_raw, max_body.max(256 << 20), 1 << 10, 1 << 40);
+        let client_raw = l.and_then(|l| l.max_buffered_per_client.as_ref());
+        let default_client = (total / 4).max(max_body).min(total);
+        let client = self.size(client_key, client_raw, default_client, 1 << 10, 1 << 40);
+        if client > total {
+            self.err(
+                client_key,
+                format!("{client} bytes is more than max_buffered ({total})"),
+            );
+        }
+        for (k, v, raw) in [(key, total, total_raw), (client_key, client, client_raw)] {
+            if raw.is_some() && v < max_body {
+                self.err(k, format!("{v} bytes is less than proxy.max_body ({max_body}): a body that size could never be signed"));
+            }
+        }
+        (total, client)
     }
 
     fn dns_overrides(

@@ -712,3 +712,29 @@ fn plain_http_sidecar_upstreams_need_allow_http() {
     let allowed = "credentials:\n  gh: { type: bearer, token: t }\nroutes:\n  - { path: /o/*, upstream: \"http://other.acme.test\", credential: gh, allow_http: true }\n";
     assert!(load_str(allowed, Path::new("t.yaml"), &|_| None).is_ok());
 }
+
+#[test]
+fn buffer_budget_holds_one_max_body_body() {
+    rejects(
+        "proxy:\n  max_body: 16MiB\n  limits: { max_buffered: 8MiB }\n",
+        "proxy.limits.max_buffered",
+        3,
+        "less than proxy.max_body",
+    );
+    rejects(
+        "proxy:\n  limits: { max_buffered: 64MiB, max_buffered_per_client: 128MiB }\n",
+        "proxy.limits.max_buffered_per_client",
+        2,
+        "more than max_buffered",
+    );
+    let c = load("proxy:\n  max_body: 1GiB\n").unwrap();
+    assert_eq!(
+        c.proxy.limits.max_buffered,
+        1 << 30,
+        "the default grows to hold max_body"
+    );
+    assert_eq!(c.proxy.limits.max_buffered_per_client, 1 << 30);
+    let d = load("").unwrap();
+    assert_eq!(d.proxy.limits.max_buffered, 256 << 20);
+    assert_eq!(d.proxy.limits.max_buffered_per_client, 64 << 20);
+}
