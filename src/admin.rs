@@ -51,6 +51,9 @@ pub struct CredentialStatus {
     pub seconds_to_expiry: Option<u64>,
     pub last_error: Option<String>,
     pub fetch_count: u64,
+    /// Target hosts holding a token, for credentials minted per host (self-signed JWTs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<usize>,
 }
 
 /// One status line per credential; never a secret.
@@ -90,6 +93,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
                     .map(ToString::to_string)
                     .or(slot.last_error),
                 fetch_count: slot.fetches_ok + slot.fetches_failed,
+                targets: src.filter(|s| s.per_target()).map(|_| slot.targets),
             }
         })
         .collect()

@@ -193,11 +193,18 @@ pub struct SlotStatus {
     pub renewals: u64,
     /// 401s passed to the client without a renewal (too soon, or over the rate).
     pub renewals_limited: u64,
+    /// For a credential that mints tokens per target host: the hosts it holds tokens for
+    /// (the counts above are summed over them).
+    pub targets: usize,
 }
 
-struct Slot {
-    /// Kept alive so its address (part of the key) cannot be reused by another source.
-    _source: Arc<dyn TokenSource>,
+/// One token's place in the cache: a credential's, or one target host's of a credential that
+/// mints tokens per host.
+pub struct Slot {
+    /// Its source; also keeps the source's address (part of the key) from being reused.
+    source: Arc<dyn TokenSource>,
+    /// The credential's name, for logs.
+    name: Arc<str>,
     current: ArcSwapOption<Token>,
     failure: Mutex<Option<(TokenError, Instant)>>,
     lock: tokio::sync::Mutex<()>,
@@ -264,11 +271,25 @@ impl Default for Retry {
 /// Credential name and source identity.
 type SlotKey = (Arc<str>, usize);
 
+/// Most target hosts one credential keeps tokens for (self-signed JWTs, one per audience);
+/// the least recently used goes first.
+pub const TARGETS_PER_CREDENTIAL: usize = 256;
+
+/// A per-target credential's slots, by host.
+struct Targets {
+    /// Kept alive so its address (the key) cannot be reused.
+    _parent: Arc<dyn TokenSource>,
+    hosts: Mutex<lru::LruCache<String, Arc<Slot>>>,
+}
+
 #[derive(Clone)]
 pub struct TokenCache {
     /// Keyed by credential name and source identity: a reloaded credential gets its own slot,
     /// and requests still on the old config keep theirs.
     slots: Arc<DashMap<SlotKey, Arc<Slot>>>,
+    /// Per-target credentials' slots, by source identity: bounded, whatever hosts a wildcard
+    /// route lets clients name.
+    targets: Arc<DashMap<usize, Targets>>,
     http: reqwest::Client,
     negative_ttl: Duration,
     retry: Retry,
@@ -283,6 +304,21 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(f64::from(nanos % 1000) / 1000.0)
 }
 
+fn new_slot(name: &Arc<str>, source: Arc<dyn TokenSource>) -> Arc<Slot> {
+    Arc::new(Slot {
+        source,
+        name: name.clone(),
+        current: ArcSwapOption::empty(),
+        failure: Mutex::new(None),
+        lock: tokio::sync::Mutex::new(()),
+        fetches_ok: AtomicU64::new(0),
+        fetches_failed: AtomicU64::new(0),
+        hits: AtomicU64::new(0),
+        last_error: Mutex::new(None),
+        renewals: Renewals::default(),
+    })
+}
+
 fn source_id(src: &Arc<dyn TokenSource>) -> usize {
     Arc::as_ptr(src) as *const () as usize
 }
@@ -291,33 +327,53 @@ impl TokenCache {
     pub fn new(http: reqwest::Client, negative_ttl: Duration, retry: Retry) -> Self {
         TokenCache {
             slots: Arc::new(DashMap::new()),
+            targets: Arc::new(DashMap::new()),
             http,
             negative_ttl,
             retry,
         }
     }
 
-    fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
+    /// The slot of `src`, the source of the credential `name`.
+    pub fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
         let key = (name.clone(), source_id(src));
         if let Some(s) = self.slots.get(&key) {
             return s.clone();
         }
         self.slots
             .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    _source: src.clone(),
-                    current: ArcSwapOption::empty(),
-                    failure: Mutex::new(None),
-                    lock: tokio::sync::Mutex::new(()),
-                    fetches_ok: AtomicU64::new(0),
-                    fetches_failed: AtomicU64::new(0),
-                    hits: AtomicU64::new(0),
-                    last_error: Mutex::new(None),
-                    renewals: Renewals::default(),
-                })
-            })
+            .or_insert_with(|| new_slot(name, src.clone()))
             .clone()
+    }
+
+    /// The slot a request to `host` uses: the credential's own, or for a credential that
+    /// mints tokens per target host, that host's (among its `TARGETS_PER_CREDENTIAL` most
+    /// recently used).
+    pub fn slot_for(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, host: &str) -> Arc<Slot> {
+        if !src.per_target() {
+            return self.slot(name, src);
+        }
+        let targets = self
+            .targets
+            .entry(source_id(src))
+            .or_insert_with(|| Targets {
+                _parent: src.clone(),
+                hosts: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(TARGETS_PER_CREDENTIAL)
+                        .unwrap_or(std::num::NonZeroUsize::MIN),
+                )),
+            });
+        let mut hosts = targets
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = hosts.get(host) {
+            return s.clone();
+        }
+        let child = src.for_target(host).unwrap_or_else(|| src.clone());
+        let slot = new_slot(name, child);
+        hosts.put(host.to_string(), slot.clone());
+        slot
     }
 
     /// A valid token for the credential, fetching it (once, for all waiters) when needed.
@@ -326,12 +382,16 @@ impl TokenCache {
         name: &Arc<str>,
         src: &Arc<dyn TokenSource>,
     ) -> Result<Arc<Token>, TokenError> {
-        let slot = self.slot(name, src);
+        self.get_in(&self.slot(name, src)).await
+    }
+
+    /// A valid token from `slot`, fetching it (once, for all waiters) when needed.
+    pub async fn get_in(&self, slot: &Arc<Slot>) -> Result<Arc<Token>, TokenError> {
         let now = Instant::now();
         if let Some(t) = slot.valid(now) {
             slot.hits.fetch_add(1, Ordering::Relaxed);
             if t.refresh_at <= now {
-                self.refresh_in_background(slot.clone(), src.clone());
+                self.refresh_in_background(slot.clone());
             }
             return Ok(t);
         }
@@ -345,12 +405,12 @@ impl TokenCache {
             return Err(e);
         }
         let after_reject = slot.renewals.take_dropped();
-        let result = self.fetch(src.as_ref(), after_reject).await;
+        let result = self.fetch(slot.source.as_ref(), after_reject).await;
         slot.record(&result, self.negative_ttl);
         result
     }
 
-    /// Drops the cached token and fetches a new one (admin refresh, and later the 401 replay).
+    /// Drops the cached token and fetches a new one (admin refresh).
     pub async fn refresh(
         &self,
         name: &Arc<str>,
@@ -366,18 +426,17 @@ impl TokenCache {
 
     /// Whether an upstream's 401 to `rejected` may replace it (see `renewal`); a refusal is
     /// counted and logged once a minute.
-    pub fn may_renew(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, rejected: &Token) -> bool {
-        let slot = self.slot(name, src);
-        self.renewal_allowed(name, &slot, rejected, false)
+    pub fn may_renew(&self, slot: &Slot, rejected: &Token) -> bool {
+        self.renewal_allowed(slot, rejected, false)
     }
 
-    fn renewal_allowed(&self, name: &str, slot: &Slot, rejected: &Token, spend: bool) -> bool {
+    fn renewal_allowed(&self, slot: &Slot, rejected: &Token, spend: bool) -> bool {
         match slot.renewals.allow(rejected, spend) {
             Ok(()) => true,
             Err(why) => {
                 if slot.renewals.should_log() {
                     tracing::warn!(
-                        credential = name,
+                        credential = &*slot.name,
                         "upstream 401s ask for new tokens too often ({}): passing them to the \
                          clients without renewing; this repeats at most once a minute",
                         why.describe()
@@ -392,11 +451,9 @@ impl TokenCache {
     /// that were rejected with the same one.
     pub async fn renew_after_reject(
         &self,
-        name: &Arc<str>,
-        src: &Arc<dyn TokenSource>,
+        slot: &Slot,
         rejected: &Arc<Token>,
     ) -> Result<Arc<Token>, TokenError> {
-        let slot = self.slot(name, src);
         let _guard = slot.lock.lock().await;
         let now = Instant::now();
         if let Some(cur) = slot.valid(now) {
@@ -407,29 +464,28 @@ impl TokenCache {
         if let Some(e) = slot.recent_failure(now) {
             return Err(e);
         }
-        if !self.renewal_allowed(name, &slot, rejected, true) {
+        if !self.renewal_allowed(slot, rejected, true) {
             return Ok(rejected.clone());
         }
         slot.current.store(None);
-        let result = self.fetch(src.as_ref(), true).await;
+        let result = self.fetch(slot.source.as_ref(), true).await;
         slot.record(&result, self.negative_ttl);
         result
     }
 
     /// Forgets `rejected` if it is still current and may be replaced, so the next request
     /// fetches a new one.
-    pub fn reject(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, rejected: &Arc<Token>) {
-        let slot = self.slot(name, src);
+    pub fn reject(&self, slot: &Slot, rejected: &Arc<Token>) {
         let current = slot.current.load_full();
         if current.is_some_and(|cur| Arc::ptr_eq(&cur, rejected))
-            && self.renewal_allowed(name, &slot, rejected, true)
+            && self.renewal_allowed(slot, rejected, true)
         {
             slot.renewals.mark_dropped();
             slot.current.store(None);
         }
     }
 
-    fn refresh_in_background(&self, slot: Arc<Slot>, src: Arc<dyn TokenSource>) {
+    fn refresh_in_background(&self, slot: Arc<Slot>) {
         let cache = self.clone();
         tokio::spawn(async move {
             // Whoever holds the lock is already fetching.
@@ -441,6 +497,7 @@ impl TokenCache {
             if fresh || slot.recent_failure(now).is_some() {
                 return;
             }
+            let src = slot.source.clone();
             match cache.fetch(src.as_ref(), false).await {
                 Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
                 // The current token stays in service until it expires; the failure is
@@ -492,18 +549,53 @@ impl TokenCache {
     }
 
     pub fn status(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> SlotStatus {
+        if src.per_target() {
+            return self.targets_status(src);
+        }
         let Some(slot) = self.slots.get(&(name.clone(), source_id(src))) else {
             return SlotStatus::default();
         };
+        slot.status(Instant::now())
+    }
+
+    /// The status of a per-target credential: its hosts' slots summed.
+    fn targets_status(&self, src: &Arc<dyn TokenSource>) -> SlotStatus {
+        let Some(t) = self.targets.get(&source_id(src)) else {
+            return SlotStatus::default();
+        };
+        let hosts = t
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
+        let mut sum = SlotStatus {
+            targets: hosts.len(),
+            ..SlotStatus::default()
+        };
+        for (_, slot) in hosts.iter() {
+            let s = slot.status(now);
+            sum.fetches_ok += s.fetches_ok;
+            sum.fetches_failed += s.fetches_failed;
+            sum.cache_hits += s.cache_hits;
+            sum.renewals += s.renewals;
+            sum.renewals_limited += s.renewals_limited;
+            sum.last_error = sum.last_error.or(s.last_error);
+        }
+        sum
+    }
+}
+
+impl Slot {
+    fn status(&self, now: Instant) -> SlotStatus {
         SlotStatus {
-            seconds_to_expiry: slot.valid(now).map(|t| (t.expires_at - now).as_secs()),
-            last_error: slot.last_error.lock().ok().and_then(|l| l.clone()),
-            fetches_ok: slot.fetches_ok.load(Ordering::Relaxed),
-            fetches_failed: slot.fetches_failed.load(Ordering::Relaxed),
-            cache_hits: slot.hits.load(Ordering::Relaxed),
-            renewals: slot.renewals.renewed.load(Ordering::Relaxed),
-            renewals_limited: slot.renewals.limited.load(Ordering::Relaxed),
+            seconds_to_expiry: self.valid(now).map(|t| (t.expires_at - now).as_secs()),
+            last_error: self.last_error.lock().ok().and_then(|l| l.clone()),
+            fetches_ok: self.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: self.fetches_failed.load(Ordering::Relaxed),
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            renewals: self.renewals.renewed.load(Ordering::Relaxed),
+            renewals_limited: self.renewals.limited.load(Ordering::Relaxed),
+            targets: 0,
         }
     }
 }

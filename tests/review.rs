@@ -386,3 +386,175 @@ fn buffered_bodies_are_bounded_in_all_and_per_client() {
     e.write_all(&vec![b'e'; len]).unwrap();
     assert_eq!(status_of(&read_all(e)), 200);
 }
+
+/// Finding 6: a credential minted per target host behind a wildcard route keeps tokens for a
+/// bounded number of hosts, and signs nothing for a destination that egress refuses.
+#[test]
+fn per_target_tokens_are_bounded_and_signed_only_for_allowed_destinations() {
+    let origin = Origin::start();
+    let pem = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/credentials/testdata/rsa.pem"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.json");
+    let json = serde_json::json!({
+        "client_email": "robot@proj.iam.gserviceaccount.com",
+        "private_key": pem,
+        "private_key_id": "kid-1",
+    });
+    std::fs::write(&key, json.to_string()).unwrap();
+    let mut overrides = String::new();
+    for i in 0..270 {
+        overrides.push_str(&format!("    h{i}.example.test: 127.0.0.1\n"));
+    }
+    for i in 0..50 {
+        overrides.push_str(&format!("    p{i}.example.test: 10.0.0.1\n"));
+    }
+    let extra = format!("dns:\n  overrides:\n{overrides}");
+    let body = format!(
+        "credentials:\n  g:\n    type: google_service_account\n    key_file: \"file:{}\"\n    mode: self_signed_jwt\nroutes:\n  - {{ host: \"*.example.test:{}\", credential: g, allow_http: true }}\n",
+        key.display(),
+        origin.port()
+    );
+    let p = Proxy::start_with(&extra, &body, &[]);
+    let port = origin.port();
+    for i in 0..50 {
+        let h = format!("p{i}.example.test:{port}");
+        let resp = raw(
+            p.addr,
+            format!("GET http://{h}/ HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&resp), 403, "{resp}");
+    }
+    let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    assert_eq!(
+        v[0]["fetch_count"], 0,
+        "nothing signed for refused destinations: {creds}"
+    );
+    for i in 0..270 {
+        let h = format!("h{i}.example.test:{port}");
+        let resp = raw(
+            p.addr,
+            format!("GET http://{h}/x HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&resp), 200, "{resp}");
+    }
+    let aud = origin.last().header("authorization").unwrap();
+    assert!(aud.starts_with("Bearer ey"), "{aud}");
+    let (_, creds) = http_get(p.admin, "/credentials").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&creds).unwrap();
+    assert_eq!(v[0]["targets"], 256, "{creds}");
+}
+
+/// Finding 7: scope stretching. Every variant the review found, and the ones that held, on
+/// a path-scoped and a method-scoped route: refused with 400, never forwarded with the
+/// credential.
+#[test]
+fn scope_stretching_variants_are_refused() {
+    let origin = Origin::start();
+    let body = format!(
+        "credentials:\n  gh: {{ type: bearer, token: \"${{GH}}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{0}\", path: /api/*, methods: [GET, POST], credential: gh }}\n",
+        origin.port()
+    );
+    let p = Proxy::start_with("", &body, &[("GH", "gh-scope-token")]);
+    let h = format!("127.0.0.1:{}", origin.port());
+    let send = |method: &str, path: &str, extra: &str, body: &str| {
+        raw(
+            p.addr,
+            format!(
+                "{method} http://{h}{path} HTTP/1.1\r\nHost: {h}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let refused_paths = [
+        // Found by the review.
+        "/api/%2%65%2%65/admin",
+        "/api/%%32%65%%32%65/admin",
+        "/api/%25252e%25252e/admin",
+        "/api/..%00/admin",
+        "/api/..%09/admin",
+        "/api/%u002e%u002e/admin",
+        "/api/%c0%ae%c0%ae/admin",
+        // Held before; kept holding.
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/%2E%2E/admin",
+        "/api/.%2e/admin",
+        "/api/..;/admin",
+        "/api/..%3b/admin",
+        "/api/%252e%252e/admin",
+        "/api/a%2fb",
+        "/api/a%5cb",
+        "/api/a%252fb",
+        "/api//admin",
+        "/api/./x",
+    ];
+    for path in refused_paths {
+        let resp = send("GET", path, "", "");
+        assert_eq!(status_of(&resp), 400, "{path}: {resp}");
+        assert!(header_of(&resp, "proxy-status").is_some(), "{resp}");
+    }
+    let refused_requests = [
+        ("GET", "/api/x", "X-Original-URL: /admin\r\n", ""),
+        ("GET", "/api/x", "X-Rewrite-URL: /admin\r\n", ""),
+        ("GET", "/api/x?_method=DELETE", "", ""),
+        ("GET", "/api/x?a=1&%5Fmethod=DELETE", "", ""),
+        ("POST", "/api/x", "X_HTTP_Method_Override: DELETE\r\n", ""),
+        ("POST", "/api/x", "X-HTTP-Method-Override: DELETE\r\n", ""),
+        ("POST", "/api/x", "X-Method-Override: DELETE\r\n", ""),
+        (
+            "POST",
+            "/api/x",
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            "a=1&_method=DELETE",
+        ),
+        (
+            "POST",
+            "/api/x",
+            "Content-Type: multipart/form-data; boundary=b\r\n",
+            "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+        ("DELETE", "/api/x", "", ""),
+    ];
+    for (method, path, extra, body) in refused_requests {
+        let resp = send(method, path, extra, body);
+        // A method outside the route is simply not matched: forwarded without the credential.
+        if method == "DELETE" {
+            assert_eq!(status_of(&resp), 200, "{resp}");
+            assert_eq!(origin.last().header("authorization"), None);
+            continue;
+        }
+        assert_eq!(status_of(&resp), 400, "{method} {path} {extra}: {resp}");
+    }
+    assert!(
+        origin
+            .seen()
+            .iter()
+            .all(|s| s.header("authorization").is_none()),
+        "no stretched request reached the origin with the credential"
+    );
+    for path in [
+        "/api/v1/users",
+        "/api/report%20q3.pdf",
+        "/api/100%25",
+        "/api/caf%C3%A9",
+    ] {
+        assert_eq!(status_of(&send("GET", path, "", "")), 200, "{path}");
+    }
+    let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+    assert_eq!(
+        status_of(&send("POST", "/api/x", form, "a=1&method=x")),
+        200
+    );
+    assert_eq!(
+        origin.last().header("authorization").as_deref(),
+        Some("Bearer gh-scope-token")
+    );
+}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -102,7 +101,6 @@ pub struct AccessToken {
 /// `self_signed_jwt` mode: a parent that hands out one child per target host.
 pub struct SelfSigned {
     signer: Arc<Signer>,
-    children: DashMap<String, Arc<SelfSignedFor>>,
 }
 
 /// A self-signed JWT for one audience.
@@ -179,7 +177,6 @@ pub fn build(raw: &RawGoogle, ctx: &mut BuildCtx<'_>) -> Result<Arc<dyn TokenSou
         }
         GoogleMode::SelfSignedJwt => Arc::new(SelfSigned {
             signer: Arc::new(signer),
-            children: DashMap::new(),
         }),
     })
 }
@@ -243,22 +240,13 @@ impl TokenSource for SelfSigned {
     fn per_target(&self) -> bool {
         true
     }
+    /// A new child each time: the token cache keeps the ones in use, bounded.
     fn for_target(&self, host: &str) -> Option<Arc<dyn TokenSource>> {
-        if let Some(c) = self.children.get(host) {
-            return Some(c.clone());
-        }
-        // Bounded: one entry per host a route sends this credential to.
-        if self.children.len() > 1024 {
-            self.children.clear();
-        }
-        let child = self.children.entry(host.to_string()).or_insert_with(|| {
-            Arc::new(SelfSignedFor {
-                signer: self.signer.clone(),
-                aud: format!("https://{host}/"),
-                label: format!("self-signed JWT for https://{host}/"),
-            })
-        });
-        Some(child.clone())
+        Some(Arc::new(SelfSignedFor {
+            signer: self.signer.clone(),
+            aud: format!("https://{host}/"),
+            label: format!("self-signed JWT for https://{host}/"),
+        }))
     }
 }
 
@@ -347,12 +335,8 @@ mod tests {
     async fn self_signed_jwt_has_the_target_api_as_audience() {
         let dir = tempfile::tempdir().unwrap();
         let src = build(&raw(dir.path(), GoogleMode::SelfSignedJwt), &mut ctx()).unwrap();
+        assert!(src.per_target());
         let child = src.for_target("calendar.googleapis.com").unwrap();
-        let again = src.for_target("calendar.googleapis.com").unwrap();
-        assert!(
-            Arc::ptr_eq(&child, &again),
-            "one source (and cache slot) per host"
-        );
         let f = child.fetch(&reqwest::Client::new()).await.unwrap();
         let c = verify(f.value.expose(), "https://calendar.googleapis.com/");
         assert_eq!(c["iss"], "robot@proj.iam.gserviceaccount.com");

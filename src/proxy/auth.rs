@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::credentials::aws_sigv4::{AwsSigV4, Payload};
 use crate::credentials::Credential;
 use crate::errors::ProxyError;
-use crate::tokens::{Token, TokenCache, TokenError, TokenSource};
+use crate::tokens::{Slot, Token, TokenCache, TokenError};
 
 /// What the planned credential needs.
 pub enum Auth {
@@ -30,9 +30,8 @@ pub enum Auth {
 /// A token from the cache, and the body kept for the one replay after a 401.
 pub struct TokenAuth {
     token: Arc<Token>,
-    /// The token's cache slot: credential name (and target host, for per-target tokens).
-    slot: Arc<str>,
-    src: Arc<dyn TokenSource>,
+    /// The token's cache slot (the credential's, or its target host's).
+    slot: Arc<Slot>,
     replay: Replay,
     stage: Stage,
     /// The memory the replay body holds, given back when the request ends.
@@ -88,8 +87,8 @@ pub async fn prepare(
         Err(_) => Ok(Prepared::Ready(Auth::None)),
         Ok(Credential::Static(_)) => Ok(Prepared::Ready(Auth::Static)),
         Ok(Credential::Token(src)) => {
-            let (slot, src) = token_slot(&entry.name, src, host);
-            let token = match tokens.get(&slot, &src).await {
+            let slot = tokens.slot_for(&entry.name, src, host);
+            let token = match tokens.get_in(&slot).await {
                 Ok(t) => t,
                 Err(e) => return Ok(Prepared::Refused(e.into())),
             };
@@ -97,26 +96,12 @@ pub async fn prepare(
             Ok(Prepared::Ready(Auth::Token(TokenAuth {
                 token,
                 slot,
-                src,
                 replay,
                 stage: Stage::First,
                 _held: held,
             })))
         }
         Ok(Credential::Signed(signer)) => signing(session, signer, max_body, reserve).await,
-    }
-}
-
-/// The cache slot of a token: the credential's own, or one per target host for tokens minted
-/// for their audience (self-signed JWTs).
-fn token_slot(
-    name: &Arc<str>,
-    src: &Arc<dyn TokenSource>,
-    host: &str,
-) -> (Arc<str>, Arc<dyn TokenSource>) {
-    match src.for_target(host) {
-        Some(child) => (Arc::from(format!("{name}@{host}")), child),
-        None => (name.clone(), src.clone()),
     }
 }
 
@@ -185,9 +170,9 @@ impl Auth {
     pub async fn refresh_before_send(&mut self, tokens: &TokenCache) -> Result<(), TokenError> {
         let Auth::Token(t) = self else { return Ok(()) };
         if t.stage != Stage::First {
-            t.token = tokens.renew_after_reject(&t.slot, &t.src, &t.token).await?;
+            t.token = tokens.renew_after_reject(&t.slot, &t.token).await?;
         } else if t.token.expires_at <= tokio::time::Instant::now() {
-            t.token = tokens.get(&t.slot, &t.src).await?;
+            t.token = tokens.get_in(&t.slot).await?;
         }
         Ok(())
     }
@@ -227,14 +212,14 @@ impl Auth {
     /// renewals are over their rate) goes to the client, token kept.
     pub fn on_unauthorized(&mut self, tokens: &TokenCache) -> bool {
         let Auth::Token(t) = self else { return false };
-        if t.stage != Stage::First || !tokens.may_renew(&t.slot, &t.src, &t.token) {
+        if t.stage != Stage::First || !tokens.may_renew(&t.slot, &t.token) {
             return false;
         }
         if t.replay.possible() {
             t.stage = Stage::Armed;
             return true;
         }
-        tokens.reject(&t.slot, &t.src, &t.token);
+        tokens.reject(&t.slot, &t.token);
         false
     }
 

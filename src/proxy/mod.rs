@@ -10,6 +10,7 @@ pub mod intercept;
 pub mod limits;
 pub mod plan;
 mod replay;
+pub mod scope;
 pub mod tunnel;
 
 use std::net::{IpAddr, SocketAddr};
@@ -75,6 +76,8 @@ pub struct Ctx {
     upstream_sent: Option<Instant>,
     /// `proxy.timeouts.total`: the request is abandoned past this instant.
     deadline: Option<Instant>,
+    /// On a method-scoped route, a form body watched for a `_method` field.
+    form_scan: Option<scope::FormScan>,
 }
 
 impl Ctx {
@@ -88,6 +91,7 @@ impl Ctx {
             error: None,
             upstream_sent: None,
             deadline: None,
+            form_scan: None,
         }
     }
 
@@ -260,7 +264,22 @@ impl ProxyHttp for CredProxy {
             Err(r) => return self.refuse(session, ctx, r).await,
         };
         let (route, credential) = (plan.route, plan.credential);
-        let host = plan.target.host.clone();
+        let refusal = |error| Refusal {
+            error,
+            route,
+            credential,
+        };
+        // Where the request goes is settled before any credential work: no token is fetched
+        // or signed for a destination that does not resolve or that egress refuses.
+        let (host, port) = (plan.target.host.clone(), plan.target.port);
+        let policy = &cfg.proxy.egress.policy;
+        match destination(&self.app.dns, policy, &self.conns.own, &host, port).await {
+            Ok(a) => ctx.addrs = Some(a),
+            Err(e) => return self.refuse(session, ctx, refusal(e)).await,
+        }
+        if route.is_some_and(|r| cfg.router.has_methods(r)) {
+            ctx.form_scan = scope::FormScan::for_request(session.req_header());
+        }
         ctx.plan = Some(plan);
         let client = session
             .client_addr()
@@ -282,14 +301,7 @@ impl ProxyHttp for CredProxy {
                 ctx.auth = a;
                 Ok(false)
             }
-            Prepared::Refused(error) => {
-                let r = Refusal {
-                    error,
-                    route,
-                    credential,
-                };
-                self.refuse(session, ctx, r).await
-            }
+            Prepared::Refused(error) => self.refuse(session, ctx, refusal(error)).await,
         }
     }
 
@@ -366,6 +378,12 @@ impl ProxyHttp for CredProxy {
         // pingora holds only the tail of a pre-read body; send the whole of it, once per attempt.
         if let Some(whole) = ctx.auth.whole_body() {
             *body = end_of_stream.then(|| whole.clone());
+        }
+        // Before the chunk goes out: a `_method` field stops the request, incomplete.
+        if let (Some(scan), Some(chunk)) = (&mut ctx.form_scan, body.as_ref()) {
+            if let Err(e) = scan.feed(chunk) {
+                return Err(ctx.fail(e, "method override in the body"));
+            }
         }
         Ok(())
     }

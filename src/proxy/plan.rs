@@ -5,6 +5,7 @@ use base64::Engine;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
+use super::scope;
 use super::tunnel::Tunnel;
 use crate::config::{Config, Unmatched, Upstream};
 use crate::errors::ProxyError;
@@ -287,42 +288,17 @@ fn request_target(req: &RequestHeader) -> Result<RequestTarget<'_>, ProxyError> 
     }
 }
 
-/// Refuses paths whose meaning an origin may change after we matched them: dot segments
-/// (`/a/../b`, also as `%2e`) and backslashes always; encoded slashes and backslashes when the
-/// route's scope is a path (glob or sidecar prefix). Clients normalise these before sending, so
-/// only crafted requests hit this.
-fn check_path(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
-    if path.contains('\\') {
-        return Err(bad("backslash in path"));
-    }
-    // `;` starts path parameters that some servers drop before resolving (`/v1/..;/admin`).
-    let dot_segment = path.split('/').any(|seg| {
-        let d = seg.to_ascii_lowercase().replace("%2e", ".");
-        let d = d.split([';']).next().unwrap_or("");
-        let d = d.split("%3b").next().unwrap_or("");
-        d == "." || d == ".."
-    });
-    if dot_segment {
-        return Err(bad("dot segments (`.` or `..`) in path"));
-    }
-    if path_scoped {
-        let lower = path.to_ascii_lowercase();
-        if lower.contains("%2f") || lower.contains("%5c") {
-            return Err(bad("encoded slash or backslash in a path-scoped route"));
-        }
-        // Double-encoded dots and slashes, for origins that decode twice.
-        if ["%252e", "%252f", "%255c"]
-            .iter()
-            .any(|d| lower.contains(d))
-        {
-            return Err(bad("double-encoded dot or slash in a path-scoped route"));
-        }
-        // An origin that merges slashes could read `/a//b` differently from the route.
-        if path.contains("//") {
-            return Err(bad("empty path segment (`//`) in a path-scoped route"));
-        }
-    }
-    Ok(())
+/// The request against its route's scope (a sidecar route is always scoped by its path).
+fn check_scope(
+    cfg: &Config,
+    route: usize,
+    req: &RequestHeader,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(), ProxyError> {
+    let path_scoped = cfg.router.has_path(route) || cfg.routes[route].upstream.is_some();
+    scope::check_path(path, path_scoped)?;
+    scope::check_request(req, query, path_scoped, cfg.router.has_methods(route))
 }
 
 /// Matches a forward-proxy destination (absolute-form or tunnelled) against the routes.
@@ -344,28 +320,10 @@ fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option
                     cfg.routes[i].name.to_string(),
                 )));
             }
-            check_path(path, cfg.router.has_path(i)).map_err(refuse)?;
-            check_method_override(req, cfg.router.has_methods(i)).map_err(refuse)?;
+            check_scope(cfg, i, req, path, t.path.split_once('?').map(|(_, q)| q))
+                .map_err(refuse)?;
             Ok(Some(i))
         }
-    }
-}
-
-/// Headers many frameworks read as the real method: on a method-scoped route they could turn
-/// an allowed GET into a DELETE at the origin.
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-fn check_method_override(req: &RequestHeader, method_scoped: bool) -> Result<(), ProxyError> {
-    match METHOD_OVERRIDES
-        .iter()
-        .find(|h| req.headers.contains_key(**h))
-    {
-        Some(h) if method_scoped => Err(bad(format!("`{h}` on a route limited to some methods"))),
-        _ => Ok(()),
     }
 }
 
@@ -396,7 +354,7 @@ pub fn route_request(
             let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
                 return Err(ProxyError::NoRoute(path.to_string()).into());
             };
-            check_path(path, true).map_err(|error| Refusal {
+            check_scope(cfg, i, req, path, query).map_err(|error| Refusal {
                 error,
                 route: Some(i),
                 credential: None,

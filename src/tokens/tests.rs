@@ -269,7 +269,9 @@ async fn renewal_after_401_honours_the_negative_cache() {
     for _ in 0..20 {
         let (c, src, t0) = (c.clone(), src.clone(), t0.clone());
         tasks.push(tokio::spawn(async move {
-            c.renew_after_reject(&name(), &src, &t0).await.is_err()
+            c.renew_after_reject(&c.slot(&name(), &src), &t0)
+                .await
+                .is_err()
         }));
     }
     for t in tasks {
@@ -312,4 +314,58 @@ fn errors_are_scrubbed_before_they_are_cut() {
     let text = e.to_string();
     assert!(!text.contains("s3cr3t"), "{text}");
     assert!(text.ends_with("..."), "{text}");
+}
+
+/// A source that mints one token per target host (like self-signed JWTs).
+#[derive(Debug)]
+struct PerHost(AtomicUsize);
+
+#[async_trait]
+impl TokenSource for PerHost {
+    async fn fetch(&self, _: &reqwest::Client) -> Result<Fetched, TokenError> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Fetched {
+            value: Secret::new(format!("jwt-{n}")),
+            lifetime: Some(Duration::from_secs(3600)),
+        })
+    }
+    fn policy(&self) -> Policy {
+        Policy {
+            default_lifetime: Duration::from_secs(300),
+            ttl: None,
+            keep: None,
+        }
+    }
+    fn endpoint(&self) -> &str {
+        "local"
+    }
+    fn per_target(&self) -> bool {
+        true
+    }
+    fn for_target(&self, _host: &str) -> Option<Arc<dyn TokenSource>> {
+        Some(Arc::new(PerHost(AtomicUsize::new(0))))
+    }
+}
+
+#[tokio::test]
+async fn per_target_slots_are_one_per_host_and_bounded() {
+    let c = cache();
+    let src: Arc<dyn TokenSource> = Arc::new(PerHost(AtomicUsize::new(0)));
+    let a = c.slot_for(&name(), &src, "a.example");
+    assert!(Arc::ptr_eq(&a, &c.slot_for(&name(), &src, "a.example")));
+    c.get_in(&a).await.unwrap();
+    for i in 0..3 * TARGETS_PER_CREDENTIAL {
+        let s = c.slot_for(&name(), &src, &format!("h{i}.example"));
+        c.get_in(&s).await.unwrap();
+    }
+    let st = c.status(&name(), &src);
+    assert_eq!(st.targets, TARGETS_PER_CREDENTIAL);
+    assert_eq!(
+        st.fetches_ok, TARGETS_PER_CREDENTIAL as u64,
+        "counted over the kept hosts"
+    );
+    assert!(
+        !Arc::ptr_eq(&a, &c.slot_for(&name(), &src, "a.example")),
+        "the least recently used host was dropped"
+    );
 }
