@@ -558,3 +558,66 @@ fn scope_stretching_variants_are_refused() {
         Some("Bearer gh-scope-token")
     );
 }
+
+/// Finding 8: answers pingora used to make itself (parser-level 400s) carry `Proxy-Status`
+/// and the JSON body, without quoting the request; pipelined requests are answered in order.
+#[test]
+fn unparsable_requests_get_json_and_pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start();
+    let body = format!(
+        "credentials:\n  gh: {{ type: bearer, token: \"${{GH}}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", path: /api/*, credential: gh }}\n",
+        origin.port()
+    );
+    let p = Proxy::start_with("", &body, &[("GH", "gh-pipeline-token")]);
+    let h = format!("127.0.0.1:{}", origin.port());
+    let secret = "c2VjcmV0LXByb3h5LWF1dGg=";
+    register_secret(secret);
+    let bad = [
+        format!("GET http://{h}/api/a HTTP/1.1\r\nHost: other.example\r\n\r\n"),
+        format!("GET http://{h}/api/a HTTP/1.1\r\nHost: {h}\r\nHost: {h}\r\n\r\n"),
+        format!("GET http://user:pw@{h}/api/a HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+        format!("GET http://{h}/api/a HTTP/1.1\r\nHost: {h}\r\nProxy-Authorization: Basic {secret}\r\nX-A: b\r\n folded\r\n\r\n"),
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(),
+    ];
+    for req in bad {
+        let resp = raw(p.addr, req.as_bytes());
+        assert_eq!(status_of(&resp), 400, "{req}\n{resp}");
+        assert!(
+            header_of(&resp, "proxy-status")
+                .unwrap()
+                .starts_with("credproxy; error=http_request_error"),
+            "{resp}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body_of(&resp)).unwrap();
+        assert_eq!(v["error"], "bad_request", "{resp}");
+        assert!(
+            !resp.contains(secret),
+            "the request is never quoted back: {resp}"
+        );
+    }
+    let get = |path: &str| format!("GET http://{h}{path} HTTP/1.1\r\nHost: {h}\r\n\r\n");
+    let post =
+        format!("POST http://{h}/api/p HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\n\r\nhello");
+    let refused = format!("GET http://{h}/api/../x HTTP/1.1\r\nHost: {h}\r\n\r\n");
+    let last =
+        format!("GET http://{h}/api/last HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n");
+    let all = [get("/api/1"), post, get("/api/2"), refused, last].concat();
+    let resp = raw(p.addr, all.as_bytes());
+    let statuses: Vec<&str> = resp
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| resp[i..].split("\r\n").next())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 400 Bad Request",
+            "HTTP/1.1 200 OK"
+        ],
+        "{resp}"
+    );
+    let paths: Vec<String> = origin.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(paths, ["/api/1", "/api/p", "/api/2", "/api/last"]);
+}

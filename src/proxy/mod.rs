@@ -449,6 +449,14 @@ impl ProxyHttp for CredProxy {
         }
     }
 
+    /// pingora could not parse the request (patched hook, see vendor/README.md): a JSON 400
+    /// like every other answer, instead of a bare one.
+    fn invalid_request_response(&self, e: &Error) -> Option<(ResponseHeader, bytes::Bytes)> {
+        let err = ProxyError::BadRequest(unparsable_reason(e));
+        tracing::info!(error = %err, "refused an unparsable request");
+        errors::render(&err, None, None).ok()
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _e: &Error) -> bool {
         // fail_to_proxy logs a clearer line.
         true
@@ -472,6 +480,27 @@ impl ProxyHttp for CredProxy {
     }
 }
 
+/// Why pingora could not parse a request, in words. Its own context may quote the raw request
+/// (`buf: ...`, credentials included): that is never repeated.
+fn unparsable_reason(e: &Error) -> String {
+    let context = e
+        .context
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    if context.contains("PRI * HTTP/2.0") {
+        return "an HTTP/2 preface on the proxy port: h2c (HTTP/2 without TLS) is not supported; \
+                use HTTP/1.1, or HTTPS through CONNECT"
+            .into();
+    }
+    if context.is_empty() || context.contains("buf:") || context.len() > 200 {
+        return "the request line or a header cannot be parsed (invalid characters, obs-fold \
+                line continuations, or not HTTP/1.1)"
+            .into();
+    }
+    context
+}
+
 /// Client-side timeouts: between requests on a kept-alive connection, per read or write of
 /// the body (a client trickling a body is cut off like a slow origin), and the whole request.
 fn client_timeouts(session: &mut Session, ctx: &mut Ctx, cfg: &Config) {
@@ -481,6 +510,9 @@ fn client_timeouts(session: &mut Session, ctx: &mut Ctx, cfg: &Config) {
     let downstream = session.as_downstream_mut();
     downstream.set_read_timeout(Some(to.read));
     downstream.set_write_timeout(Some(to.read));
+    // A client that pipelines gets its answers in order (RFC 9112 9.3.2), one at a time,
+    // rather than the first with keep-alive and then a closed connection.
+    downstream.set_pipelining_enabled(true);
 }
 
 /// Refusals that need no plan: a CONNECT the front door did not see, oversized headers.
