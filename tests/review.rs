@@ -621,3 +621,83 @@ fn unparsable_requests_get_json_and_pipelined_requests_are_answered_in_order() {
     let paths: Vec<String> = origin.seen().iter().map(|s| s.uri.clone()).collect();
     assert_eq!(paths, ["/api/1", "/api/p", "/api/2", "/api/last"]);
 }
+
+/// The variants that held in the review, kept holding: misrouting and request smuggling
+/// forms never take the credential to another host, and never make the origin see a
+/// request it could split in two.
+#[test]
+fn misrouting_and_smuggling_corpus_keeps_holding() {
+    let origin = Origin::start();
+    let other = Origin::start();
+    let body = format!(
+        "credentials:\n  gh: {{ type: bearer, token: \"${{GH}}\" }}\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: gh }}\n",
+        origin.port()
+    );
+    let p = Proxy::start_with("", &body, &[("GH", "gh-corpus-token")]);
+    let (h, o) = (
+        format!("127.0.0.1:{}", origin.port()),
+        format!("127.0.0.1:{}", other.port()),
+    );
+    let misrouting = [
+        format!("GET http://{h}@{o}/ HTTP/1.1\r\nHost: {o}\r\n\r\n"),
+        format!("GET http://{o}/ HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+        format!("GET http://{o}\\@{h}/ HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+        format!("GET http://{o}#@{h}/ HTTP/1.1\r\nHost: {o}\r\n\r\n"),
+        format!("GET http://{o}/http://{h}/ HTTP/1.1\r\nHost: {o}\r\n\r\n"),
+        format!("GET //{h}/ HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+        format!("GET {h}/ HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+        format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nX-Forwarded-Host: {h}\r\n\r\n"),
+        format!(
+            "GET http://localhost.:{}/ HTTP/1.1\r\nHost: localhost.:{}\r\n\r\n",
+            other.port(),
+            other.port()
+        ),
+    ];
+    for req in &misrouting {
+        let req = req.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+        let resp = raw(p.addr, req.as_bytes());
+        assert!(
+            [200, 400, 403, 404].contains(&status_of(&resp)),
+            "{req}\n{resp}"
+        );
+    }
+    assert!(
+        other
+            .seen()
+            .iter()
+            .all(|s| s.header("authorization").is_none()),
+        "the credential never reached the other origin"
+    );
+    let smuggling = [
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nContent-Length: +4\r\n\r\nabcd"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nContent-Length: 0x4\r\n\r\nabcd"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\n\r\n4;ext\r\nabcd\r\n0\r\n\r\n"),
+        format!("POST http://{h}/ HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+        format!("GET http://{h}/ HTTP/1.1\r\nHost: {h}\r\n\nGET /smuggled HTTP/1.1\r\nHost: {h}\r\n\r\n"),
+    ];
+    for req in &smuggling {
+        let before = origin.count();
+        let req = req.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+        let resp = raw(p.addr, req.as_bytes());
+        let after = origin.count();
+        assert!(
+            after - before <= 1,
+            "the origin saw two requests for one:\n{req}\n{resp}"
+        );
+        assert!(
+            origin
+                .seen()
+                .iter()
+                .all(|s| !s.uri.contains("smuggled") && s.uri != "/x"),
+            "{req}"
+        );
+        if status_of(&resp) == 400 {
+            assert!(header_of(&resp, "proxy-status").is_some(), "{req}\n{resp}");
+        }
+    }
+}
