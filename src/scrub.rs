@@ -58,8 +58,9 @@ fn forms_of(v: &str) -> Vec<String> {
     f
 }
 
-/// RFC 3986: unreserved characters stay, every other byte is `%XX` (upper and lower case hex).
-fn percent_encode(v: &str) -> String {
+/// RFC 3986: unreserved characters stay, every other byte is `%XX` (as SigV4 query strings and
+/// strict clients encode).
+pub fn percent_encode(v: &str) -> String {
     let mut out = String::with_capacity(v.len() * 3);
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -246,7 +246,7 @@ fn apply(
         path_and_query.push(if path_and_query.contains('?') { '&' } else { '?' });
         path_and_query.push_str(k);
         path_and_query.push('=');
-        path_and_query.push_str(&percent_encode(&v));
+        path_and_query.push_str(&crate::scrub::percent_encode(&v));
     }
     let uri = path_and_query
         .parse::<http::Uri>()
@@ -315,19 +315,6 @@ fn keys(
         _ => None,
     };
     Ok((ak, sk, token))
-}
-
-/// RFC 3986 unreserved characters stay; everything else is %XX (what SigV4 expects in queries).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Removes any presign parameters the client sent (its own, throwaway signature).
