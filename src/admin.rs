@@ -19,6 +19,19 @@ fn refresh_target(path: &str) -> Option<&str> {
         .filter(|n| !n.is_empty() && !n.contains('/'))
 }
 
+/// An address to connect to a listener on: loopback for one bound to the unspecified address.
+pub fn connectable(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
 pub struct Admin {
     pub app: Arc<App>,
 }
@@ -102,16 +115,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
 impl Admin {
     async fn ready(&self) -> Response<Vec<u8>> {
         // Ready means the proxy listener accepts connections: check it for real.
-        let addr = self.app.config().proxy.listen;
-        let addr = match addr.ip() {
-            ip if ip.is_unspecified() && addr.is_ipv4() => {
-                std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
-            }
-            _ => addr,
-        };
+        let addr = connectable(self.app.config().proxy.listen);
         match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
             .await
         {

@@ -70,7 +70,9 @@ impl App {
             }
             Err(e) => {
                 self.metrics.reload("error");
-                tracing::error!("config reload failed, keeping the running config:\n{e}");
+                for err in &e.0 {
+                    tracing::error!("config reload failed, keeping the running config: {err}");
+                }
                 Err(e)
             }
         }

@@ -4,69 +4,120 @@ use std::fmt::Write;
 
 use pingora::http::RequestHeader;
 
-use crate::config::{Config, Unmatched};
-use crate::proxy::plan::{route_request, Refusal};
+use std::net::IpAddr;
+use std::sync::Arc;
 
-/// A dry run of one request: route, credential, target and injected headers (secrets as ***).
-pub fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> {
+use crate::config::{Config, Unmatched};
+use crate::dns::Resolver;
+use crate::errors::ProxyError;
+use crate::proxy::plan::route_request;
+use crate::proxy::OwnListeners;
+
+/// A dry run of one request as a workflow would send it through the proxy (an `https://` URL
+/// through `HTTPS_PROXY`, an `http://` URL through `HTTP_PROXY`, a path to a sidecar route):
+/// route, credential, destination and what would be injected (secrets as ***), or the
+/// answer credproxy would give instead. The destination is resolved and checked as the proxy
+/// would.
+pub async fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, String> {
     let method = method.to_ascii_uppercase();
     let req = RequestHeader::build(method.as_str(), url.as_bytes(), None)
         .map_err(|e| format!("cannot build a request from `{method} {url}`: {e}"))?;
     let mut out = String::new();
     let _ = writeln!(out, "request:     {method} {url}");
-    match route_request(cfg, &req, None, None) {
-        Err(Refusal {
-            error,
-            route,
-            credential,
-        }) => {
-            if let Some(r) = route {
-                let _ = writeln!(out, "route:       {} (routes[{r}])", cfg.routes[r].name);
-            }
-            if let Some(c) = credential {
-                let _ = writeln!(out, "credential:  {}", cfg.credentials[c].name);
-            }
+    let plan = match route_request(cfg, &req, None, None) {
+        Ok(plan) => plan,
+        Err(r) => {
+            route_lines(&mut out, cfg, r.route, r.credential);
+            answer(&mut out, &r.error);
+            return Ok(out);
+        }
+    };
+    route_lines(&mut out, cfg, plan.route, None);
+    let t = &plan.target;
+    let scheme = if t.tls { "https" } else { "http" };
+    let _ = writeln!(
+        out,
+        "upstream:    {scheme}://{}:{}{}  (Host: {})",
+        t.host, t.port, t.path, t.authority
+    );
+    let forward = plan.route.is_some_and(|r| cfg.routes[r].upstream.is_none());
+    if forward && t.tls && cfg.proxy.interceptor.is_none() {
+        let _ = writeln!(out, "answer:      tunnelled untouched (CONNECT): no proxy.ca, so HTTPS is not intercepted and nothing is injected; run `credproxy ca init` and set proxy.ca to inject into HTTPS");
+        return Ok(out);
+    }
+    match destination(cfg, &t.host, t.port).await {
+        Ok(addrs) => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
-                "answer:      {} {} ({})",
-                error.status(),
-                error.code(),
-                error
+                "destination: {} (allowed by proxy.egress)",
+                list.join(", ")
             );
         }
-        Ok(plan) => {
-            let t = &plan.target;
-            match plan.route {
-                Some(r) => {
-                    let _ = writeln!(out, "route:       {} (routes[{r}])", cfg.routes[r].name);
-                }
-                None => {
-                    let what = match cfg.proxy.unmatched {
-                        Unmatched::Tunnel => "forwarded untouched (proxy.unmatched: tunnel)",
-                        Unmatched::Deny => "denied (proxy.unmatched: deny)",
-                    };
-                    let _ = writeln!(out, "route:       none; {what}");
-                }
-            }
-            let scheme = if t.tls { "https" } else { "http" };
-            let _ = writeln!(
-                out,
-                "upstream:    {scheme}://{}:{}{}  (Host: {})",
-                t.host, t.port, t.path, t.authority
-            );
-            if let Some(c) = plan.credential {
-                let entry = &cfg.credentials[c];
-                let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
-                if let Ok(cred) = &entry.credential {
-                    for line in cred.describe() {
-                        let _ = writeln!(out, "inject:      {line}");
-                    }
-                }
-                let _ = writeln!(out, "removed:     client Authorization, Proxy-Authorization, Proxy-Connection, X-Credproxy-*");
-            }
+        Err(e) => {
+            answer(&mut out, &e);
+            return Ok(out);
         }
     }
+    if let Some(c) = plan.credential {
+        credential_lines(&mut out, cfg, c);
+    }
     Ok(out)
+}
+
+fn route_lines(out: &mut String, cfg: &Config, route: Option<usize>, credential: Option<usize>) {
+    match route {
+        Some(r) => {
+            let _ = writeln!(out, "route:       {} (routes[{r}])", cfg.routes[r].name);
+        }
+        None => {
+            let what = match cfg.proxy.unmatched {
+                Unmatched::Tunnel => "forwarded untouched (proxy.unmatched: tunnel)",
+                Unmatched::Deny => "denied (proxy.unmatched: deny)",
+            };
+            let _ = writeln!(out, "route:       none; {what}");
+        }
+    }
+    if let Some(c) = credential {
+        let _ = writeln!(out, "credential:  {}", cfg.credentials[c].name);
+    }
+}
+
+/// The answer credproxy would make itself: status, JSON `error` code, `Proxy-Status` type.
+fn answer(out: &mut String, e: &ProxyError) {
+    let _ = writeln!(
+        out,
+        "answer:      {} {} (Proxy-Status: {}): {e}",
+        e.status(),
+        e.code(),
+        e.proxy_status_type()
+    );
+}
+
+fn credential_lines(out: &mut String, cfg: &Config, c: usize) {
+    let entry = &cfg.credentials[c];
+    let _ = writeln!(out, "credential:  {} ({})", entry.name, entry.kind);
+    if let Ok(cred) = &entry.credential {
+        for line in cred.describe() {
+            let _ = writeln!(out, "inject:      {line}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "removed:     client Authorization, Proxy-Authorization, Proxy-Connection, X-Credproxy-*"
+    );
+}
+
+/// The destination's addresses as the proxy would check them (DNS with the config's
+/// overrides, the proxy's own listeners, the egress guard).
+async fn destination(cfg: &Config, host: &str, port: u16) -> Result<Arc<[IpAddr]>, ProxyError> {
+    let d = &cfg.proxy.dns;
+    let dns = Resolver::new(d.ttl, d.negative_ttl, cfg.proxy.timeouts.connect)
+        .with_overrides(d.overrides.clone());
+    let mut own = vec![(cfg.proxy.listen, "proxy")];
+    own.extend(cfg.proxy.admin.map(|a| (a, "admin")));
+    let own = OwnListeners(own);
+    crate::proxy::destination(&dns, &cfg.proxy.egress.policy, &own, host, port).await
 }
 
 /// One line per credential, and whether all are usable. Online, token credentials fetch a
@@ -116,18 +167,22 @@ mod tests {
     use crate::config::load_str;
     use std::path::Path;
 
+    const DNS: &str = "proxy:\n  dns:\n    overrides: { api.github.com: 140.82.112.6, api.hubapi.com: 104.16.0.1, other.example.com: 93.184.216.34, partner.example.com: 93.184.216.34, internal.example.com: 10.0.0.1 }\n";
+
     fn cfg() -> Config {
-        let text = "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh, allow_http: true }\n  - { host: erp.example.com, credential: erp, allow_http: true }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n";
-        load_str(text, Path::new("t.yaml"), &|n| {
+        let text = DNS.to_string() + "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh, allow_http: true }\n  - { host: erp.example.com, credential: erp, allow_http: true }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n  - { host: internal.example.com, credential: gh }\n";
+        load_str(&text, Path::new("t.yaml"), &|n| {
             (n == "GH").then(|| "s3cr3t".to_string())
         })
         .unwrap()
     }
 
-    #[test]
-    fn explains_without_secrets() {
+    #[tokio::test]
+    async fn explains_without_secrets() {
         let c = cfg();
-        let out = explain(&c, "get", "http://API.github.com/repos?x=1").unwrap();
+        let out = explain(&c, "get", "http://API.github.com/repos?x=1")
+            .await
+            .unwrap();
         assert!(
             out.contains("route:       api.github.com (routes[0])"),
             "{out}"
@@ -137,29 +192,67 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("s3cr3t"));
-        let side = explain(&c, "POST", "/hub/crm/objects").unwrap();
+        let side = explain(&c, "POST", "/hub/crm/objects").await.unwrap();
         assert!(
             side.contains("https://api.hubapi.com:443/v3/crm/objects"),
             "{side}"
         );
-        let unavailable = explain(&c, "GET", "http://erp.example.com/").unwrap();
+        let unavailable = explain(&c, "GET", "http://erp.example.com/").await.unwrap();
         assert!(
             unavailable.contains("502 credential_unavailable"),
             "{unavailable}"
         );
-        let none = explain(&c, "GET", "http://other.example.com/").unwrap();
+        let none = explain(&c, "GET", "http://other.example.com/")
+            .await
+            .unwrap();
         assert!(none.contains("forwarded untouched"), "{none}");
     }
 
-    #[test]
-    fn explain_names_the_header_a_token_credential_sets() {
+    #[tokio::test]
+    async fn https_without_a_ca_egress_and_plain_http_are_told_as_they_happen() {
+        let c = cfg();
+        let out = explain(&c, "GET", "https://api.github.com/user")
+            .await
+            .unwrap();
+        assert!(
+            out.contains("answer:      tunnelled untouched (CONNECT): no proxy.ca"),
+            "{out}"
+        );
+        assert!(!out.contains("inject:"), "{out}");
+        let out = explain(&c, "GET", "https://internal.example.com/x")
+            .await
+            .unwrap();
+        assert!(out.contains("tunnelled untouched"), "{out}");
+        let out = explain(&c, "GET", "http://internal.example.com/x")
+            .await
+            .unwrap();
+        assert!(
+            out.contains("answer:      403 plain_http_refused (Proxy-Status: http_request_denied)"),
+            "{out}"
+        );
+        let text = DNS.to_string() + "credentials:\n  gh: { type: bearer, token: t1234567 }\nroutes:\n  - { host: internal.example.com, credential: gh, allow_http: true }\n";
+        let c = load_str(&text, Path::new("t.yaml"), &|_| None).unwrap();
+        let out = explain(&c, "GET", "http://internal.example.com/x")
+            .await
+            .unwrap();
+        assert!(
+            out.contains("answer:      403 egress_denied (Proxy-Status: destination_ip_prohibited): internal.example.com resolves to 10.0.0.1"),
+            "{out}"
+        );
+        assert!(!out.contains("inject:"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn explain_names_the_header_a_token_credential_sets() {
         let key = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/credentials/testdata/rsa.pem"
         );
-        let text = format!("credentials:\n  p: {{ type: jwt_key_pair, private_key: \"file:{key}\", algorithm: RS256, header: X-Partner-Auth }}\nroutes:\n  - {{ host: partner.example.com, credential: p, allow_http: true }}\n");
+        let text = DNS.to_string() + &format!("credentials:\n  p: {{ type: jwt_key_pair, private_key: \"file:{key}\", algorithm: RS256, header: X-Partner-Auth }}\nroutes:\n  - {{ host: partner.example.com, credential: p, allow_http: true }}\n");
         let c = load_str(&text, Path::new("t.yaml"), &|_| None).unwrap();
-        let out = explain(&c, "GET", "http://partner.example.com/x").unwrap();
+        let out = explain(&c, "GET", "http://partner.example.com/x")
+            .await
+            .unwrap();
         assert!(
             out.contains("inject:      x-partner-auth: *** (token from local RS256 signer)"),
             "{out}"

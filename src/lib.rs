@@ -9,6 +9,7 @@ pub mod egress;
 pub mod errors;
 pub mod explain;
 pub mod metrics;
+pub mod ports;
 pub mod proxy;
 pub mod routing;
 pub mod scrub;

@@ -71,9 +71,12 @@ enum CaCommand {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pingora's own start-up chatter (bootstrap, services) is left out unless RUST_LOG asks.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
     // pingora's debug and trace events include raw request bytes, injected credentials
     // among them, and aws-sigv4 traces canonical requests (session token included): cap both
     // at INFO whatever RUST_LOG asks for.
@@ -81,10 +84,14 @@ fn init_logging() {
         !((m.target().starts_with("pingora") || m.target().starts_with("aws_sigv4"))
             && *m.level() > tracing::Level::INFO)
     });
+    // Colour only for a person at a terminal (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(ansi)
                 .with_filter(filter)
                 .with_filter(no_pingora_wire),
         )
@@ -196,15 +203,9 @@ fn check(arg: &ConfigArg, offline: bool) -> ExitCode {
         cfg.routes.len(),
         cfg.credentials.len()
     );
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let (report, all_ok) = rt.block_on(async {
         if offline {
@@ -228,7 +229,11 @@ fn explain(arg: &ConfigArg, method: &str, url: &str) -> ExitCode {
         Ok(v) => v,
         Err(code) => return code,
     };
-    match credproxy::explain::explain(&cfg, method, url) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(credproxy::explain::explain(&cfg, method, url)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -238,4 +243,15 @@ fn explain(arg: &ConfigArg, method: &str, url: &str) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A small runtime for the commands that talk to the network once (check, explain).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        })
 }

@@ -169,6 +169,22 @@ impl Glob {
         std::str::from_utf8(&self.pattern).unwrap_or("")
     }
 
+    /// Whether every path this glob's `other` matches, this one matches too (a conservative
+    /// answer: equal globs, or a `prefix*` glob and another that starts with the prefix).
+    pub fn covers(&self, other: &Glob) -> bool {
+        if self == other {
+            return true;
+        }
+        let Some(prefix) = self.pattern.strip_suffix(b"*") else {
+            return false;
+        };
+        if prefix.contains(&b'*') {
+            return false;
+        }
+        let literal = other.pattern.split(|&c| c == b'*').next().unwrap_or(&[]);
+        literal.starts_with(prefix)
+    }
+
     /// Linear-time wildcard match (the classic two-pointer algorithm with one backtrack point).
     pub fn matches(&self, path: &str) -> bool {
         let (p, s) = (&self.pattern, path.as_bytes());
@@ -203,7 +219,44 @@ pub struct Matcher {
     pub methods: Option<Vec<Method>>,
 }
 
+impl HostPattern {
+    /// Whether this pattern matches every host `other` matches.
+    pub fn covers(&self, other: &HostPattern) -> bool {
+        let under = |h: &str, s: &str| {
+            h.len() > s.len() && h.ends_with(s) && h[..h.len() - s.len()].ends_with('.')
+        };
+        match (self, other) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Suffix(a), HostPattern::Exact(b)) => under(b, a),
+            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => a == b || under(b, a),
+            (HostPattern::Exact(_), HostPattern::Suffix(_)) => false,
+        }
+    }
+}
+
 impl Matcher {
+    /// Whether this matcher accepts every request `other` accepts: a route with it, earlier
+    /// in the list, leaves `other`'s route nothing to match.
+    pub fn covers(&self, other: &Matcher) -> bool {
+        let host = match (&self.host, &other.host) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.covers(b),
+            _ => false,
+        };
+        let port = self.port.is_none() || self.port == other.port;
+        let path = match (&self.path, &other.path) {
+            (None, _) => true,
+            (Some(a), Some(b)) => a.covers(b),
+            (Some(a), None) => a.as_str() == "/*",
+        };
+        let methods = match (&self.methods, &other.methods) {
+            (None, _) => true,
+            (Some(a), Some(b)) => b.iter().all(|m| a.contains(m)),
+            (Some(_), None) => false,
+        };
+        host && port && path && methods
+    }
+
     fn accepts(&self, port: u16, path: &str, method: &Method) -> bool {
         self.port.is_none_or(|p| p == port)
             && self.path.as_ref().is_none_or(|g| g.matches(path))

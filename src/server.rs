@@ -37,15 +37,11 @@ impl BackgroundService for Sighup {
     }
 }
 
-/// Logs what a newcomer needs to know at startup: where it listens, what is off.
+/// Logs what a newcomer needs to know at startup, each problem once: the config's warnings
+/// (unavailable credentials among them), what is off, what is unsafe.
 pub fn log_startup(cfg: &Config) {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
-    }
-    for c in &cfg.credentials {
-        if let Err(e) = &c.credential {
-            tracing::warn!(credential = %c.name, "credential unavailable, its routes answer 502: {e}");
-        }
     }
     if cfg.proxy.ca.is_none() && cfg.routes.iter().any(|r| r.upstream.is_none()) {
         tracing::warn!("no proxy.ca: injection into HTTPS is off; CONNECT to routed hosts is tunnelled untouched (run `credproxy ca init` and set proxy.ca to intercept them); plain HTTP and sidecar routes are injected");
@@ -56,7 +52,57 @@ pub fn log_startup(cfg: &Config) {
     if !cfg.proxy.listen.ip().is_loopback() && cfg.clients.is_none() {
         tracing::error!(listen = %cfg.proxy.listen, "INSECURE: listening on a non-loopback address without `clients:`: anyone who can reach this port can use every credential; configure `clients:` or listen on 127.0.0.1");
     }
-    tracing::info!(listen = %cfg.proxy.listen, admin = ?cfg.proxy.admin, routes = cfg.routes.len(), credentials = cfg.credentials.len(), "credproxy starting");
+}
+
+/// The one line that ends startup: where it listens, and whether HTTPS is intercepted.
+fn ready_line(cfg: &Config) -> String {
+    let admin = cfg.proxy.admin.map_or("off".to_string(), |a| a.to_string());
+    let https = match &cfg.proxy.interceptor {
+        Some(i) => format!(
+            "HTTPS interception on (CA SHA-256 {})",
+            i.ca().fingerprint()
+        ),
+        None => "HTTPS interception off (no proxy.ca)".to_string(),
+    };
+    format!(
+        "credproxy ready: proxy on {}, admin on {admin}; {https}; {} routes, {} credentials",
+        cfg.proxy.listen,
+        cfg.routes.len(),
+        cfg.credentials.len()
+    )
+}
+
+/// Says `ready_line` once the proxy listener accepts connections.
+struct StartupReport {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for StartupReport {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let cfg = self.app.config();
+        let addr = crate::admin::connectable(cfg.proxy.listen);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tracing::info!("{}", ready_line(&cfg));
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::error!(listen = %cfg.proxy.listen, "the proxy listener did not come up within 5 s");
+    }
+}
+
+/// Exits (status 1, one error line) when a listener address cannot be bound.
+fn check_listeners(cfg: &Config) {
+    let mut addrs = vec![(cfg.proxy.listen, "proxy.listen")];
+    addrs.extend(cfg.proxy.admin.map(|a| (a, "proxy.admin")));
+    for (addr, key) in addrs {
+        if let Err(e) = crate::ports::check_free(addr, key) {
+            tracing::error!("{e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Downstream connection bounds pingora applies itself (startup values; not reloaded).
@@ -76,6 +122,7 @@ fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
 /// Runs the proxy until SIGTERM/SIGINT. Never returns.
 pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     log_startup(&cfg);
+    check_listeners(&cfg);
     let (cfg_listen, cfg_admin) = (cfg.proxy.listen, cfg.proxy.admin);
     let listen = cfg_listen.to_string();
     let admin_addr = cfg_admin.map(|a| a.to_string());
@@ -129,6 +176,10 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         admin.add_tcp(&addr);
         server.add_service(admin);
     }
+    server.add_service(background_service(
+        "startup report",
+        StartupReport { app: app.clone() },
+    ));
     server.add_service(background_service("sighup reload", Sighup { app }));
     server.run_forever()
 }

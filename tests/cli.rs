@@ -130,35 +130,94 @@ fn shipped_example_config_is_valid_without_secrets() {
 #[test]
 fn explain_shows_route_and_masks_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(&dir, "credentials:\n  gh: { type: bearer, token: \"${T}\" }\nroutes:\n  - { host: api.github.com, credential: gh }\n");
+    let ca = dir.path().join("ca");
+    let (code, _, err) = run(&["ca", "init", "--dir", ca.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let dns =
+        "  dns: { overrides: { api.github.com: 140.82.112.6, other.example: 93.184.216.34 } }\n";
+    let body = "credentials:\n  gh: { type: bearer, token: \"${T}\" }\nroutes:\n  - { host: api.github.com, credential: gh }\n";
+    let with_ca = write(
+        &dir,
+        &format!(
+            "proxy:\n{dns}  ca: {{ cert: {0}/ca.pem, key: {0}/ca.key }}\n{body}",
+            ca.display()
+        ),
+    );
+    let url = "https://api.github.com/repos/x/y/issues";
     let (code, out, _) = run(
-        &[
-            "explain",
-            "-c",
-            &f,
-            "-X",
-            "POST",
-            "https://api.github.com/repos/x/y/issues",
-        ],
+        &["explain", "-c", &with_ca, "-X", "POST", url],
+        &[("T", "tok-value")],
+    );
+    assert_eq!(code, 0);
+    for line in [
+        "route:       api.github.com (routes[0])",
+        "upstream:    https://api.github.com:443/repos/x/y/issues",
+        "destination: 140.82.112.6 (allowed by proxy.egress)",
+        "inject:      authorization: Bearer ***",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    assert!(!out.contains("tok-value"));
+    let (code, out, _) = run(&["explain", "-c", &with_ca, "http://other.example/"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("route:       none"), "{out}");
+    let without_ca = write(&dir, &format!("proxy:\n{dns}{body}"));
+    let (code, out, _) = run(&["explain", "-c", &without_ca, url], &[("T", "tok-value")]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("answer:      tunnelled untouched (CONNECT): no proxy.ca"),
+        "{out}"
+    );
+    assert!(!out.contains("inject:"), "{out}");
+    let (code, out, _) = run(
+        &["explain", "-c", &without_ca, "http://api.github.com/x"],
         &[("T", "tok-value")],
     );
     assert_eq!(code, 0);
     assert!(
-        out.contains("route:       api.github.com (routes[0])"),
+        out.contains("403 plain_http_refused (Proxy-Status: http_request_denied)"),
         "{out}"
     );
-    assert!(
-        out.contains("upstream:    https://api.github.com:443/repos/x/y/issues"),
-        "{out}"
+}
+
+/// A second instance on the same address fails at once, naming the address and its holder,
+/// instead of retrying for half a minute and staying alive without listeners.
+#[test]
+fn a_taken_listener_address_fails_fast_with_one_line() {
+    let p = common::Proxy::start("credentials:\n  gh: { type: bearer, token: t1234567 }\nroutes:\n  - { host: api.github.com, credential: gh }\n");
+    let free = common::free_port();
+    let cfg = std::fs::read_to_string(p.config_path()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listen_taken = write(
+        &dir,
+        &cfg.replace(
+            &format!("admin: {}", p.admin),
+            &format!("admin: 127.0.0.1:{free}"),
+        ),
     );
-    assert!(
-        out.contains("inject:      authorization: Bearer ***"),
-        "{out}"
-    );
-    assert!(!out.contains("tok-value"));
-    let (code, out, _) = run(&["explain", "-c", &f, "http://other.example/"], &[]);
-    assert_eq!(code, 0);
-    assert!(out.contains("route:       none"), "{out}");
+    let f2 = dir.path().join("second.yaml");
+    std::fs::write(
+        &f2,
+        cfg.replace(
+            &format!("listen: {}", p.addr),
+            &format!("listen: 127.0.0.1:{free}"),
+        ),
+    )
+    .unwrap();
+    for (file, addr, key) in [
+        (listen_taken, p.addr, "proxy.listen"),
+        (f2.to_str().unwrap().to_string(), p.admin, "proxy.admin"),
+    ] {
+        let (code, _, err) = run(&["run", "-c", &file], &[]);
+        assert_eq!(code, 1, "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(
+            errors[0].contains(&format!("cannot listen on {addr} ({key}): address already in use, held by credproxy (pid {})", p.pid())),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]

@@ -7,14 +7,31 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        /// Keys seen so far in this mapping, with their lines.
+        seen: HashMap<String, usize>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
+}
+
+/// A key written twice in one mapping: YAML parsers keep only the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub path: String,
+    pub first_line: usize,
+    pub line: usize,
 }
 
 #[derive(Default)]
 struct Collector {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Collector {
@@ -27,7 +44,7 @@ impl Collector {
                 *index += 1;
                 Some(p)
             }
-            Some(Frame::Map { path, key }) => key.take().map(|k| join(path, &k)),
+            Some(Frame::Map { path, key, .. }) => key.take().map(|k| join(path, &k)),
         }
     }
 }
@@ -49,8 +66,17 @@ impl MarkedEventReceiver for Collector {
                     self.lines.entry(p).or_insert(line);
                 }
                 None => {
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        self.lines.entry(join(path, &value)).or_insert(line);
+                    if let Some(Frame::Map { path, key, seen }) = self.stack.last_mut() {
+                        let full = join(path, &value);
+                        if let Some(&first_line) = seen.get(&value) {
+                            self.duplicates.push(Duplicate {
+                                path: full.clone(),
+                                first_line,
+                                line,
+                            });
+                        }
+                        seen.entry(value.clone()).or_insert(line);
+                        self.lines.entry(full).or_insert(line);
                         *key = Some(value);
                     }
                 }
@@ -59,7 +85,11 @@ impl MarkedEventReceiver for Collector {
                 let path = self.node_path().unwrap_or_default();
                 self.lines.entry(path.clone()).or_insert(line);
                 self.stack.push(match ev {
-                    Event::MappingStart(..) => Frame::Map { path, key: None },
+                    Event::MappingStart(..) => Frame::Map {
+                        path,
+                        key: None,
+                        seen: HashMap::new(),
+                    },
                     _ => Frame::Seq { path, index: 0 },
                 });
             }
@@ -77,6 +107,7 @@ impl MarkedEventReceiver for Collector {
 /// Line numbers (1-based) of every key path in a YAML document.
 pub struct Locator {
     lines: HashMap<String, usize>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Locator {
@@ -84,7 +115,15 @@ impl Locator {
         let mut c = Collector::default();
         // A parse error here is reported by serde_yaml with its own location; keep what we have.
         let _ = Parser::new_from_str(text).load(&mut c, false);
-        Locator { lines: c.lines }
+        Locator {
+            lines: c.lines,
+            duplicates: c.duplicates,
+        }
+    }
+
+    /// Keys written twice in one mapping.
+    pub fn duplicates(&self) -> &[Duplicate] {
+        &self.duplicates
     }
 
     /// The line of `path`, or of its nearest ancestor that is in the file.
@@ -114,6 +153,26 @@ mod tests {
         assert_eq!(l.line("routes[0].host"), Some(8));
         assert_eq!(l.line("routes[1].credential"), Some(11));
         assert_eq!(l.line("routes[1]"), Some(10));
+    }
+
+    #[test]
+    fn finds_duplicate_keys() {
+        let l = Locator::new("credentials:\n  gh: { type: bearer, token: a }\n  x: { type: bearer, token: b }\n  gh: { type: bearer, token: c }\nroutes:\n  - { host: a, host: b }\n");
+        assert_eq!(
+            l.duplicates(),
+            [
+                Duplicate {
+                    path: "credentials.gh".into(),
+                    first_line: 2,
+                    line: 4
+                },
+                Duplicate {
+                    path: "routes[0].host".into(),
+                    first_line: 6,
+                    line: 6
+                }
+            ]
+        );
     }
 
     #[test]

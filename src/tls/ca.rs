@@ -181,6 +181,24 @@ fn first_certificate(pem: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// SHA-256 of a certificate, colon-separated hex (as browsers show it).
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Ca {
+    /// The certificate's SHA-256 fingerprint, as `ca init` printed it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert)
+    }
+}
+
 /// What `ca init` wrote.
 #[derive(Debug)]
 pub struct Created {
@@ -209,17 +227,10 @@ pub fn init(dir: &Path, force: bool) -> Result<Created, CaError> {
     // Key first: a cert without its key is useless, the reverse would be replaced by --force.
     write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.der());
-    let fingerprint = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":");
     Ok(Created {
         cert: cert_path,
         key: key_path,
-        fingerprint,
+        fingerprint: fingerprint(cert.der()),
     })
 }
 

@@ -47,7 +47,10 @@ impl Validator<'_> {
             let credential = match built {
                 Ok(c) => Ok(c),
                 Err(BuildError::Unavailable(e)) => {
-                    self.warn(&path, format!("unavailable until fixed: {e}"));
+                    self.warn(
+                        &path,
+                        format!("unavailable until fixed (its routes answer 502): {e}"),
+                    );
                     Err(e)
                 }
                 Err(BuildError::Invalid { key, message }) if key.is_empty() => {

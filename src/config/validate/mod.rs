@@ -43,6 +43,7 @@ pub fn load_str(
         warnings: Vec::new(),
         env,
     };
+    r.duplicate_keys()?;
     let raw = r.parse(text)?;
     let config = r.resolve(raw);
     if r.errors.is_empty() {
@@ -81,6 +82,33 @@ impl Validator<'_> {
     fn warn(&mut self, path: &str, message: impl Into<String>) {
         let w = self.problem(path, message);
         self.warnings.push(w);
+    }
+
+    /// A key written twice in one mapping is an error: YAML keeps the last, so the first (a
+    /// credential, a route field) would be ignored without a word.
+    fn duplicate_keys(&self) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = self
+            .loc
+            .duplicates()
+            .iter()
+            .map(|d| {
+                let key = d.path.rsplit(['.', ']']).next().unwrap_or(&d.path);
+                ConfigError {
+                    file: self.file.clone(),
+                    line: Some(d.line),
+                    path: d.path.clone(),
+                    message: format!(
+                        "`{key}` is written twice in the same mapping (first at line {}): only one would be kept; remove or rename one",
+                        d.first_line
+                    ),
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     fn parse(&self, text: &str) -> Result<RawConfig, ConfigErrors> {

@@ -15,14 +15,54 @@ impl Validator<'_> {
     ) -> (Vec<Route>, Vec<Matcher>) {
         let mut routes = Vec::new();
         let mut matchers = Vec::new();
+        let mut at = Vec::new();
         for (i, r) in raw.iter().enumerate() {
             let path = format!("routes[{i}]");
             if let Some((route, matcher)) = self.route(&path, r, creds) {
                 routes.push(route);
                 matchers.push(matcher);
+                at.push(i);
             }
         }
+        self.unique_names(raw);
+        self.shadowed(&routes, &matchers, &at);
         (routes, matchers)
+    }
+
+    /// Route names label metrics, logs and errors: two routes may not share one.
+    fn unique_names(&mut self, raw: &[RawRoute]) {
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, r) in raw.iter().enumerate() {
+            let Some(name) = r.name.as_deref() else {
+                continue;
+            };
+            match seen.get(name) {
+                Some(first) => self.err(
+                    &format!("routes[{i}].name"),
+                    format!("route name `{name}` is already used by routes[{first}]"),
+                ),
+                None => {
+                    seen.insert(name, i);
+                }
+            }
+        }
+    }
+
+    /// Warns about a route that an earlier one leaves nothing to match.
+    fn shadowed(&mut self, routes: &[Route], matchers: &[Matcher], at: &[usize]) {
+        for j in 0..matchers.len() {
+            let Some(i) = (0..j).find(|&i| matchers[i].covers(&matchers[j])) else {
+                continue;
+            };
+            let (a, b) = (&routes[i].name, &routes[j].name);
+            self.warn(
+                &format!("routes[{}]", at[j]),
+                format!(
+                    "route `{b}` can never match: `{a}` (routes[{}]) comes first and matches every request it would; move it above, or narrow the earlier route",
+                    at[i]
+                ),
+            );
+        }
     }
 
     fn route(&mut self, path: &str, r: &RawRoute, creds: &[&str]) -> Option<(Route, Matcher)> {

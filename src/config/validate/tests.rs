@@ -738,3 +738,50 @@ fn buffer_budget_holds_one_max_body_body() {
     assert_eq!(d.proxy.limits.max_buffered, 256 << 20);
     assert_eq!(d.proxy.limits.max_buffered_per_client, 64 << 20);
 }
+
+#[test]
+fn duplicate_keys_are_errors_with_both_lines() {
+    rejects(
+        "credentials:\n  github: { type: bearer, token: a1234567 }\n  other: { type: bearer, token: b1234567 }\n  github: { type: bearer, token: c1234567 }\n",
+        "credentials.github",
+        4,
+        "`github` is written twice in the same mapping (first at line 2)",
+    );
+    rejects(
+        "credentials:\n  gh: { type: bearer, token: a1234567 }\nroutes:\n  - host: a.example.com\n    credential: gh\n    host: b.example.com\n",
+        "routes[0].host",
+        6,
+        "`host` is written twice",
+    );
+}
+
+#[test]
+fn duplicate_route_names_are_errors() {
+    rejects(
+        "credentials:\n  gh: { type: bearer, token: a1234567 }\nroutes:\n  - { name: api, host: a.example.com, credential: gh }\n  - { name: api, host: b.example.com, credential: gh }\n",
+        "routes[1].name",
+        5,
+        "route name `api` is already used by routes[0]",
+    );
+}
+
+#[test]
+fn shadowed_routes_are_warned_about_naming_both() {
+    let c = load("credentials:\n  gh: { type: bearer, token: a1234567 }\nroutes:\n  - { name: all, host: \"*.example.com\", credential: gh }\n  - { name: api, host: api.example.com, path: /v1/*, credential: gh }\n  - { name: other, host: example.com, credential: gh }\n  - { name: v1, host: b.test, path: /v1/*, credential: gh }\n  - { name: v1-users, host: b.test, path: /v1/users/*, methods: [GET], credential: gh }\n  - { name: v2, host: b.test, path: /v2/*, credential: gh }\n  - { name: get-only, host: c.test, methods: [GET], credential: gh }\n  - { name: any, host: c.test, credential: gh }\n").unwrap();
+    let warned: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    let shadow: Vec<&String> = warned
+        .iter()
+        .filter(|w| w.contains("can never match"))
+        .collect();
+    assert_eq!(shadow.len(), 2, "{warned:#?}");
+    assert!(
+        shadow[0].contains(
+            "conf.yaml:5: routes[1]: route `api` can never match: `all` (routes[0]) comes first"
+        ),
+        "{shadow:?}"
+    );
+    assert!(
+        shadow[1].contains("routes[4]: route `v1-users` can never match: `v1` (routes[3])"),
+        "{shadow:?}"
+    );
+}
