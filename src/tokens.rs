@@ -84,6 +84,20 @@ impl TokenError {
         }
     }
 
+    /// The OAuth error code (RFC 6749 5.2 `error`) of an endpoint's refusal, if it gave one.
+    pub fn oauth_code(&self) -> Option<&str> {
+        let TokenError::Status { detail, .. } = self else {
+            return None;
+        };
+        let inner = detail.trim().strip_prefix('(')?;
+        let code = inner.split([':', ')']).next()?.trim();
+        let valid = !code.is_empty()
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        valid.then_some(code)
+    }
+
     /// Worth another try: the endpoint may answer differently in a moment.
     pub fn retryable(&self) -> bool {
         match self {
@@ -235,8 +249,9 @@ impl Slot {
                 if let Ok(mut f) = self.failure.lock() {
                     *f = None;
                 }
-                if let Ok(mut l) = self.last_error.lock() {
-                    *l = None;
+                let was = self.last_error.lock().ok().and_then(|mut l| l.take());
+                if let Some(was) = was {
+                    tracing::info!(credential = &*self.name, "token fetch recovered (after: {was})");
                 }
             }
             Err(e) => {
@@ -247,8 +262,23 @@ impl Slot {
                 if let Ok(mut l) = self.last_error.lock() {
                     *l = Some(e.to_string());
                 }
+                log_failure(&self.name, e);
             }
         }
+    }
+}
+
+/// One WARN line per failed fetch (failures are remembered for the negative TTL, so an
+/// endpoint that is down is not logged on every request).
+fn log_failure(credential: &str, e: &TokenError) {
+    match e {
+        TokenError::Status { status, .. } => tracing::warn!(
+            credential,
+            status,
+            oauth_error = e.oauth_code().unwrap_or(""),
+            "token fetch failed: {e}"
+        ),
+        _ => tracing::warn!(credential, "token fetch failed: {e}"),
     }
 }
 
@@ -502,19 +532,7 @@ impl TokenCache {
                 Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
                 // The current token stays in service until it expires; the failure is
                 // remembered like any other, so the endpoint is not asked on every request.
-                Err(e) => {
-                    tracing::warn!(
-                        endpoint = src.endpoint(),
-                        "background token refresh failed: {e}"
-                    );
-                    slot.fetches_failed.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut f) = slot.failure.lock() {
-                        *f = Some((e.clone(), Instant::now() + cache.negative_ttl));
-                    }
-                    if let Ok(mut l) = slot.last_error.lock() {
-                        *l = Some(e.to_string());
-                    }
-                }
+                Err(e) => slot.record(&Err(e), cache.negative_ttl),
             }
         });
     }

@@ -766,3 +766,31 @@ fn a_token_that_expires_during_a_slow_upload_is_replaced_before_sending() {
         "the expired short-1 was not sent"
     );
 }
+
+/// A failed fetch is one WARN line naming the credential, the endpoint's status and OAuth
+/// error code (at the default level); the next success says the credential recovered.
+#[test]
+fn token_failures_and_recovery_are_logged_once_each() {
+    let o = Origin::start();
+    let ts = TokenServer::start(TokenReply::raw(
+        401,
+        r#"{"error":"invalid_client","error_description":"bad secret"}"#,
+        "application/json",
+    ));
+    let p = proxy(&ts, &o, "");
+    assert_eq!(get(&p, &o).0, 502);
+    let log = p.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("token fetch failed")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    for field in ["WARN", "credential=\"api\"", "status=401", "oauth_error=\"invalid_client\"", "bad secret"] {
+        assert!(lines[0].contains(field), "{field}: {}", lines[0]);
+    }
+    ts.set(TokenReply::ok("recovered-token-1", "3600"));
+    // The failure is remembered for the negative TTL (2 s); then the next request fetches.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(get(&p, &o).0, 200);
+    let log = p.log_text();
+    let recovered: Vec<&str> = log.lines().filter(|l| l.contains("token fetch recovered")).collect();
+    assert_eq!(recovered.len(), 1, "{log}");
+    assert!(recovered[0].contains("INFO") && recovered[0].contains("credential=\"api\""), "{}", recovered[0]);
+}
