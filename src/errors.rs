@@ -329,6 +329,113 @@ pub fn to_wire(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const VARIANTS: usize = 26;
+
+    /// Each variant's number: a new variant does not compile here until it gets one, and
+    /// `every_variant` fails until it holds an example of it.
+    fn index(e: &ProxyError) -> usize {
+        use ProxyError::*;
+        match e {
+            BadRequest(_) => 0,
+            NoRoute(_) => 1,
+            Unmatched(_) => 2,
+            CredentialNotOnRoute(_) => 3,
+            ProxyAuthRequired => 4,
+            ClientForbidden { .. } => 5,
+            CredentialUnavailable(_) => 6,
+            Dns { .. } => 7,
+            DnsTimeout(_) => 8,
+            ConnectRefused(_) => 9,
+            ConnectTimeout(_) => 10,
+            ReadTimeout(_) => 11,
+            Tls(..) => 12,
+            TlsCertificate(_) => 13,
+            Upstream(..) => 14,
+            TokenEndpoint(_) => 15,
+            TokenTimeout(_) => 16,
+            BodyTooLarge(_) => 17,
+            LengthRequired => 18,
+            EgressDenied(_) => 19,
+            HeaderTimeout(_) => 20,
+            HeadersTooLarge(_) => 21,
+            PlainHttp(_) => 22,
+            TooManyConnections(_) => 23,
+            BuffersFull(_) => 24,
+            OwnListener { .. } => 25,
+        }
+    }
+
+    /// One example of every variant.
+    fn every_variant() -> Vec<ProxyError> {
+        use ProxyError::*;
+        let s = || "x".to_string();
+        let all = vec![
+            BadRequest(s()),
+            NoRoute(s()),
+            Unmatched(s()),
+            CredentialNotOnRoute(s()),
+            ProxyAuthRequired,
+            ClientForbidden {
+                client: s(),
+                credential: s(),
+            },
+            CredentialUnavailable(s()),
+            Dns {
+                host: s(),
+                reason: s(),
+            },
+            DnsTimeout(s()),
+            ConnectRefused(s()),
+            ConnectTimeout(s()),
+            ReadTimeout(s()),
+            Tls(s(), s()),
+            TlsCertificate(s()),
+            Upstream(s(), s()),
+            TokenEndpoint(s()),
+            TokenTimeout(s()),
+            BodyTooLarge(1),
+            LengthRequired,
+            EgressDenied(crate::egress::Denied {
+                host: s(),
+                ip: std::net::IpAddr::from([10, 0, 0, 1]),
+                why: "private",
+            }),
+            HeaderTimeout(std::time::Duration::from_secs(1)),
+            HeadersTooLarge(s()),
+            PlainHttp(s()),
+            TooManyConnections(1),
+            BuffersFull(crate::proxy::limits::OverBudget::Total(1)),
+            OwnListener {
+                target: s(),
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+                listener: "admin",
+            },
+        ];
+        let mut seen: Vec<usize> = all.iter().map(index).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            (0..VARIANTS).collect::<Vec<_>>(),
+            "one of each variant"
+        );
+        all
+    }
+
+    #[test]
+    fn the_readme_error_table_lists_every_code() {
+        let readme = include_str!("../README.md");
+        for e in every_variant() {
+            let row = format!(
+                "| {} | `{}` | `{}` |",
+                e.status(),
+                e.code(),
+                e.proxy_status_type()
+            );
+            assert!(readme.contains(&row), "README.md lacks the row `{row}`");
+        }
+    }
+
     #[test]
     fn renders_spec_body_and_header() {
         let e = ProxyError::Dns {

@@ -140,6 +140,11 @@ fn main() -> ExitCode {
 fn ca_init(dir: &std::path::Path, force: bool) -> ExitCode {
     let created = match credproxy::tls::ca::init(dir, force) {
         Ok(c) => c,
+        // Without --force an existing CA is kept: a usage matter, like a bad flag.
+        Err(e @ credproxy::tls::ca::CaError::Exists(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

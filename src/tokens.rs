@@ -251,7 +251,10 @@ impl Slot {
                 }
                 let was = self.last_error.lock().ok().and_then(|mut l| l.take());
                 if let Some(was) = was {
-                    tracing::info!(credential = &*self.name, "token fetch recovered (after: {was})");
+                    tracing::info!(
+                        credential = &*self.name,
+                        "token fetch recovered (after: {was})"
+                    );
                 }
             }
             Err(e) => {

@@ -162,7 +162,11 @@ fn ca_init_prints_trust_instructions_and_refuses_to_overwrite() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(!again.status.success());
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "refusing to overwrite is a usage error"
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     let forced = Command::new(bin())
         .args(["ca", "init", "--force", "--dir"])

@@ -780,9 +780,18 @@ fn token_failures_and_recovery_are_logged_once_each() {
     let p = proxy(&ts, &o, "");
     assert_eq!(get(&p, &o).0, 502);
     let log = p.log_text();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("token fetch failed")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("token fetch failed"))
+        .collect();
     assert_eq!(lines.len(), 1, "{log}");
-    for field in ["WARN", "credential=\"api\"", "status=401", "oauth_error=\"invalid_client\"", "bad secret"] {
+    for field in [
+        "WARN",
+        "credential=\"api\"",
+        "status=401",
+        "oauth_error=\"invalid_client\"",
+        "bad secret",
+    ] {
         assert!(lines[0].contains(field), "{field}: {}", lines[0]);
     }
     ts.set(TokenReply::ok("recovered-token-1", "3600"));
@@ -790,7 +799,14 @@ fn token_failures_and_recovery_are_logged_once_each() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert_eq!(get(&p, &o).0, 200);
     let log = p.log_text();
-    let recovered: Vec<&str> = log.lines().filter(|l| l.contains("token fetch recovered")).collect();
+    let recovered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("token fetch recovered"))
+        .collect();
     assert_eq!(recovered.len(), 1, "{log}");
-    assert!(recovered[0].contains("INFO") && recovered[0].contains("credential=\"api\""), "{}", recovered[0]);
+    assert!(
+        recovered[0].contains("INFO") && recovered[0].contains("credential=\"api\""),
+        "{}",
+        recovered[0]
+    );
 }

@@ -170,6 +170,18 @@ impl BuildCtx<'_> {
         self.secret_inner(key, raw, false)
     }
 
+    /// A value that may be a reference but is not itself secret (a user name, a client id):
+    /// written literally, it is not warned about.
+    pub fn identifier(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+        if SecretSource::parse(raw).is_literal() {
+            let before = self.warnings.len();
+            let s = self.secret(key, raw);
+            self.warnings.truncate(before);
+            return s;
+        }
+        self.secret(key, raw)
+    }
+
     /// A secret sent to a token endpoint: at least `MIN_SENT_SECRET` characters, since a
     /// shorter one cannot be told from ordinary text when an endpoint quotes it back, and so
     /// could not be scrubbed from its error messages.

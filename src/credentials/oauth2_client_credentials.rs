@@ -111,7 +111,7 @@ impl OAuth2ClientCredentials {
             }
             params.push((k.clone(), v.clone()));
         }
-        let client_id = ctx.secret("client_id", &raw.client_id)?;
+        let client_id = ctx.identifier("client_id", &raw.client_id)?;
         let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
         Ok(OAuth2ClientCredentials {
             url,

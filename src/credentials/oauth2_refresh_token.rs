@@ -142,7 +142,7 @@ impl RefreshToken {
         };
         let ttl = super::cache_ttl(raw.cache.as_ref())?;
         let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
-        let client_id = ctx.secret("client_id", &raw.client_id)?;
+        let client_id = ctx.identifier("client_id", &raw.client_id)?;
         let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
         let seed = ctx.sent_secret("refresh_token", &raw.refresh_token)?;
         let seed_sha256 = sha256_hex(seed.expose());

@@ -94,7 +94,7 @@ impl Data360 {
             login_host: step1.host_str().unwrap_or_default().to_ascii_lowercase(),
             step1,
             step1_label: format!("{label} (step 1)"),
-            client_id: ctx.secret("client_id", &raw.client_id)?,
+            client_id: ctx.identifier("client_id", &raw.client_id)?,
             client_secret: ctx.sent_secret("client_secret", &raw.client_secret)?,
             dataspace: raw.dataspace.clone().unwrap_or_else(|| "default".into()),
             policy: Policy {
