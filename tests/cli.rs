@@ -94,7 +94,10 @@ fn check_reports_each_credential_and_fails_on_missing_secrets() {
         err.contains("warning:") && err.contains("credentials.erp: unavailable until fixed"),
         "{err}"
     );
-    assert!(!err.contains("credentials.erp.username"), "a user name is not a secret: {err}");
+    assert!(
+        !err.contains("credentials.erp.username"),
+        "a user name is not a secret: {err}"
+    );
     assert!(!out.contains("s3cret-value") && !err.contains("s3cret-value"));
     std::fs::write(dir.path().join("nope.txt"), "pw\n").unwrap();
     let (code, out, _) = run(&["check", "--offline", "-c", &f], &[("T", "x")]);
