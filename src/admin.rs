@@ -67,6 +67,15 @@ pub struct CredentialStatus {
     /// Target hosts holding a token, for credentials minted per host (self-signed JWTs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<usize>,
+    /// In a fleet: whether its shared state (Redis) is `up` or `unreachable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<&'static str>,
+}
+
+/// `up` or `unreachable` in a fleet; None for one process.
+fn fleet_health(app: &App) -> Option<&'static str> {
+    use crate::store::SharedState;
+    app.fleet.as_ref().map(|f| f.health().as_str())
 }
 
 /// One status line per credential; never a secret.
@@ -107,6 +116,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
                     .or(slot.last_error),
                 fetch_count: slot.fetches_ok + slot.fetches_failed,
                 targets: src.filter(|s| s.per_target()).map(|_| slot.targets),
+                shared_state: fleet_health(app),
             }
         })
         .collect()
@@ -140,6 +150,14 @@ impl Admin {
                 .map(|c| (vec![c.name.as_str(), c.kind], i64::from(c.status == "ok"))),
         );
         self.token_metrics(&mut s);
+        if let Some(h) = fleet_health(&self.app) {
+            s.gauges(
+                "credproxy_shared_state_up",
+                "1 while the fleet's shared state (Redis) answers.",
+                &[],
+                [(vec![], i64::from(h == "up"))],
+            );
+        }
         if let Some(i) = &self.app.config().proxy.interceptor {
             s.counters(
                 "credproxy_tls_leaf_mints_total",

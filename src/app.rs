@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use crate::config::{self, Config, ConfigErrors};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::store::redis::RedisState;
+use crate::store::{Embedded, SharedState};
 use crate::tokens::{Retry, TokenCache};
 
 /// Why the process-wide parts could not be set up.
@@ -18,6 +20,8 @@ pub enum AppError {
     Http(#[from] reqwest::Error),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot set up shared state: {0}")]
+    SharedState(String),
 }
 
 pub struct App {
@@ -26,6 +30,8 @@ pub struct App {
     pub dns: Resolver,
     pub metrics: Metrics,
     pub tokens: TokenCache,
+    /// The fleet's Redis, when `proxy.shared_state` is set (at startup; not reloaded).
+    pub fleet: Option<Arc<RedisState>>,
 }
 
 impl App {
@@ -33,7 +39,12 @@ impl App {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
-        let tokens = token_cache(&config)?;
+        let fleet = fleet(&config)?;
+        let shared: Arc<dyn SharedState> = match &fleet {
+            Some(f) => f.clone(),
+            None => Arc::new(Embedded::default()),
+        };
+        let tokens = token_cache(&config)?.with_shared(shared);
         let metrics = Metrics::new()?;
         let _ = config.metrics.set(metrics.for_config(&config));
         Ok(App {
@@ -42,6 +53,7 @@ impl App {
             dns,
             metrics,
             tokens,
+            fleet,
         })
     }
 
@@ -77,6 +89,20 @@ impl App {
             }
         }
     }
+}
+
+/// The fleet's shared state, from `proxy.shared_state`.
+fn fleet(config: &Config) -> Result<Option<Arc<RedisState>>, AppError> {
+    let Some(s) = &config.proxy.shared_state else {
+        return Ok(None);
+    };
+    let roots = match &config.proxy.upstream_ca {
+        Some(extra) => Some(crate::tls::roots::pem_bundle(extra).map_err(AppError::SharedState)?),
+        None => None,
+    };
+    let state = RedisState::new(s.clone(), config.proxy.state_dir.clone(), roots)
+        .ok_or_else(|| AppError::SharedState("CREDPROXY_STATE_KEY is unusable".into()))?;
+    Ok(Some(Arc::new(state)))
 }
 
 /// The token cache with its HTTP client for token endpoints.

@@ -63,6 +63,8 @@ pub enum ProxyError {
     PlainHttp(String),
     #[error("{0} connections already open from this client address (proxy.limits.max_connections_per_client)")]
     TooManyConnections(usize),
+    #[error("credential unavailable: {0}")]
+    SharedStateUnavailable(String),
     #[error("{}", buffers_full(.0))]
     BuffersFull(crate::proxy::limits::OverBudget),
     #[error("{target} is credproxy's own {listener} listener ({addr}): requests through the proxy never reach credproxy itself")]
@@ -92,7 +94,7 @@ impl ProxyError {
             TooManyConnections(_) => 429,
             LengthRequired => 411,
             DnsTimeout(_) | ConnectTimeout(_) | ReadTimeout(_) | TokenTimeout(_) => 504,
-            TokenEndpoint(_) => 502,
+            TokenEndpoint(_) | SharedStateUnavailable(_) => 502,
             BuffersFull(_) => 503,
             CredentialUnavailable(_)
             | Dns { .. }
@@ -133,6 +135,7 @@ impl ProxyError {
             PlainHttp(_) => "plain_http_refused",
             OwnListener { .. } => "proxy_loop",
             BuffersFull(_) => "buffers_full",
+            SharedStateUnavailable(_) => "shared_state_unavailable",
         }
     }
 
@@ -162,7 +165,7 @@ impl ProxyError {
             HeaderTimeout(_) | HeadersTooLarge(_) => "http_request_error",
             TooManyConnections(_) | PlainHttp(_) => "http_request_denied",
             OwnListener { .. } => "proxy_loop_detected",
-            BuffersFull(_) => "proxy_internal_error",
+            BuffersFull(_) | SharedStateUnavailable(_) => "proxy_internal_error",
         }
     }
 }
@@ -183,6 +186,7 @@ impl From<TokenError> for ProxyError {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::Timeout { .. } => ProxyError::TokenTimeout(e.to_string()),
+            TokenError::SharedState(_) => ProxyError::SharedStateUnavailable(e.to_string()),
             _ => ProxyError::TokenEndpoint(e.to_string()),
         }
     }
@@ -329,7 +333,7 @@ pub fn to_wire(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const VARIANTS: usize = 26;
+    const VARIANTS: usize = 27;
 
     /// Each variant's number: a new variant does not compile here until it gets one, and
     /// `every_variant` fails until it holds an example of it.
@@ -362,6 +366,7 @@ mod tests {
             TooManyConnections(_) => 23,
             BuffersFull(_) => 24,
             OwnListener { .. } => 25,
+            SharedStateUnavailable(_) => 26,
         }
     }
 
@@ -410,6 +415,7 @@ mod tests {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
                 listener: "admin",
             },
+            SharedStateUnavailable(s()),
         ];
         let mut seen: Vec<usize> = all.iter().map(index).collect();
         seen.sort_unstable();

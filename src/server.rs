@@ -93,6 +93,30 @@ impl BackgroundService for StartupReport {
     }
 }
 
+/// Keeps the fleet's Redis connected (see `store::redis`).
+struct FleetLink {
+    state: Arc<crate::store::redis::RedisState>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetLink {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        crate::store::redis::run(self.state.clone(), shutdown).await;
+    }
+}
+
+/// Applies other replicas' events to this replica's token cache.
+struct FleetFollow {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetFollow {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.app.tokens.follow_fleet(shutdown).await;
+    }
+}
+
 /// Exits (status 1, one error line) when a listener address cannot be bound.
 fn check_listeners(cfg: &Config) {
     let mut addrs = vec![(cfg.proxy.listen, "proxy.listen")];
@@ -175,6 +199,13 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         );
         admin.add_tcp(&addr);
         server.add_service(admin);
+    }
+    if let Some(state) = app.fleet.clone() {
+        server.add_service(background_service("fleet link", FleetLink { state }));
+        server.add_service(background_service(
+            "fleet events",
+            FleetFollow { app: app.clone() },
+        ));
     }
     server.add_service(background_service(
         "startup report",

@@ -22,6 +22,7 @@ use http::HeaderValue;
 
 use crate::scrub::Scrubber;
 use crate::secret::Secret;
+use crate::store::{Embedded, SharedState, TokenId};
 use renewal::Renewals;
 
 /// Why a token could not be obtained. Names the endpoint and its status, never a secret.
@@ -39,6 +40,9 @@ pub enum TokenError {
     },
     #[error("token endpoint {endpoint} gave an unusable answer: {reason}")]
     BadResponse { endpoint: String, reason: String },
+    /// The fleet's shared state is needed and cannot be used.
+    #[error("{0}")]
+    SharedState(String),
 }
 
 /// Longest endpoint-supplied text kept in an error.
@@ -80,7 +84,7 @@ impl TokenError {
                 endpoint,
                 reason: clean(reason),
             },
-            e @ TokenError::Timeout { .. } => e,
+            e @ (TokenError::Timeout { .. } | TokenError::SharedState(_)) => e,
         }
     }
 
@@ -103,7 +107,7 @@ impl TokenError {
         match self {
             TokenError::Timeout { .. } | TokenError::Connect { .. } => true,
             TokenError::Status { status, .. } => *status >= 500 || *status == 429,
-            TokenError::BadResponse { .. } => false,
+            TokenError::BadResponse { .. } | TokenError::SharedState(_) => false,
         }
     }
 }
@@ -159,10 +163,29 @@ impl Policy {
     }
 }
 
+/// What a fetch may use: the HTTP client for token endpoints, and the fleet's shared state
+/// (a rotating refresh token is committed there before its access token is used).
+pub struct FetchCx<'a> {
+    pub http: &'a reqwest::Client,
+    pub shared: &'a dyn SharedState,
+}
+
+impl<'a> FetchCx<'a> {
+    /// A fetch by a single process (`check`, tests).
+    pub fn local(http: &'a reqwest::Client) -> Self {
+        static EMBEDDED: std::sync::LazyLock<Embedded> =
+            std::sync::LazyLock::new(Embedded::default);
+        FetchCx {
+            http,
+            shared: &*EMBEDDED,
+        }
+    }
+}
+
 /// A credential that injects a fetched token.
 #[async_trait]
 pub trait TokenSource: Send + Sync + std::fmt::Debug {
-    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError>;
+    async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError>;
     fn policy(&self) -> Policy;
     /// Text before the token in the header value.
     fn prefix(&self) -> &str {
@@ -170,6 +193,25 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     }
     /// The endpoint, for messages (no query, no secret).
     fn endpoint(&self) -> &str;
+    /// Everything that decides which token this source fetches (URLs, ids, scopes, secrets),
+    /// as text. It is only ever hashed: equal identities share a token (across a reload and
+    /// across a fleet), and a changed secret or scope names another token.
+    fn identity(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.endpoint(),
+            self.header_name(),
+            self.prefix()
+        )
+    }
+    /// Whether replicas share this source's tokens; local signers make their own.
+    fn fleet_shared(&self) -> bool {
+        true
+    }
+    /// The time one request to the token endpoint may take.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
     /// The header the token goes into.
     fn header_name(&self) -> http::HeaderName {
         http::header::AUTHORIZATION
@@ -215,10 +257,12 @@ pub struct SlotStatus {
 /// One token's place in the cache: a credential's, or one target host's of a credential that
 /// mints tokens per host.
 pub struct Slot {
-    /// Its source; also keeps the source's address (part of the key) from being reused.
+    /// Its source; also keeps the source's address (a per-target key) from being reused.
     source: Arc<dyn TokenSource>,
     /// The credential's name, for logs.
     name: Arc<str>,
+    /// Its name in the fleet.
+    id: TokenId,
     current: ArcSwapOption<Token>,
     failure: Mutex<Option<(TokenError, Instant)>>,
     lock: tokio::sync::Mutex<()>,
@@ -301,8 +345,8 @@ impl Default for Retry {
     }
 }
 
-/// Credential name and source identity.
-type SlotKey = (Arc<str>, usize);
+/// Credential name and the digest of its source's identity.
+type SlotKey = (Arc<str>, [u8; 32]);
 
 /// Most target hosts one credential keeps tokens for (self-signed JWTs, one per audience);
 /// the least recently used goes first.
@@ -326,6 +370,8 @@ pub struct TokenCache {
     http: reqwest::Client,
     negative_ttl: Duration,
     retry: Retry,
+    /// The fleet's shared state, or the embedded nothing.
+    shared: Arc<dyn SharedState>,
 }
 
 /// Up to `base` of jitter, without a random-number dependency: the clock's nanoseconds.
@@ -337,10 +383,24 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(f64::from(nanos % 1000) / 1000.0)
 }
 
-fn new_slot(name: &Arc<str>, source: Arc<dyn TokenSource>) -> Arc<Slot> {
+fn identity_digest(src: &dyn TokenSource) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, src.identity().as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn new_slot(name: &Arc<str>, source: Arc<dyn TokenSource>, target: Option<&str>) -> Arc<Slot> {
+    let id = TokenId {
+        credential: name.clone(),
+        identity: identity_digest(source.as_ref()),
+        tenant: None,
+        target: target.map(Arc::from),
+    };
     Arc::new(Slot {
         source,
         name: name.clone(),
+        id,
         current: ArcSwapOption::empty(),
         failure: Mutex::new(None),
         lock: tokio::sync::Mutex::new(()),
@@ -364,18 +424,29 @@ impl TokenCache {
             http,
             negative_ttl,
             retry,
+            shared: Arc::new(Embedded::default()),
         }
+    }
+
+    /// The same cache, sharing tokens through `shared` (a fleet's Redis).
+    pub fn with_shared(mut self, shared: Arc<dyn SharedState>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    pub fn shared(&self) -> &Arc<dyn SharedState> {
+        &self.shared
     }
 
     /// The slot of `src`, the source of the credential `name`.
     pub fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
-        let key = (name.clone(), source_id(src));
+        let key = (name.clone(), identity_digest(src.as_ref()));
         if let Some(s) = self.slots.get(&key) {
             return s.clone();
         }
         self.slots
             .entry(key)
-            .or_insert_with(|| new_slot(name, src.clone()))
+            .or_insert_with(|| new_slot(name, src.clone(), None))
             .clone()
     }
 
@@ -404,7 +475,7 @@ impl TokenCache {
             return s.clone();
         }
         let child = src.for_target(host).unwrap_or_else(|| src.clone());
-        let slot = new_slot(name, child);
+        let slot = new_slot(name, child, Some(host));
         hosts.put(host.to_string(), slot.clone());
         slot
     }
@@ -438,7 +509,7 @@ impl TokenCache {
             return Err(e);
         }
         let after_reject = slot.renewals.take_dropped();
-        let result = self.fetch(slot.source.as_ref(), after_reject).await;
+        let result = self.obtain(slot, after_reject, None).await;
         slot.record(&result, self.negative_ttl);
         result
     }
@@ -451,8 +522,12 @@ impl TokenCache {
     ) -> Result<Arc<Token>, TokenError> {
         let slot = self.slot(name, src);
         let _guard = slot.lock.lock().await;
-        slot.current.store(None);
-        let result = self.fetch(src.as_ref(), false).await;
+        let old = slot.current.swap(None);
+        // Every replica drops it; the one fetch below is published to all of them.
+        if let Err(e) = self.shared.invalidate(name, None, Some(&slot.id)).await {
+            tracing::warn!(credential = &**name, "refreshed on this replica only: {e}");
+        }
+        let result = self.obtain(&slot, false, old.as_deref()).await;
         slot.record(&result, self.negative_ttl);
         result
     }
@@ -501,7 +576,7 @@ impl TokenCache {
             return Ok(rejected.clone());
         }
         slot.current.store(None);
-        let result = self.fetch(slot.source.as_ref(), true).await;
+        let result = self.obtain(slot, true, Some(rejected)).await;
         slot.record(&result, self.negative_ttl);
         result
     }
@@ -530,8 +605,8 @@ impl TokenCache {
             if fresh || slot.recent_failure(now).is_some() {
                 return;
             }
-            let src = slot.source.clone();
-            match cache.fetch(src.as_ref(), false).await {
+            let due = slot.current.load_full();
+            match cache.obtain(&slot, false, due.as_deref()).await {
                 Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
                 // The current token stays in service until it expires; the failure is
                 // remembered like any other, so the endpoint is not asked on every request.
@@ -549,8 +624,12 @@ impl TokenCache {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let cx = FetchCx {
+                http: &self.http,
+                shared: self.shared.as_ref(),
+            };
             match src
-                .fetch(&self.http)
+                .fetch(&cx)
                 .await
                 .map_err(|e| e.redacted(&src.sent_secrets()))
             {
@@ -573,7 +652,10 @@ impl TokenCache {
         if src.per_target() {
             return self.targets_status(src);
         }
-        let Some(slot) = self.slots.get(&(name.clone(), source_id(src))) else {
+        let Some(slot) = self
+            .slots
+            .get(&(name.clone(), identity_digest(src.as_ref())))
+        else {
             return SlotStatus::default();
         };
         slot.status(Instant::now())
@@ -645,7 +727,10 @@ fn make_token(
     }))
 }
 
+mod fleet;
 pub mod renewal;
+
+pub use fleet::LEASE_TTL;
 
 #[cfg(test)]
 mod tests;

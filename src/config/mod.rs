@@ -59,6 +59,21 @@ pub struct ProxySettings {
     pub upstream_roots: Option<crate::tls::roots::Roots>,
     pub egress: Egress,
     pub state_dir: PathBuf,
+    /// `proxy.shared_state`: the fleet's Redis; None runs embedded.
+    pub shared_state: Option<SharedStateSettings>,
+}
+
+/// `proxy.shared_state`, validated.
+#[derive(Debug, Clone)]
+pub struct SharedStateSettings {
+    /// One URL, or a Cluster's seeds (`cluster`).
+    pub urls: Vec<Secret>,
+    pub cluster: bool,
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `CREDPROXY_STATE_KEY`: every value in Redis is sealed under it.
+    pub key: [u8; 32],
 }
 
 #[derive(Debug, Clone)]

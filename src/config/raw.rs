@@ -107,6 +107,31 @@ pub struct RawProxy {
     /// Refuse `file:` secrets (and the CA key) that group or others can read, instead of
     /// warning. Default false.
     pub strict_permissions: Option<bool>,
+    /// Replicas that share a Redis form one fleet (tokens, leases, rotated refresh tokens).
+    pub shared_state: Option<RawSharedState>,
+}
+
+/// `proxy.shared_state`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedState {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://` for TLS, or a list of seed URLs of a
+    /// Redis Cluster. May be a secret reference (`${REDIS_URL}`).
+    pub redis: RedisUrls,
+    /// Key namespace: replicas with the same prefix form one fleet. Default `credproxy`.
+    pub prefix: Option<String>,
+    /// The Redis password, when it is not in the URL: a secret reference.
+    pub password: Option<SecretText>,
+    /// The Redis ACL user name, when it is not in the URL.
+    pub username: Option<String>,
+}
+
+/// One URL, or the seed URLs of a Cluster.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    One(SecretText),
+    Cluster(Vec<SecretText>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -17,7 +17,7 @@ use super::oauth2_client_credentials::{exchange, parse_response, token_url};
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
-use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -199,7 +199,8 @@ impl ClassifyName for serde_json::Error {
 
 #[async_trait]
 impl TokenSource for AccessToken {
-    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
+        let http = cx.http;
         let assertion = self.signer.sign(self.url.as_str(), true, &self.endpoint)?;
         let rb = http
             .post(self.url.clone())
@@ -221,11 +222,27 @@ impl TokenSource for AccessToken {
     fn endpoint(&self) -> &str {
         &self.endpoint
     }
+
+    fn identity(&self) -> String {
+        let s = &self.signer;
+        format!(
+            "google_service_account|{}|{}|{:?}|{}|{:?}",
+            self.url,
+            s.email,
+            s.kid,
+            s.scopes.join(" "),
+            s.subject
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 #[async_trait]
 impl TokenSource for SelfSigned {
-    async fn fetch(&self, _http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, _cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         Err(TokenError::BadResponse {
             endpoint: "self-signed JWT".into(),
             reason: "needs a target host".into(),
@@ -236,6 +253,9 @@ impl TokenSource for SelfSigned {
     }
     fn endpoint(&self) -> &str {
         "local self-signed JWT"
+    }
+    fn fleet_shared(&self) -> bool {
+        false
     }
     fn per_target(&self) -> bool {
         true
@@ -252,7 +272,7 @@ impl TokenSource for SelfSigned {
 
 #[async_trait]
 impl TokenSource for SelfSignedFor {
-    async fn fetch(&self, _http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, _cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         let jwt = self.signer.sign(&self.aud, false, &self.label)?;
         Ok(Fetched {
             value: Secret::new(jwt),
@@ -264,6 +284,10 @@ impl TokenSource for SelfSignedFor {
     }
     fn endpoint(&self) -> &str {
         &self.label
+    }
+
+    fn fleet_shared(&self) -> bool {
+        false
     }
 }
 
@@ -337,7 +361,8 @@ mod tests {
         let src = build(&raw(dir.path(), GoogleMode::SelfSignedJwt), &mut ctx()).unwrap();
         assert!(src.per_target());
         let child = src.for_target("calendar.googleapis.com").unwrap();
-        let f = child.fetch(&reqwest::Client::new()).await.unwrap();
+        let http = reqwest::Client::new();
+        let f = child.fetch(&FetchCx::local(&http)).await.unwrap();
         let c = verify(f.value.expose(), "https://calendar.googleapis.com/");
         assert_eq!(c["iss"], "robot@proj.iam.gserviceaccount.com");
         assert_eq!(c["sub"], "admin@example.com");

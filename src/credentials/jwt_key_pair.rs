@@ -16,7 +16,7 @@ use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{RawCache, SecretText};
 use crate::config::units::parse_duration;
 use crate::secret::{Secret, SecretError};
-use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -193,7 +193,7 @@ impl JwtKeyPair {
 
 #[async_trait]
 impl TokenSource for JwtKeyPair {
-    async fn fetch(&self, _http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, _cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         let jwt = self.sign_at(unix_now())?;
         Ok(Fetched {
             value: Secret::new(jwt),
@@ -211,6 +211,11 @@ impl TokenSource for JwtKeyPair {
 
     fn endpoint(&self) -> &str {
         &self.label
+    }
+
+    /// Signed locally: every replica signs its own, nothing to share.
+    fn fleet_shared(&self) -> bool {
+        false
     }
 
     fn header_name(&self) -> HeaderName {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::Secret;
-use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -320,7 +320,8 @@ pub fn transport_error(endpoint: &str, e: &reqwest::Error) -> TokenError {
 
 #[async_trait]
 impl TokenSource for OAuth2ClientCredentials {
-    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
+        let http = cx.http;
         let (status, body) = exchange(self.request(http), &self.endpoint).await?;
         parse_response(&self.endpoint, status, &body)
     }
@@ -338,6 +339,22 @@ impl TokenSource for OAuth2ClientCredentials {
 
     fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    fn identity(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "oauth2_client_credentials|{}|{}|{}|{:?}|{}",
+            self.url,
+            self.client_id.expose(),
+            self.client_secret.expose(),
+            self.auth_method,
+            params.join("&")
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

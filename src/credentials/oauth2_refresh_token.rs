@@ -22,7 +22,8 @@ use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
 use crate::secret::{Secret, SecretError};
 use crate::store::sealed_file::{parse_key, Saved, SealError, SealedFile, KEY_ENV};
-use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+use crate::store::{ChainId, Commit, Link, SharedState, StoreError};
+use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,14 +48,15 @@ pub struct RefreshToken {
     endpoint: String,
     client_id: Secret,
     client_secret: Secret,
-    seed_sha256: String,
     scopes: Vec<String>,
     basic_auth: bool,
     policy: Policy,
     timeout: Duration,
     file: SealedFile,
-    /// The refresh token in use: the seed, or the latest rotated one.
-    current: Mutex<Secret>,
+    /// The chain's name in the fleet.
+    chain: ChainId,
+    /// The refresh token in use (the seed, or the latest rotated one) and its version.
+    current: Mutex<Link>,
     reconnect: AtomicBool,
     /// Memory holds a newer token than the state file (a save failed): never adopt the file.
     unsaved: AtomicBool,
@@ -102,14 +104,21 @@ fn open_chain(
     ctx: &mut BuildCtx<'_>,
     seed: Secret,
     seed_sha256: &str,
-) -> Result<(SealedFile, Secret), BuildError> {
+) -> Result<(SealedFile, Link), BuildError> {
     let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
     let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
     let file = SealedFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
     // A state file that cannot be read makes the credential unavailable and is never
     // overwritten: it may hold the only live refresh token.
+    let seed = Link {
+        refresh_token: seed,
+        version: 0,
+    };
     let current = match file.load().map_err(|e| unusable("state file", e))? {
-        Some(s) if s.seed_sha256 == seed_sha256 => Secret::new(s.refresh_token),
+        Some(s) if s.seed_sha256 == seed_sha256 => Link {
+            refresh_token: Secret::new(s.refresh_token),
+            version: s.version,
+        },
         Some(_) => {
             ctx.warnings.push((
                 "refresh_token".into(),
@@ -152,7 +161,6 @@ impl RefreshToken {
             endpoint,
             client_id,
             client_secret,
-            seed_sha256,
             scopes: raw.scopes.clone(),
             basic_auth,
             policy: Policy {
@@ -162,17 +170,28 @@ impl RefreshToken {
             },
             timeout,
             file,
+            chain: ChainId {
+                credential: ctx.name.into(),
+                tenant: None,
+                seed_sha256: seed_sha256.clone(),
+            },
             current: Mutex::new(current),
             reconnect: AtomicBool::new(false),
             unsaved: AtomicBool::new(false),
         })
     }
 
-    fn current(&self) -> Result<Secret, TokenError> {
+    fn current(&self) -> Result<Link, TokenError> {
         self.current
             .lock()
             .map(|c| c.clone())
             .map_err(|_| self.bad("internal lock poisoned".into()))
+    }
+
+    fn set_current(&self, link: Link) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = link;
+        }
     }
 
     fn bad(&self, reason: String) -> TokenError {
@@ -205,15 +224,13 @@ impl RefreshToken {
         rb.form(&form)
     }
 
-    /// Keeps the rotated token: memory first (never lost while running), then disk.
-    fn rotate(&self, new: String) -> Result<(), TokenError> {
-        if let Ok(mut c) = self.current.lock() {
-            *c = Secret::new(new.clone());
-        }
+    /// Writes `link` to the sealed file, the crash record.
+    fn save(&self, link: &Link) -> Result<(), TokenError> {
         let saved = Saved {
-            refresh_token: new,
-            seed_sha256: self.seed_sha256.clone(),
+            refresh_token: link.refresh_token.expose().to_string(),
+            seed_sha256: self.chain.seed_sha256.clone(),
             updated_at: super::jwt_key_pair::unix_now(),
+            version: link.version,
         };
         self.unsaved.store(true, Ordering::SeqCst);
         self.file.save(&saved).map_err(|e| {
@@ -224,6 +241,66 @@ impl RefreshToken {
         self.unsaved.store(false, Ordering::SeqCst);
         Ok(())
     }
+
+    /// The link to redeem now: the newest of memory, the file and the fleet. A fleet that
+    /// lags behind (it lost data, or a commit never landed) gets ours back; a fleet that
+    /// cannot be reached stops rotation (the current access token keeps serving).
+    async fn link_to_redeem(&self, shared: &dyn SharedState) -> Result<Link, TokenError> {
+        let mut link = self.current()?;
+        if self.unsaved.load(Ordering::SeqCst) {
+            // The live token is only in memory: persist it before spending it.
+            self.save(&link)?;
+        }
+        // Another instance in this process (an old config during a reload) may have rotated.
+        match self.file.load() {
+            Ok(Some(s)) if s.seed_sha256 == self.chain.seed_sha256 && s.version >= link.version => {
+                link = Link {
+                    refresh_token: Secret::new(s.refresh_token),
+                    version: s.version,
+                };
+            }
+            Ok(_) => {}
+            Err(e) => return Err(self.bad(e.to_string())),
+        }
+        let fleet = match shared.chain(&self.chain).await {
+            Ok(Some(f)) if f.version >= link.version => Some(f),
+            Ok(_) if shared.shared() => shared.seed(&self.chain, &link).await.map_err(shared_error)?,
+            Ok(_) => None,
+            Err(e) => return Err(shared_error(e)),
+        };
+        if let Some(f) = fleet.filter(|f| f.version > link.version) {
+            self.save(&f)?;
+            link = f;
+        }
+        self.set_current(link.clone());
+        Ok(link)
+    }
+
+    /// Keeps a rotated token: memory first (never lost while running), then the fleet
+    /// (compare-and-swap on the version, before the access token is used), then the file.
+    async fn rotate(&self, shared: &dyn SharedState, prev: &Link, new: String) -> Result<(), TokenError> {
+        let next = Link {
+            refresh_token: Secret::new(new),
+            version: prev.version + 1,
+        };
+        self.set_current(next.clone());
+        self.unsaved.store(true, Ordering::SeqCst);
+        match shared.commit(&self.chain, prev.version, &next).await {
+            Ok(Commit::Done) => {}
+            Ok(Commit::Stale { current }) => {
+                tracing::error!(credential = &*self.chain.credential, version = prev.version, current, "another replica rotated this refresh token first: the chain forked; the provider may revoke it");
+                return Err(self.bad("another replica rotated this refresh token first".into()));
+            }
+            // Redeemed but not committed: kept here and on disk, restored into the fleet when
+            // it is back (a fleet behind this replica gets its link).
+            Err(e) => tracing::warn!(credential = &*self.chain.credential, "rotated refresh token not yet in shared state: {e}"),
+        }
+        self.save(&next)
+    }
+}
+
+fn shared_error(e: StoreError) -> TokenError {
+    TokenError::SharedState(format!("refresh tokens do not rotate without shared state: {e}"))
 }
 
 fn is_invalid_grant(body: &[u8]) -> bool {
@@ -239,7 +316,8 @@ fn is_invalid_grant(body: &[u8]) -> bool {
 
 #[async_trait]
 impl TokenSource for RefreshToken {
-    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
+        let http = cx.http;
         if self.reconnect.load(Ordering::Relaxed) {
             return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); configure a new refresh_token seed".into()));
         }
@@ -248,24 +326,8 @@ impl TokenSource for RefreshToken {
             .or_default()
             .clone();
         let _file = lock.lock().await;
-        if self.unsaved.load(Ordering::SeqCst) {
-            // The live token is only in memory: persist it before spending it.
-            let cur = self.current()?;
-            self.rotate(cur.expose().to_string())?;
-        }
-        // Otherwise disk is the source of truth: another instance (an old config during a
-        // reload) may have rotated the token since this one was built.
-        match self.file.load() {
-            Ok(Some(saved)) if saved.seed_sha256 == self.seed_sha256 => {
-                if let Ok(mut c) = self.current.lock() {
-                    *c = Secret::new(saved.refresh_token);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => return Err(self.bad(e.to_string())),
-        }
-        let rt = self.current()?;
-        let (status, body) = exchange(self.request(http, &rt), &self.endpoint).await?;
+        let link = self.link_to_redeem(cx.shared).await?;
+        let (status, body) = exchange(self.request(http, &link.refresh_token), &self.endpoint).await?;
         if !(200..300).contains(&status) {
             if matches!(status, 400 | 401) && is_invalid_grant(&body) {
                 self.reconnect.store(true, Ordering::Relaxed);
@@ -279,12 +341,12 @@ impl TokenSource for RefreshToken {
         }
         let a: Answer = serde_json::from_slice(&body)
             .map_err(|_| self.bad(format!("status {status} with a body that is not JSON")))?;
-        // Persist a rotated refresh token before anything else, even if the rest is unusable.
+        // Keep a rotated refresh token before anything else, even if the rest is unusable.
         if let Some(new) = a
             .refresh_token
-            .filter(|n| !n.is_empty() && n != rt.expose())
+            .filter(|n| !n.is_empty() && n != link.refresh_token.expose())
         {
-            self.rotate(new)?;
+            self.rotate(cx.shared, &link, new).await?;
         }
         fetched(a.access_token, a.expires_in.as_ref(), status).map_err(|r| self.bad(r))
     }
@@ -298,12 +360,28 @@ impl TokenSource for RefreshToken {
             self.client_secret.clone(),
             basic_pair(&self.client_id, &self.client_secret),
         ];
-        v.extend(self.current().ok());
+        v.extend(self.current().ok().map(|l| l.refresh_token));
         v
     }
 
     fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    fn identity(&self) -> String {
+        format!(
+            "oauth2_refresh_token|{}|{}|{}|{}|{}|{}",
+            self.url,
+            self.client_id.expose(),
+            self.client_secret.expose(),
+            self.chain.seed_sha256,
+            self.scopes.join(" "),
+            self.basic_auth
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn needs_reconnect(&self) -> bool {

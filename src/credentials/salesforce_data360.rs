@@ -15,7 +15,7 @@ use super::oauth2_client_credentials::{exchange, fetched, oauth_error_detail, to
 use super::{BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{RawCache, SecretText};
 use crate::secret::Secret;
-use crate::tokens::{Fetched, Policy, TokenError, TokenSource};
+use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -168,7 +168,8 @@ impl Data360 {
 
 #[async_trait]
 impl TokenSource for Data360 {
-    async fn fetch(&self, http: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
+        let http = cx.http;
         let (core, exchange) = self.step1(http).await?;
         let label = format!(
             "{}://{}{} (step 2)",
@@ -202,6 +203,20 @@ impl TokenSource for Data360 {
 
     fn endpoint(&self) -> &str {
         &self.step1_label
+    }
+
+    fn identity(&self) -> String {
+        format!(
+            "salesforce_data360|{}|{}|{}|{}",
+            self.step1,
+            self.client_id.expose(),
+            self.client_secret.expose(),
+            self.dataspace
+        )
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 }
 

@@ -1,7 +1,7 @@
 //! Sealed files: encrypted, crash-safe files holding rotated refresh tokens.
 //!
-//! Format: `CPS1` | 12-byte nonce | AES-256-GCM(JSON), with the credential name as associated
-//! data, so a file copied to another credential's name does not decrypt. Writes are atomic:
+//! Format: a sealed JSON document (see `seal`), with the credential name as associated data,
+//! so a file copied to another credential's name does not decrypt. Writes are atomic:
 //! a temp file (mode 0600) is written and fsynced, renamed over the old file, and the directory
 //! is fsynced, so a crash at any moment leaves either the old or the new token on disk.
 
@@ -9,11 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 4] = b"CPS1";
+use super::seal::Sealer;
 
 /// Makes temp-file names unique within the process (two saves must never share one).
 static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -40,12 +38,15 @@ pub struct Saved {
     /// SHA-256 of the seed this chain started from; a new seed in the config starts a new chain.
     pub seed_sha256: String,
     pub updated_at: u64,
+    /// Rotations since the seed: a fleet commits the chain in order of this number.
+    #[serde(default)]
+    pub version: u64,
 }
 
 pub struct SealedFile {
     path: PathBuf,
     name: String,
-    key: LessSafeKey,
+    sealer: Sealer,
     /// Tests make saves fail (root ignores read-only directories).
     #[cfg(test)]
     pub fail_saves: std::sync::atomic::AtomicBool,
@@ -76,11 +77,10 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], SealError> {
 
 impl SealedFile {
     pub fn new(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Self, SealError> {
-        let key = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::BadKey)?;
         Ok(SealedFile {
             path: dir.join(format!("{name}.state")),
             name: name.to_string(),
-            key: LessSafeKey::new(key),
+            sealer: Sealer::new(key).ok_or(SealError::BadKey)?,
             #[cfg(test)]
             fail_saves: Default::default(),
         })
@@ -103,17 +103,11 @@ impl SealedFile {
             }
         };
         let undecryptable = || SealError::Undecryptable(self.path.display().to_string());
-        if data.len() < MAGIC.len() + NONCE_LEN || &data[..4] != MAGIC {
-            return Err(undecryptable());
-        }
-        let nonce = Nonce::try_assume_unique_for_key(&data[4..4 + NONCE_LEN])
-            .map_err(|_| undecryptable())?;
-        let mut body = data[4 + NONCE_LEN..].to_vec();
         let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(self.name.as_bytes()), &mut body)
-            .map_err(|_| undecryptable())?;
-        serde_json::from_slice(plain)
+            .sealer
+            .open(self.name.as_bytes(), &data)
+            .ok_or_else(undecryptable)?;
+        serde_json::from_slice(&plain)
             .map(Some)
             .map_err(|_| undecryptable())
     }
@@ -128,18 +122,11 @@ impl SealedFile {
         if self.fail_saves.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(werr(std::io::Error::other("disk full (test)")));
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| werr(std::io::Error::other("no randomness")))?;
-        let mut body = serde_json::to_vec(saved).map_err(|e| werr(std::io::Error::other(e)))?;
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.name.as_bytes()),
-                &mut body,
-            )
-            .map_err(|_| werr(std::io::Error::other("encryption failed")))?;
+        let plain = serde_json::to_vec(saved).map_err(|e| werr(std::io::Error::other(e)))?;
+        let sealed = self
+            .sealer
+            .seal(self.name.as_bytes(), &plain)
+            .ok_or_else(|| werr(std::io::Error::other("encryption failed")))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(werr)?;
         let seq = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -149,10 +136,7 @@ impl SealedFile {
             std::process::id()
         ));
         let mut f = open_private(&tmp).map_err(werr)?;
-        f.write_all(MAGIC)
-            .and_then(|_| f.write_all(&nonce))
-            .and_then(|_| f.write_all(&body))
-            .map_err(werr)?;
+        f.write_all(&sealed).map_err(werr)?;
         f.sync_all().map_err(werr)?;
         drop(f);
         std::fs::rename(&tmp, &self.path).map_err(werr)?;
@@ -189,6 +173,7 @@ mod tests {
             refresh_token: rt.into(),
             seed_sha256: "s".into(),
             updated_at: 1,
+            version: 1,
         }
     }
 

@@ -51,6 +51,25 @@ pub fn with_extra(extra: &Path) -> Result<Roots, String> {
     Ok(Arc::from(roots))
 }
 
+/// System roots plus every certificate in `extra`, as one PEM bundle (for clients that take
+/// their roots as PEM, such as the Redis client).
+pub fn pem_bundle(extra: &Path) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let mut out =
+        std::fs::read(extra).map_err(|e| format!("cannot read {}: {e}", extra.display()))?;
+    out.push(b'\n');
+    for c in rustls_native_certs::load_native_certs().certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    Ok(out)
+}
+
 /// Both parsers that will see the root accept it: pingora's WrappedX509 panics on what
 /// x509-parser refuses, and one root that webpki refuses fails every upstream handshake.
 fn usable(c: &CertificateDer<'_>) -> bool {

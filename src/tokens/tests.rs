@@ -12,6 +12,8 @@ struct Script {
     calls: AtomicUsize,
     delay: Duration,
     ttl: Option<Duration>,
+    /// What the source was configured with (see `TokenSource::identity`).
+    id: String,
 }
 
 impl Script {
@@ -21,7 +23,13 @@ impl Script {
             calls: AtomicUsize::new(0),
             delay,
             ttl: None,
+            id: "config-1".into(),
         })
+    }
+    fn with_id(answers: Vec<Result<u64, TokenError>>, delay: Duration, id: &str) -> Arc<Self> {
+        let mut s = Arc::try_unwrap(Self::new(answers, delay)).unwrap();
+        s.id = id.into();
+        Arc::new(s)
     }
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -38,7 +46,7 @@ fn status(code: u16) -> TokenError {
 
 #[async_trait]
 impl TokenSource for Script {
-    async fn fetch(&self, _: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, _cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         let answer = {
@@ -66,6 +74,9 @@ impl TokenSource for Script {
     }
     fn endpoint(&self) -> &str {
         "e"
+    }
+    fn identity(&self) -> String {
+        self.id.clone()
     }
 }
 
@@ -234,14 +245,20 @@ async fn refresh_drops_and_refetches() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_reloaded_credential_gets_a_fresh_slot() {
+async fn a_reload_keeps_unchanged_tokens_and_drops_changed_ones() {
     let a = Script::new(vec![Ok(3600)], Duration::ZERO);
-    let b = Script::new(vec![Ok(3600)], Duration::ZERO);
-    let (sa, sb): (Arc<dyn TokenSource>, Arc<dyn TokenSource>) = (a.clone(), b.clone());
+    let same = Script::new(vec![Ok(3600)], Duration::ZERO);
+    let changed = Script::with_id(vec![Ok(3600)], Duration::ZERO, "config-2");
     let c = cache();
-    c.get(&name(), &sa).await.unwrap();
-    c.get(&name(), &sb).await.unwrap();
-    assert_eq!((a.calls(), b.calls()), (1, 1), "new config, new token");
+    let sources: [Arc<dyn TokenSource>; 3] = [a.clone(), same.clone(), changed.clone()];
+    for s in &sources {
+        c.get(&name(), s).await.unwrap();
+    }
+    assert_eq!(
+        (a.calls(), same.calls(), changed.calls()),
+        (1, 0, 1),
+        "an unchanged credential keeps its token; a changed one gets a new one"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -287,7 +304,7 @@ async fn renewal_after_401_honours_the_negative_cache() {
 #[tokio::test(start_paused = true)]
 async fn old_and_new_config_do_not_evict_each_other() {
     let a = Script::new(vec![Ok(3600)], Duration::from_millis(50));
-    let b = Script::new(vec![Ok(3600)], Duration::from_millis(50));
+    let b = Script::with_id(vec![Ok(3600)], Duration::from_millis(50), "config-2");
     let (sa, sb): (Arc<dyn TokenSource>, Arc<dyn TokenSource>) = (a.clone(), b.clone());
     let c = cache();
     for _ in 0..5 {
@@ -322,7 +339,7 @@ struct PerHost(AtomicUsize);
 
 #[async_trait]
 impl TokenSource for PerHost {
-    async fn fetch(&self, _: &reqwest::Client) -> Result<Fetched, TokenError> {
+    async fn fetch(&self, _cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         let n = self.0.fetch_add(1, Ordering::SeqCst);
         Ok(Fetched {
             value: Secret::new(format!("jwt-{n}")),

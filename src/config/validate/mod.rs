@@ -5,6 +5,7 @@ mod clients;
 mod credentials;
 mod proxy;
 mod routes;
+mod shared_state;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -47,6 +47,7 @@ impl Validator<'_> {
             state_dir: self
                 .base_dir
                 .join(p.state_dir.as_deref().unwrap_or(".credproxy/state")),
+            shared_state: self.shared_state(p.shared_state.as_ref(), strict),
             egress: self.egress(p),
         })
     }

@@ -79,6 +79,10 @@ async fn read_request(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
 }
 
 fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
+    build_with_scopes(port, dir, &[])
+}
+
+fn build_with_scopes(port: u16, dir: &std::path::Path, scopes: &[&str]) -> RefreshToken {
     let env = |n: &str| (n == KEY_ENV).then(|| KEY.to_string());
     let mut ctx = BuildCtx {
         base_dir: std::path::Path::new("."),
@@ -93,7 +97,7 @@ fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
         client_id: "cid".into(),
         client_secret: "client-secret".into(),
         refresh_token: "refresh-0".into(),
-        scopes: vec![],
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
         auth_method: None,
         cache: None,
         timeout: None,
@@ -107,12 +111,12 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let src = build(port, dir.path());
-    src.fetch(&http).await.unwrap(); // refresh-0 -> refresh-1, persisted
+    src.fetch(&FetchCx::local(&http)).await.unwrap(); // refresh-0 -> refresh-1, persisted
                                      // The next save fails (full or read-only disk).
     src.file
         .fail_saves
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let e = src.fetch(&http).await.unwrap_err(); // refresh-1 -> refresh-2, kept in memory only
+    let e = src.fetch(&FetchCx::local(&http)).await.unwrap_err(); // refresh-1 -> refresh-2, kept in memory only
     assert!(
         e.to_string().contains("kept in memory but not persisted"),
         "{e}"
@@ -120,7 +124,7 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     src.file
         .fail_saves
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    src.fetch(&http).await.unwrap(); // must spend refresh-2, persisting it first
+    src.fetch(&FetchCx::local(&http)).await.unwrap(); // must spend refresh-2, persisting it first
     assert_eq!(*used.lock().unwrap(), vec!["refresh-0", "refresh-1", "refresh-2"]);
     assert_eq!(src.file.load().unwrap().unwrap().refresh_token, "refresh-3");
 }
@@ -134,8 +138,9 @@ async fn old_and_new_config_never_spend_one_token_twice() {
         Duration::from_secs(2),
         crate::tokens::Retry::default(),
     );
+    // A reload that changed the scopes: two slots, one state file, one chain.
     let old: Arc<dyn TokenSource> = Arc::new(build(port, dir.path()));
-    let new: Arc<dyn TokenSource> = Arc::new(build(port, dir.path()));
+    let new: Arc<dyn TokenSource> = Arc::new(build_with_scopes(port, dir.path(), &["read"]));
     let name: Arc<str> = Arc::from("hub");
     let (c1, c2, n1, n2, o, w) = (
         cache.clone(),

@@ -1,0 +1,590 @@
+//! The Redis backend of `SharedState`, for a fleet of replicas.
+//!
+//! Keys (one credential's keys share a hash tag, so they live in one Cluster slot; no key
+//! holds a secret, only names and keyed digests):
+//!
+//! - `{prefix}:{cred|tenant}:token:<digest>`  a sealed token, expiring with it;
+//! - `...:lease:<digest>` / `...:fence:<digest>`  who fetches it now, and its fencing number;
+//! - `...:chain:<digest>`  a refresh-token chain: `v` (version, clear) and `d` (sealed link);
+//! - `{prefix}:epoch`  a random marker: gone or changed means Redis lost its data;
+//! - channel `{prefix}:events`  published tokens and invalidations, for every replica.
+//!
+//! Every value is sealed with AES-256-GCM under `CREDPROXY_STATE_KEY`, its associated data
+//! naming prefix, kind, credential, tenant and digest (and a chain's version), so a value
+//! copied to another key does not open.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::seal::Sealer;
+use super::{
+    ChainId, Commit, Event, Health, Lease, Link, SharedState, SharedToken, StoreError, TokenId,
+};
+use crate::config::SharedStateSettings;
+use crate::secret::Secret;
+
+/// How long one command may take before Redis counts as unreachable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the connection is checked (and a lost dataset noticed).
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// After Redis lost its data, chains wait this long for every replica to restore what it
+/// holds before any is redeemed again.
+const RESTORE_GRACE: Duration = Duration::from_secs(3);
+/// A lease waiter re-checks at least this often (pub/sub usually wakes it sooner).
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        let fut = async {
+            match self.clone() {
+                Conn::Single(mut c) => cmd.query_async(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+            }
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| Err(timeout_error()))
+    }
+
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[Vec<u8>],
+    ) -> redis::RedisResult<T> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(a.as_slice());
+        }
+        let fut = async {
+            match self.clone() {
+                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+            }
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| Err(timeout_error()))
+    }
+
+    /// Waits until a write to `key` reached a replica (Cluster with replicas), so a failover
+    /// cannot lose a committed rotation. Best effort: a Cluster without replicas answers 0.
+    async fn wait_replicated(&self, key: &str) {
+        let Conn::Cluster(c) = self else { return };
+        let slot = hash_slot(key.as_bytes());
+        let route = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                redis::cluster_routing::Route::new(slot, redis::cluster_routing::SlotAddr::Master),
+            ),
+        );
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(500);
+        let mut c = c.clone();
+        let done = tokio::time::timeout(COMMAND_TIMEOUT, c.route_command(wait, route)).await;
+        if !matches!(done, Ok(Ok(redis::Value::Int(n))) if n >= 1) {
+            tracing::debug!(
+                key,
+                "a committed rotation was not yet acknowledged by a replica"
+            );
+        }
+    }
+}
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer within 2s",
+    ))
+}
+
+/// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, modulo 16384).
+fn hash_slot(key: &[u8]) -> u16 {
+    let tag = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// A token as sealed into Redis.
+#[derive(Serialize, Deserialize)]
+struct SealedToken {
+    h: String,
+    f: u64,
+    r: u64,
+    e: u64,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+/// Sets the token (expiring with it) and releases the lease if it is still ours.
+const PUBLISH: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end return 1";
+/// Compare-and-swap on the chain's version: -1 when committed, else the current version.
+const COMMIT: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') if v ~= tonumber(ARGV[1]) then return v end redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) return -1";
+/// Sets the chain if absent or older (a restore after Redis lost data); returns the version.
+const SEED: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2]) return tonumber(ARGV[1]) end return v";
+
+/// The fleet's shared state in Redis.
+pub struct RedisState {
+    settings: SharedStateSettings,
+    sealer: Sealer,
+    /// PEM of the system roots plus `proxy.upstream_ca`, for `rediss://` (None: system roots).
+    roots_pem: Option<Vec<u8>>,
+    /// Where this replica's sealed chain files are, restored into Redis after it lost data.
+    state_dir: PathBuf,
+    conn: ArcSwapOption<Conn>,
+    up: AtomicBool,
+    /// The dataset marker this replica saw, and when Redis was last found to have lost data.
+    epoch: Mutex<(Option<String>, Option<Instant>)>,
+    events: broadcast::Sender<Event>,
+    /// Token keys published (from the events channel), for lease waiters.
+    published: broadcast::Sender<String>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    release: Script,
+    renew: Script,
+    publish: Script,
+    commit: Script,
+    seed: Script,
+}
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisState")
+            .field("prefix", &self.settings.prefix)
+            .field("cluster", &self.settings.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The events channel's messages.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+enum Message {
+    Published {
+        key: String,
+    },
+    Invalidate {
+        credential: String,
+        tenant: Option<String>,
+    },
+}
+
+impl RedisState {
+    pub fn new(
+        settings: SharedStateSettings,
+        state_dir: PathBuf,
+        roots_pem: Option<Vec<u8>>,
+    ) -> Option<Self> {
+        let sealer = Sealer::new(&settings.key)?;
+        Some(RedisState {
+            settings,
+            sealer,
+            roots_pem,
+            state_dir,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            epoch: Mutex::new((None, None)),
+            events: broadcast::channel(256).0,
+            published: broadcast::channel(256).0,
+            scripts: Scripts {
+                release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
+                publish: Script::new(PUBLISH),
+                commit: Script::new(COMMIT),
+                seed: Script::new(SEED),
+            },
+        })
+    }
+
+    fn tag(&self, credential: &str, tenant: Option<&str>) -> String {
+        format!(
+            "{}:{{{}|{}}}",
+            self.settings.prefix,
+            credential,
+            tenant.unwrap_or("-")
+        )
+    }
+
+    fn digest(&self, kind: &str, parts: &[&[u8]]) -> String {
+        let mut data = kind.as_bytes().to_vec();
+        for p in parts {
+            data.push(0);
+            data.extend_from_slice(p);
+        }
+        hex(&Sealer::digest(&self.settings.key, &data)[..12])
+    }
+
+    fn token_keys(&self, id: &TokenId) -> (String, String, String) {
+        let target = id.target.as_deref().unwrap_or("").as_bytes();
+        let d = self.digest("token", &[&id.identity, target]);
+        let tag = self.tag(&id.credential, id.tenant.as_deref());
+        (
+            format!("{tag}:token:{d}"),
+            format!("{tag}:lease:{d}"),
+            format!("{tag}:fence:{d}"),
+        )
+    }
+
+    fn chain_key(&self, id: &ChainId) -> String {
+        let d = self.digest("chain", &[id.seed_sha256.as_bytes()]);
+        format!(
+            "{}:chain:{d}",
+            self.tag(&id.credential, id.tenant.as_deref())
+        )
+    }
+
+    fn aad(&self, kind: &str, credential: &str, tenant: Option<&str>, key: &str) -> Vec<u8> {
+        format!(
+            "credproxy|{}|{kind}|{credential}|{}|{key}",
+            self.settings.prefix,
+            tenant.unwrap_or("-")
+        )
+        .into_bytes()
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:events", self.settings.prefix)
+    }
+
+    fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        self.conn
+            .load_full()
+            .ok_or_else(|| StoreError::Unreachable("not connected yet".into()))
+    }
+
+    /// Maps a Redis failure, marking the state unreachable until the next good ping.
+    fn fail(&self, e: redis::RedisError) -> StoreError {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!("shared state (Redis) became unreachable: {e}");
+        }
+        StoreError::Unreachable(e.to_string())
+    }
+
+    async fn send(&self, msg: &Message) {
+        let Ok(conn) = self.conn() else { return };
+        let Ok(payload) = serde_json::to_string(msg) else {
+            return;
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(payload);
+        if let Err(e) = conn.query::<i64>(&cmd).await {
+            tracing::debug!("publish on the events channel failed: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl SharedState for RedisState {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> Health {
+        if self.up.load(Ordering::Relaxed) {
+            Health::Up
+        } else {
+            Health::Unreachable
+        }
+    }
+
+    async fn token(&self, id: &TokenId) -> Result<Option<SharedToken>, StoreError> {
+        let conn = self.conn()?;
+        let (key, _, _) = self.token_keys(id);
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        let Some(sealed): Option<Vec<u8>> = conn.query(&get).await.map_err(|e| self.fail(e))?
+        else {
+            return Ok(None);
+        };
+        let aad = self.aad("token", &id.credential, id.tenant.as_deref(), &key);
+        let t: SealedToken = self
+            .sealer
+            .open(&aad, &sealed)
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| StoreError::Unsealable(id.credential.to_string()))?;
+        Ok(Some(SharedToken {
+            header: Secret::new(t.h),
+            fetched_at: at(t.f),
+            refresh_at: at(t.r),
+            expires_at: at(t.e),
+        }))
+    }
+
+    async fn lease(&self, id: &TokenId, ttl: Duration) -> Result<Lease, StoreError> {
+        let conn = self.conn()?;
+        let (_, lease, fence) = self.token_keys(id);
+        let mut incr = redis::cmd("INCR");
+        incr.arg(&fence);
+        let n: u64 = conn.query(&incr).await.map_err(|e| self.fail(e))?;
+        let mut set = redis::cmd("SET");
+        set.arg(&lease)
+            .arg(n)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        let got: Option<String> = conn.query(&set).await.map_err(|e| self.fail(e))?;
+        Ok(match got {
+            Some(_) => Lease::Held { fence: n },
+            None => Lease::Busy,
+        })
+    }
+
+    async fn renew(&self, id: &TokenId, fence: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let (_, lease, _) = self.token_keys(id);
+        let args = [
+            fence.to_string().into_bytes(),
+            (ttl.as_millis() as u64).to_string().into_bytes(),
+        ];
+        let n: i64 = conn
+            .script(&self.scripts.renew, &[&lease], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(n == 1)
+    }
+
+    async fn publish(
+        &self,
+        id: &TokenId,
+        token: &SharedToken,
+        fence: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let (key, lease, _) = self.token_keys(id);
+        let ttl = token
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if ttl.is_zero() {
+            return self.release(id, fence).await;
+        }
+        let plain = serde_json::to_vec(&SealedToken {
+            h: token.header.expose().to_string(),
+            f: millis(token.fetched_at),
+            r: millis(token.refresh_at),
+            e: millis(token.expires_at),
+        })
+        .unwrap_or_default();
+        let aad = self.aad("token", &id.credential, id.tenant.as_deref(), &key);
+        let sealed = self
+            .sealer
+            .seal(&aad, &plain)
+            .ok_or_else(|| StoreError::Unsealable(id.credential.to_string()))?;
+        let args = [
+            sealed,
+            (ttl.as_millis().max(1) as u64).to_string().into_bytes(),
+            fence.to_string().into_bytes(),
+        ];
+        conn.script::<i64>(&self.scripts.publish, &[&key, &lease], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.send(&Message::Published { key }).await;
+        Ok(())
+    }
+
+    async fn release(&self, id: &TokenId, fence: u64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let (_, lease, _) = self.token_keys(id);
+        conn.script::<i64>(
+            &self.scripts.release,
+            &[&lease],
+            &[fence.to_string().into_bytes()],
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn wait(&self, id: &TokenId, max: Duration) {
+        let (key, _, _) = self.token_keys(id);
+        let mut rx = self.published.subscribe();
+        let until = Instant::now() + max.min(POLL);
+        loop {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Ok(k)) if k == key => return,
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    async fn invalidate(
+        &self,
+        credential: &Arc<str>,
+        tenant: Option<&Arc<str>>,
+        id: Option<&TokenId>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        if let Some(id) = id {
+            let (key, _, _) = self.token_keys(id);
+            let mut del = redis::cmd("DEL");
+            del.arg(&key);
+            conn.query::<i64>(&del).await.map_err(|e| self.fail(e))?;
+        }
+        self.send(&Message::Invalidate {
+            credential: credential.to_string(),
+            tenant: tenant.map(|t| t.to_string()),
+        })
+        .await;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn chain(&self, id: &ChainId) -> Result<Option<Link>, StoreError> {
+        if self.restoring() {
+            return Err(StoreError::Unreachable(
+                "Redis lost its data moments ago: waiting for replicas to restore rotated refresh tokens".into(),
+            ));
+        }
+        let conn = self.conn()?;
+        let key = self.chain_key(id);
+        let mut get = redis::cmd("HMGET");
+        get.arg(&key).arg("v").arg("d");
+        let (v, d): (Option<u64>, Option<Vec<u8>>) =
+            conn.query(&get).await.map_err(|e| self.fail(e))?;
+        let (Some(version), Some(sealed)) = (v, d) else {
+            return Ok(None);
+        };
+        self.open_link(id, &key, version, &sealed).map(Some)
+    }
+
+    async fn commit(&self, id: &ChainId, prev: u64, next: &Link) -> Result<Commit, StoreError> {
+        let conn = self.conn()?;
+        let key = self.chain_key(id);
+        let sealed = self.seal_link(id, &key, next)?;
+        let args = [
+            prev.to_string().into_bytes(),
+            next.version.to_string().into_bytes(),
+            sealed,
+        ];
+        let r: i64 = conn
+            .script(&self.scripts.commit, &[&key], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if r >= 0 {
+            return Ok(Commit::Stale {
+                current: u64::try_from(r).unwrap_or(0),
+            });
+        }
+        conn.wait_replicated(&key).await;
+        Ok(Commit::Done)
+    }
+
+    async fn seed(&self, id: &ChainId, link: &Link) -> Result<Option<Link>, StoreError> {
+        let conn = self.conn()?;
+        let key = self.chain_key(id);
+        let sealed = self.seal_link(id, &key, link)?;
+        let args = [link.version.to_string().into_bytes(), sealed];
+        let v: i64 = conn
+            .script(&self.scripts.seed, &[&key], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if u64::try_from(v).is_ok_and(|v| v == link.version) {
+            conn.wait_replicated(&key).await;
+            return Ok(Some(link.clone()));
+        }
+        self.chain(id).await
+    }
+}
+
+impl RedisState {
+    fn chain_aad(&self, id: &ChainId, key: &str, version: u64) -> Vec<u8> {
+        let mut aad = self.aad("chain", &id.credential, id.tenant.as_deref(), key);
+        aad.extend_from_slice(format!("|v{version}").as_bytes());
+        aad
+    }
+
+    fn seal_link(&self, id: &ChainId, key: &str, link: &Link) -> Result<Vec<u8>, StoreError> {
+        self.sealer
+            .seal(
+                &self.chain_aad(id, key, link.version),
+                link.refresh_token.expose().as_bytes(),
+            )
+            .ok_or_else(|| StoreError::Unsealable(id.credential.to_string()))
+    }
+
+    fn open_link(
+        &self,
+        id: &ChainId,
+        key: &str,
+        version: u64,
+        sealed: &[u8],
+    ) -> Result<Link, StoreError> {
+        let plain = self
+            .sealer
+            .open(&self.chain_aad(id, key, version), sealed)
+            .and_then(|p| String::from_utf8(p).ok())
+            .ok_or_else(|| StoreError::Unsealable(id.credential.to_string()))?;
+        Ok(Link {
+            refresh_token: Secret::new(plain),
+            version,
+        })
+    }
+
+    /// Whether Redis lost its data too recently for every replica to have restored its chains.
+    fn restoring(&self) -> bool {
+        self.epoch
+            .lock()
+            .ok()
+            .and_then(|e| e.1)
+            .is_some_and(|t| t.elapsed() < RESTORE_GRACE)
+    }
+}
+
+mod connect;
+pub use connect::run;
