@@ -24,6 +24,12 @@ pub async fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, St
         .map_err(|e| format!("cannot build a request from `{method} {url}`: {e}"))?;
     let mut out = String::new();
     let _ = writeln!(out, "request:     {method} {url}");
+    if cfg.proxy.interceptor.is_none() {
+        if let Some((host, port)) = https_authority(url) {
+            connect_lines(&mut out, cfg, &host, port).await;
+            return Ok(out);
+        }
+    }
     let plan = match route_request(cfg, &req, None, None) {
         Ok(plan) => plan,
         Err(r) => {
@@ -40,11 +46,6 @@ pub async fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, St
         "upstream:    {scheme}://{}:{}{}  (Host: {})",
         t.host, t.port, t.path, t.authority
     );
-    let forward = plan.route.is_some_and(|r| cfg.routes[r].upstream.is_none());
-    if forward && t.tls && cfg.proxy.interceptor.is_none() {
-        let _ = writeln!(out, "answer:      tunnelled untouched (CONNECT): no proxy.ca, so HTTPS is not intercepted and nothing is injected; run `credproxy ca init` and set proxy.ca to inject into HTTPS");
-        return Ok(out);
-    }
     match destination(cfg, &t.host, t.port).await {
         Ok(addrs) => {
             let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -63,6 +64,44 @@ pub async fn explain(cfg: &Config, method: &str, url: &str) -> Result<String, St
         credential_lines(&mut out, cfg, c);
     }
     Ok(out)
+}
+
+/// The host and port of an absolute `https://` URL: without a CA, such a request travels
+/// through a CONNECT tunnel that credproxy does not open.
+fn https_authority(url: &str) -> Option<(String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let host = crate::routing::normalize_host(uri.host()?).ok()?;
+    Some((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// What a CONNECT to `host:port` would get without a CA: refused, or tunnelled untouched.
+async fn connect_lines(out: &mut String, cfg: &Config, host: &str, port: u16) {
+    let routed = cfg.router.host_has_route(host, port);
+    if !routed && cfg.proxy.unmatched == Unmatched::Deny {
+        answer(out, &ProxyError::Unmatched(format!("{host}:{port}")));
+        return;
+    }
+    let what = if routed {
+        "a route matches this host, but without proxy.ca HTTPS is not intercepted and nothing is injected; run `credproxy ca init` and set proxy.ca"
+    } else {
+        "no route matches (proxy.unmatched: tunnel)"
+    };
+    let _ = writeln!(out, "route:       CONNECT {host}:{port}: {what}");
+    match destination(cfg, host, port).await {
+        Ok(addrs) => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "destination: {} (allowed by proxy.egress)",
+                list.join(", ")
+            );
+            let _ = writeln!(out, "answer:      tunnelled untouched (CONNECT)");
+        }
+        Err(e) => answer(out, &e),
+    }
 }
 
 fn route_lines(out: &mut String, cfg: &Config, route: Option<usize>, credential: Option<usize>) {
@@ -167,7 +206,7 @@ mod tests {
     use crate::config::load_str;
     use std::path::Path;
 
-    const DNS: &str = "proxy:\n  dns:\n    overrides: { api.github.com: 140.82.112.6, api.hubapi.com: 104.16.0.1, other.example.com: 93.184.216.34, partner.example.com: 93.184.216.34, internal.example.com: 10.0.0.1 }\n";
+    const DNS: &str = "proxy:\n  dns:\n    overrides: { api.github.com: 140.82.112.6, api.hubapi.com: 104.16.0.1, other.example.com: 93.184.216.34, partner.example.com: 93.184.216.34, internal.example.com: 10.0.0.1, erp.example.com: 93.184.216.34 }\n";
 
     fn cfg() -> Config {
         let text = DNS.to_string() + "credentials:\n  gh: { type: bearer, token: \"${GH}\" }\n  erp: { type: basic, username: u, password: \"${NOPE}\" }\nroutes:\n  - { host: api.github.com, credential: gh, allow_http: true }\n  - { host: erp.example.com, credential: erp, allow_http: true }\n  - { path: /hub/*, upstream: \"https://api.hubapi.com/v3\", strip_prefix: /hub, credential: gh }\n  - { host: internal.example.com, credential: gh }\n";
@@ -215,14 +254,24 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            out.contains("answer:      tunnelled untouched (CONNECT): no proxy.ca"),
+            out.contains("route:       CONNECT api.github.com:443: a route matches this host, but without proxy.ca"),
+            "{out}"
+        );
+        assert!(
+            out.contains("answer:      tunnelled untouched (CONNECT)"),
             "{out}"
         );
         assert!(!out.contains("inject:"), "{out}");
+        // As the proxy does: a tunnel's destination is checked too, and an unavailable
+        // credential does not matter to a tunnel.
         let out = explain(&c, "GET", "https://internal.example.com/x")
             .await
             .unwrap();
-        assert!(out.contains("tunnelled untouched"), "{out}");
+        assert!(out.contains("403 egress_denied"), "{out}");
+        let out = explain(&c, "GET", "https://erp.example.com/x")
+            .await
+            .unwrap();
+        assert!(!out.contains("credential_unavailable"), "{out}");
         let out = explain(&c, "GET", "http://internal.example.com/x")
             .await
             .unwrap();

@@ -199,14 +199,19 @@ fn check(arg: &ConfigArg, offline: bool) -> ExitCode {
         Ok(v) => v,
         Err(code) => return code,
     };
-    for w in &cfg.warnings {
+    // Unavailable credentials are listed below, one line each: not twice.
+    for w in cfg
+        .warnings
+        .iter()
+        .filter(|w| !w.message.starts_with(config::UNAVAILABLE))
+    {
         eprintln!("warning: {w}");
     }
     println!(
-        "config OK: {} ({} routes, {} credentials)",
+        "config OK: {} ({}, {})",
         path.display(),
-        cfg.routes.len(),
-        cfg.credentials.len()
+        plural(cfg.routes.len(), "route"),
+        plural(cfg.credentials.len(), "credential")
     );
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -247,6 +252,14 @@ fn explain(arg: &ConfigArg, method: &str, url: &str) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 

@@ -286,8 +286,10 @@ fn missing_secret_gives_502_and_others_work() {
     );
     let log = p.log_text();
     assert_eq!(
-        log.matches("credentials.absent: unavailable until fixed (its routes answer 502)")
-            .count(),
+        log.matches(
+            "credentials.absent: unavailable until fixed (requests that would use it answer 502)"
+        )
+        .count(),
         1,
         "the startup log names it, once:\n{log}"
     );

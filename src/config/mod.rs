@@ -118,7 +118,11 @@ pub struct Egress {
     pub policy: crate::egress::Policy,
 }
 
-/// A named credential: usable, or unavailable with the reason (its routes answer 502).
+/// How the warning about an unavailable credential starts (`check` lists those itself).
+pub const UNAVAILABLE: &str = "unavailable until fixed (requests that would use it answer 502)";
+
+/// A named credential: usable, or unavailable with the reason (requests that would use it
+/// answer 502).
 #[derive(Debug)]
 pub struct CredentialEntry {
     pub name: Arc<str>,

@@ -47,10 +47,7 @@ impl Validator<'_> {
             let credential = match built {
                 Ok(c) => Ok(c),
                 Err(BuildError::Unavailable(e)) => {
-                    self.warn(
-                        &path,
-                        format!("unavailable until fixed (its routes answer 502): {e}"),
-                    );
+                    self.warn(&path, format!("{}: {e}", crate::config::UNAVAILABLE));
                     Err(e)
                 }
                 Err(BuildError::Invalid { key, message }) if key.is_empty() => {
