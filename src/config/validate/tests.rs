@@ -785,3 +785,42 @@ fn shadowed_routes_are_warned_about_naming_both() {
         "{shadow:?}"
     );
 }
+
+#[test]
+fn shared_state_needs_a_redis_url_and_the_state_key() {
+    let with_key = |text: &str| {
+        load_str(text, Path::new("conf.yaml"), &|n| {
+            (n == "CREDPROXY_STATE_KEY").then(|| "07".repeat(32))
+        })
+    };
+    let c = with_key("proxy:\n  shared_state: { redis: \"redis://127.0.0.1:6379\" }\n").unwrap();
+    let s = c.proxy.shared_state.unwrap();
+    assert_eq!(
+        (s.prefix.as_str(), s.cluster, s.urls.len()),
+        ("credproxy", false, 1)
+    );
+    let c = with_key(
+        "proxy:\n  shared_state: { redis: [\"redis://a:1\", \"redis://b:2\"], prefix: fleet-1 }\n",
+    )
+    .unwrap();
+    assert!(c.proxy.shared_state.unwrap().cluster);
+    let e = with_key("proxy:\n  shared_state: { redis: \"http://127.0.0.1:6379\" }\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("conf.yaml:2: proxy.shared_state.redis: expected redis://"),
+        "{e}"
+    );
+    let e = with_key("proxy:\n  shared_state: { redis: \"redis://h:1\", prefix: \"a{b}\" }\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("proxy.shared_state.prefix"), "{e}");
+    let e = with_key("proxy:\n  shared_state: { redis: [] }\n").unwrap_err();
+    assert!(e.to_string().contains("empty list"), "{e}");
+    rejects(
+        "proxy:\n  shared_state: { redis: \"redis://127.0.0.1:6379\" }\n",
+        "proxy.shared_state",
+        2,
+        "CREDPROXY_STATE_KEY is not set",
+    );
+    let e = with_key("proxy:\n  shared_state: { redis: \"${REDIS_URL}\" }\n").unwrap_err();
+    assert!(e.to_string().contains("REDIS_URL is not set"), "{e}");
+}

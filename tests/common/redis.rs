@@ -1,0 +1,206 @@
+//! Real Redis servers for the fleet tests: one node, or a Cluster of 3 masters with a replica
+//! each, on free loopback ports, stopped when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::spawn(free_port(), false)
+    }
+
+    fn spawn(port: u16, cluster: bool) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = RedisServer {
+            child: None,
+            port,
+            dir,
+            cluster,
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts (again) on the same port, with no data: a restart of a server without
+    /// persistence.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("nodes.conf"));
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server is installed (.ci/setup)"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (no shutdown save).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if self.cluster {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .expect("redis-cli is installed (.ci/setup)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every key and its value (strings and hashes), for scans.
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let keys = self.cli(&["--scan"]);
+        let mut out = Vec::new();
+        for k in keys.lines().filter(|k| !k.is_empty()) {
+            let ty = self.cli(&["TYPE", k]);
+            let value = match ty.trim() {
+                "hash" => self.raw(&["HGETALL", k]),
+                _ => self.raw(&["GET", k]),
+            };
+            out.push((k.to_string(), value));
+        }
+        out
+    }
+
+    fn raw(&self, args: &[&str]) -> Vec<u8> {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw"])
+            .args(args)
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters with a replica each.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| RedisServer::spawn(free_port(), true))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.nodes[0]
+            .cli(&["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+        {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// The seed URLs, as a YAML list.
+    pub fn yaml_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// The node that is master of the slot holding `key`.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let slots = self.nodes[0].cli(&["CLUSTER", "SHARDS"]);
+        let _ = slots;
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in &f[8..] {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u16>().unwrap_or(1), b.parse::<u16>().unwrap_or(0)),
+                    None => (range.parse().unwrap_or(1), range.parse().unwrap_or(0)),
+                };
+                if (lo..=hi).contains(&slot) {
+                    return self.nodes.iter().position(|n| n.port == port).unwrap();
+                }
+            }
+        }
+        panic!("no master for slot {slot}:\n{nodes}");
+    }
+
+    pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
+        let mut all = Vec::new();
+        for n in &self.nodes {
+            let role = n.cli(&["ROLE"]);
+            if role.starts_with("master") {
+                let keys = n.cli(&["--scan"]);
+                for k in keys.lines().filter(|k| !k.is_empty()) {
+                    let ty = n.cli(&["TYPE", k]);
+                    let v = match ty.trim() {
+                        "hash" => n.raw(&["HGETALL", k]),
+                        _ => n.raw(&["GET", k]),
+                    };
+                    all.push((k.to_string(), v));
+                }
+            }
+        }
+        all
+    }
+}
