@@ -417,3 +417,39 @@ fn an_admin_refresh_on_one_replica_reaches_all_of_them() {
         "one fetch for the refresh, shared by the fleet"
     );
 }
+
+#[test]
+fn rediss_with_a_password_is_verified_against_upstream_ca() {
+    let (redis, ca) = RedisServer::start_tls("fleet-redis-password-1");
+    register_secret("fleet-redis-password-1");
+    let origin = Origin::start();
+    let ts = TokenServer::start(TokenReply::ok("fleet-token-over-tls", "3600"));
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let shared = format!(
+        "shared_state: {{ redis: \"{url}\", password: \"${{REDIS_PASSWORD}}\", prefix: tls }}\n"
+    );
+    let env = [
+        ("CS", CLIENT_SECRET),
+        ("REDIS_PASSWORD", "fleet-redis-password-1"),
+        ("CREDPROXY_STATE_KEY", KEY),
+    ];
+    let trusted = format!("{shared}upstream_ca: {}\n", ca.display());
+    let a = Proxy::start_with(&trusted, &cc_body(&ts, &origin), &env);
+    let b = Proxy::start_with(&trusted, &cc_body(&ts, &origin), &env);
+    for p in [&a, &b] {
+        p.metrics_with(&["credproxy_shared_state_up 1"]);
+    }
+    assert!(storm(&[a, b], &origin, 20).iter().all(|s| *s == 200));
+    assert_eq!(ts.requests().len(), 1);
+    // Without the CA that signed Redis's certificate, the fleet never connects.
+    let untrusted = Proxy::start_with(&shared, &cc_body(&ts, &origin), &env);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(untrusted.metrics().contains("credproxy_shared_state_up 0"));
+    assert!(
+        untrusted
+            .log_text()
+            .contains("shared state (Redis) unreachable"),
+        "{}",
+        untrusted.log_text()
+    );
+}

@@ -11,6 +11,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// TLS on `port` (cert, key, CA files) and a password, when set.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -25,9 +28,43 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            tls: None,
+            password: None,
         };
         s.restart();
         s
+    }
+
+    /// TLS only (a certificate for localhost and 127.0.0.1 from a fresh CA, whose PEM is
+    /// returned), with a password.
+    pub fn start_tls(password: &str) -> (RedisServer, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, ca_file) = (
+            dir.path().join("redis.pem"),
+            dir.path().join("redis.key"),
+            dir.path().join("ca.pem"),
+        );
+        // OpenSSL (which redis-server uses) makes the CA and the server's certificate.
+        let script = format!(
+            "set -e; cd {0}; \
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=credproxy-test-ca 2>/dev/null; \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout redis.key -out redis.csr -subj /CN=localhost 2>/dev/null; \
+             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext; \
+             openssl x509 -req -in redis.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out redis.pem -days 1 -extfile ext 2>/dev/null",
+            dir.path().display()
+        );
+        let ok = Command::new("bash").args(["-c", &script]).status().unwrap();
+        assert!(ok.success(), "openssl could not make the test certificates");
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            cluster: false,
+            tls: Some((cert, key, ca_file.clone())),
+            password: Some(password.into()),
+        };
+        s.restart();
+        (s, ca_file)
     }
 
     /// Starts (again) on the same port, with no data: a restart of a server without
@@ -35,10 +72,30 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("nodes.conf"));
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        match &self.tls {
+            Some((cert, key, ca)) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args(["--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca);
+            }
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+        }
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
@@ -47,7 +104,11 @@ impl RedisServer {
         self.child = Some(cmd.spawn().expect("redis-server is installed (.ci/setup)"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -69,6 +130,12 @@ impl RedisServer {
         cmd.args(["-p", &self.port.to_string()]);
         if self.cluster {
             cmd.arg("-c");
+        }
+        if let Some((_, _, ca)) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
         }
         let out = cmd
             .args(args)
