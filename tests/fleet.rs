@@ -453,3 +453,38 @@ fn rediss_with_a_password_is_verified_against_upstream_ca() {
         untrusted.log_text()
     );
 }
+
+/// Token requests for the same load and token lifetime with 1, 3 and 5 replicas: the fleet
+/// fetches once per refresh, not once per replica. A measurement for the README (run with
+/// `cargo test --test fleet measure -- --ignored --nocapture`), not a check.
+#[test]
+#[ignore]
+fn measure_token_requests_per_refresh() {
+    for n in [1, 3, 5] {
+        let redis = RedisServer::start();
+        let origin = Origin::start();
+        let count = Arc::new(AtomicU32::new(0));
+        let c = count.clone();
+        let ts = Origin::start_with(Arc::new(move |_s: &Seen| {
+            let i = c.fetch_add(1, Ordering::SeqCst);
+            TokenReply::ok(&format!("fleet-measure-{n}-{i}"), "2")
+        }));
+        let body = format!(
+            "credentials:\n  api:\n    type: oauth2_client_credentials\n    token_url: http://127.0.0.1:{}/token\n    client_id: fleet-client\n    client_secret: \"${{CS}}\"\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: api }}\n",
+            ts.port(),
+            origin.port()
+        );
+        let ps = replicas(n, &format!("\"{}\"", redis.url()), &body, &[("CS", CLIENT_SECRET)]);
+        for p in &ps {
+            p.metrics_with(&["credproxy_shared_state_up 1"]);
+        }
+        let statuses = steady_load(&ps, &origin, 10, None);
+        let fetched = count.load(Ordering::SeqCst);
+        // A 2 s token is refreshed about every 1.35 s: about 7.4 refreshes in 10 s.
+        println!(
+            "{n} replica(s): {} requests, {fetched} token requests, {:.2} per refresh (10 s / 1.35 s)",
+            statuses.len(),
+            f64::from(fetched) / (10.0 / 1.35)
+        );
+    }
+}
