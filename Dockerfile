@@ -7,8 +7,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them. Every target Cargo.toml declares
 # (the library, the binary, each [[bench]]) gets a stub, or cargo refuses the manifest.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY vendor ./vendor
+COPY providers ./providers
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && for b in $(sed -n '/^\[\[bench\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' Cargo.toml); do \
          echo 'fn main() {}' > "benches/$b.rs"; done \

@@ -52,6 +52,11 @@ enum Command {
     },
     /// Print the JSON Schema of the config file
     Schema,
+    /// List the provider catalog (name, auth, API hosts), or show one entry
+    Providers {
+        /// A provider's name, e.g. hubspot
+        name: Option<String>,
+    },
     /// Manage the local CA used to intercept HTTPS
     #[command(subcommand)]
     Ca(CaCommand),
@@ -134,6 +139,27 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Ca(CaCommand::Init { dir, force })) => ca_init(&dir, force),
+        Some(Command::Providers { name }) => providers(name.as_deref()),
+    }
+}
+
+fn providers(name: Option<&str>) -> ExitCode {
+    let Some(name) = name else {
+        print!("{}", credproxy::catalog::listing());
+        return ExitCode::SUCCESS;
+    };
+    match credproxy::catalog::show(name) {
+        Some(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "error: unknown provider `{name}` (known: {})",
+                credproxy::catalog::names().join(", ")
+            );
+            ExitCode::from(2)
+        }
     }
 }
 

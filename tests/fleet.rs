@@ -474,7 +474,12 @@ fn measure_token_requests_per_refresh() {
             ts.port(),
             origin.port()
         );
-        let ps = replicas(n, &format!("\"{}\"", redis.url()), &body, &[("CS", CLIENT_SECRET)]);
+        let ps = replicas(
+            n,
+            &format!("\"{}\"", redis.url()),
+            &body,
+            &[("CS", CLIENT_SECRET)],
+        );
         for p in &ps {
             p.metrics_with(&["credproxy_shared_state_up 1"]);
         }

@@ -219,7 +219,7 @@ pub struct RawClient {
 }
 
 /// How the client secret reaches the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// HTTP Basic header, form body (RFC 6749 2.3.1). The default.
