@@ -87,7 +87,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
             let src = c.credential.as_ref().ok().and_then(|cr| cr.token_source());
             let is_token = src.is_some();
             let slot = src
-                .map(|s| app.tokens.status(&c.name, s))
+                .map(|s| app.tokens.status(&c.name, None, s))
                 .unwrap_or_default();
             let reconnect = c
                 .credential
@@ -201,7 +201,7 @@ impl Admin {
                 &serde_json::json!({"credential": name, "type": c.kind, "status": "nothing to refresh: this type holds no token"}),
             );
         };
-        match self.app.tokens.refresh(&c.name, src).await {
+        match self.app.tokens.refresh(&c.name, None, src).await {
             Ok(t) => {
                 let secs = t
                     .expires_at
@@ -227,7 +227,7 @@ impl Admin {
             .iter()
             .filter_map(|c| {
                 let src = c.credential.as_ref().ok()?.token_source()?;
-                Some((&*c.name, self.app.tokens.status(&c.name, src), src))
+                Some((&*c.name, self.app.tokens.status(&c.name, None, src), src))
             })
             .collect();
         s.counters(

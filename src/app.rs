@@ -7,10 +7,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::connections::Connections;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::store::redis::RedisState;
-use crate::store::{Embedded, SharedState};
+use crate::store::{Embedded, Event, SharedState};
 use crate::tokens::{Retry, TokenCache};
 
 /// Why the process-wide parts could not be set up.
@@ -30,6 +31,8 @@ pub struct App {
     pub dns: Resolver,
     pub metrics: Metrics,
     pub tokens: TokenCache,
+    /// Tenants' connections (`state_dir` and the state key are read at startup).
+    pub connections: Connections,
     /// The fleet's Redis, when `proxy.shared_state` is set (at startup; not reloaded).
     pub fleet: Option<Arc<RedisState>>,
 }
@@ -44,7 +47,12 @@ impl App {
             Some(f) => f.clone(),
             None => Arc::new(Embedded::default()),
         };
-        let tokens = token_cache(&config)?.with_shared(shared);
+        let tokens = token_cache(&config)?.with_shared(shared.clone());
+        let p = &config.proxy;
+        let connections = Connections::new(&p.state_dir, p.state_key, shared, tokens.clone());
+        for problem in connections.load_files() {
+            tracing::error!("a connection file cannot be read and is left untouched: {problem}");
+        }
         let metrics = Metrics::new()?;
         let _ = config.metrics.set(metrics.for_config(&config));
         Ok(App {
@@ -53,8 +61,32 @@ impl App {
             dns,
             metrics,
             tokens,
+            connections,
             fleet,
         })
+    }
+
+    /// Acts on the fleet's events until `shutdown`: refreshes and connection changes made on
+    /// other replicas, and a full comparison of connections when events may have been missed.
+    pub async fn follow_fleet(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut events = self.tokens.shared().subscribe();
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            match event {
+                Ok(Event::Connection { credential, tenant }) => {
+                    self.connections.reread(&credential, &tenant).await
+                }
+                Ok(Event::Resync) => self.connections.sync().await,
+                Ok(e) => self.tokens.on_event(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    self.connections.sync().await
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     pub fn config(&self) -> Arc<Config> {

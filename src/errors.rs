@@ -73,6 +73,15 @@ pub enum ProxyError {
         addr: std::net::SocketAddr,
         listener: &'static str,
     },
+    #[error("credential `{0}` is per tenant and this request has none: give the client a `tenant`, or send X-Credproxy-Tenant from a client whose `tenants` allow it")]
+    TenantRequired(String),
+    #[error("{0}")]
+    TenantForbidden(String),
+    #[error("tenant `{tenant}` has no connection for credential `{credential}`: create one with PUT /connections/{tenant}/{credential} or a connect link (POST /connections/{tenant}/{credential}/connect-link)")]
+    ConnectionMissing { tenant: String, credential: String },
+    /// A connection's own API host differs from the request's (the message says both).
+    #[error("{0}")]
+    ConnectionHost(String),
 }
 
 impl ProxyError {
@@ -86,6 +95,10 @@ impl ProxyError {
             | ClientForbidden { .. }
             | EgressDenied(_)
             | OwnListener { .. }
+            | TenantRequired(_)
+            | TenantForbidden(_)
+            | ConnectionMissing { .. }
+            | ConnectionHost(_)
             | PlainHttp(_) => 403,
             ProxyAuthRequired => 407,
             BodyTooLarge(_) => 413,
@@ -136,6 +149,10 @@ impl ProxyError {
             OwnListener { .. } => "proxy_loop",
             BuffersFull(_) => "buffers_full",
             SharedStateUnavailable(_) => "shared_state_unavailable",
+            TenantRequired(_) => "tenant_required",
+            TenantForbidden(_) => "tenant_forbidden",
+            ConnectionMissing { .. } => "connection_missing",
+            ConnectionHost(_) => "connection_host_mismatch",
         }
     }
 
@@ -148,7 +165,11 @@ impl ProxyError {
             | Unmatched(_)
             | CredentialNotOnRoute(_)
             | ProxyAuthRequired
-            | ClientForbidden { .. } => "http_request_denied",
+            | ClientForbidden { .. }
+            | TenantRequired(_)
+            | TenantForbidden(_)
+            | ConnectionMissing { .. }
+            | ConnectionHost(_) => "http_request_denied",
             CredentialUnavailable(_) => "proxy_configuration_error",
             Dns { .. } => "dns_error",
             DnsTimeout(_) => "dns_timeout",
@@ -333,7 +354,7 @@ pub fn to_wire(resp: &ResponseHeader, body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const VARIANTS: usize = 27;
+    const VARIANTS: usize = 31;
 
     /// Each variant's number: a new variant does not compile here until it gets one, and
     /// `every_variant` fails until it holds an example of it.
@@ -367,6 +388,10 @@ mod tests {
             BuffersFull(_) => 24,
             OwnListener { .. } => 25,
             SharedStateUnavailable(_) => 26,
+            TenantRequired(_) => 27,
+            TenantForbidden(_) => 28,
+            ConnectionMissing { .. } => 29,
+            ConnectionHost(_) => 30,
         }
     }
 
@@ -416,6 +441,13 @@ mod tests {
                 listener: "admin",
             },
             SharedStateUnavailable(s()),
+            TenantRequired(s()),
+            TenantForbidden(s()),
+            ConnectionMissing {
+                tenant: s(),
+                credential: s(),
+            },
+            ConnectionHost(s()),
         ];
         let mut seen: Vec<usize> = all.iter().map(index).collect();
         seen.sort_unstable();

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod dns;
 pub mod egress;

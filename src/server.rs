@@ -113,7 +113,7 @@ struct FleetFollow {
 #[async_trait]
 impl BackgroundService for FleetFollow {
     async fn start(&self, shutdown: ShutdownWatch) {
-        self.app.tokens.follow_fleet(shutdown).await;
+        self.app.follow_fleet(shutdown).await;
     }
 }
 

@@ -229,6 +229,10 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn needs_reconnect(&self) -> bool {
         false
     }
+    /// The refresh-token source itself (its refresh times, for `/connections`).
+    fn as_refresh_token(&self) -> Option<&crate::credentials::oauth2_refresh_token::RefreshToken> {
+        None
+    }
     /// Values this source sends to its endpoint that an endpoint might echo back in an
     /// error (a client secret, a refresh token, the `id:secret` of a Basic header): every
     /// form of them is scrubbed from every error message.
@@ -345,8 +349,8 @@ impl Default for Retry {
     }
 }
 
-/// Credential name and the digest of its source's identity.
-type SlotKey = (Arc<str>, [u8; 32]);
+/// Credential name, tenant, and the digest of its source's identity.
+type SlotKey = (Arc<str>, Option<Arc<str>>, [u8; 32]);
 
 /// Most target hosts one credential keeps tokens for (self-signed JWTs, one per audience);
 /// the least recently used goes first.
@@ -390,11 +394,16 @@ fn identity_digest(src: &dyn TokenSource) -> [u8; 32] {
     out
 }
 
-fn new_slot(name: &Arc<str>, source: Arc<dyn TokenSource>, target: Option<&str>) -> Arc<Slot> {
+fn new_slot(
+    name: &Arc<str>,
+    tenant: Option<&Arc<str>>,
+    source: Arc<dyn TokenSource>,
+    target: Option<&str>,
+) -> Arc<Slot> {
     let id = TokenId {
         credential: name.clone(),
         identity: identity_digest(source.as_ref()),
-        tenant: None,
+        tenant: tenant.cloned(),
         target: target.map(Arc::from),
     };
     Arc::new(Slot {
@@ -438,24 +447,42 @@ impl TokenCache {
         &self.shared
     }
 
-    /// The slot of `src`, the source of the credential `name`.
-    pub fn slot(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> Arc<Slot> {
-        let key = (name.clone(), identity_digest(src.as_ref()));
+    /// The slot of `src`, the source of the credential `name` (for `tenant`, when it is per
+    /// tenant: tenants never share a slot).
+    pub fn slot(
+        &self,
+        name: &Arc<str>,
+        tenant: Option<&Arc<str>>,
+        src: &Arc<dyn TokenSource>,
+    ) -> Arc<Slot> {
+        let key = (name.clone(), tenant.cloned(), identity_digest(src.as_ref()));
         if let Some(s) = self.slots.get(&key) {
             return s.clone();
         }
         self.slots
             .entry(key)
-            .or_insert_with(|| new_slot(name, src.clone(), None))
+            .or_insert_with(|| new_slot(name, tenant, src.clone(), None))
             .clone()
+    }
+
+    /// Forgets every token of `credential` for `tenant` (its connection changed or is gone).
+    pub fn forget(&self, credential: &str, tenant: &str) {
+        self.slots
+            .retain(|(c, t, _), _| !(&**c == credential && t.as_deref() == Some(tenant)));
     }
 
     /// The slot a request to `host` uses: the credential's own, or for a credential that
     /// mints tokens per target host, that host's (among its `TARGETS_PER_CREDENTIAL` most
     /// recently used).
-    pub fn slot_for(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>, host: &str) -> Arc<Slot> {
+    pub fn slot_for(
+        &self,
+        name: &Arc<str>,
+        tenant: Option<&Arc<str>>,
+        src: &Arc<dyn TokenSource>,
+        host: &str,
+    ) -> Arc<Slot> {
         if !src.per_target() {
-            return self.slot(name, src);
+            return self.slot(name, tenant, src);
         }
         let targets = self
             .targets
@@ -475,7 +502,7 @@ impl TokenCache {
             return s.clone();
         }
         let child = src.for_target(host).unwrap_or_else(|| src.clone());
-        let slot = new_slot(name, child, Some(host));
+        let slot = new_slot(name, tenant, child, Some(host));
         hosts.put(host.to_string(), slot.clone());
         slot
     }
@@ -486,7 +513,7 @@ impl TokenCache {
         name: &Arc<str>,
         src: &Arc<dyn TokenSource>,
     ) -> Result<Arc<Token>, TokenError> {
-        self.get_in(&self.slot(name, src)).await
+        self.get_in(&self.slot(name, None, src)).await
     }
 
     /// A valid token from `slot`, fetching it (once, for all waiters) when needed.
@@ -518,13 +545,14 @@ impl TokenCache {
     pub async fn refresh(
         &self,
         name: &Arc<str>,
+        tenant: Option<&Arc<str>>,
         src: &Arc<dyn TokenSource>,
     ) -> Result<Arc<Token>, TokenError> {
-        let slot = self.slot(name, src);
+        let slot = self.slot(name, tenant, src);
         let _guard = slot.lock.lock().await;
         let old = slot.current.swap(None);
         // Every replica drops it; the one fetch below is published to all of them.
-        if let Err(e) = self.shared.invalidate(name, None, Some(&slot.id)).await {
+        if let Err(e) = self.shared.invalidate(name, tenant, Some(&slot.id)).await {
             tracing::warn!(credential = &**name, "refreshed on this replica only: {e}");
         }
         let result = self.obtain(&slot, false, old.as_deref()).await;
@@ -648,14 +676,17 @@ impl TokenCache {
         }
     }
 
-    pub fn status(&self, name: &Arc<str>, src: &Arc<dyn TokenSource>) -> SlotStatus {
+    pub fn status(
+        &self,
+        name: &Arc<str>,
+        tenant: Option<&Arc<str>>,
+        src: &Arc<dyn TokenSource>,
+    ) -> SlotStatus {
         if src.per_target() {
             return self.targets_status(src);
         }
-        let Some(slot) = self
-            .slots
-            .get(&(name.clone(), identity_digest(src.as_ref())))
-        else {
+        let key = (name.clone(), tenant.cloned(), identity_digest(src.as_ref()));
+        let Some(slot) = self.slots.get(&key) else {
             return SlotStatus::default();
         };
         slot.status(Instant::now())

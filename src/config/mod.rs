@@ -61,6 +61,21 @@ pub struct ProxySettings {
     pub state_dir: PathBuf,
     /// `proxy.shared_state`: the fleet's Redis; None runs embedded.
     pub shared_state: Option<SharedStateSettings>,
+    /// `proxy.admin_token`: every `/connections` call and every POST to the admin listener
+    /// needs it as a Bearer token.
+    pub admin_token: Option<Secret>,
+    /// `proxy.connect`: the listener users' browsers reach for the OAuth connect flow.
+    pub connect: Option<ConnectSettings>,
+    /// `CREDPROXY_STATE_KEY`, when set and valid (connections are sealed under it).
+    pub state_key: Option<[u8; 32]>,
+}
+
+/// `proxy.connect`, validated.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    pub listen: SocketAddr,
+    /// What browsers reach it as, without a trailing slash (`https://connect.example.com`).
+    pub public_url: String,
 }
 
 /// `proxy.shared_state`, validated.
@@ -128,6 +143,21 @@ pub struct CredentialEntry {
     pub name: Arc<str>,
     pub kind: &'static str,
     pub credential: Result<Credential, SecretError>,
+    /// The catalog entry (`provider:`) with the config's overrides, if either is given.
+    pub catalog: Option<Arc<crate::catalog::Provider>>,
+    /// Headers the catalog adds unless the client sent its own (shared credentials; a
+    /// per-tenant one builds its own per connection).
+    pub extra: Option<Arc<crate::credentials::Injection>>,
+}
+
+impl CredentialEntry {
+    /// The template of a per-tenant credential.
+    pub fn template(&self) -> Option<&Arc<crate::connections::Template>> {
+        match &self.credential {
+            Ok(Credential::PerTenant(t)) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// A compiled route; matching data lives in `Config::router` under the same index.
@@ -159,6 +189,29 @@ pub struct Client {
     pub name: String,
     pub secret: Secret,
     pub credentials: Vec<usize>,
+    /// Its requests use this tenant's connections (unless it names another it may use).
+    pub tenant: Option<Arc<str>>,
+    /// Tenants it may name with `X-Credproxy-Tenant`.
+    pub tenants: TenantScope,
+}
+
+/// Which tenants a client may name per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantScope {
+    None,
+    /// `tenants: ["*"]`.
+    Any,
+    Some(Vec<String>),
+}
+
+impl TenantScope {
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            TenantScope::None => false,
+            TenantScope::Any => true,
+            TenantScope::Some(list) => list.iter().any(|t| t == tenant),
+        }
+    }
 }
 
 /// A problem found in the config, with where it is.

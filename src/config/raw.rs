@@ -109,6 +109,22 @@ pub struct RawProxy {
     pub strict_permissions: Option<bool>,
     /// Replicas that share a Redis form one fleet (tokens, leases, rotated refresh tokens).
     pub shared_state: Option<RawSharedState>,
+    /// When set, every `/connections` call and every POST to the admin listener needs
+    /// `Authorization: Bearer <this>`. A secret reference (`${ADMIN_TOKEN}`).
+    pub admin_token: Option<SecretText>,
+    /// The listener users' browsers reach for the OAuth connect flow.
+    pub connect: Option<RawConnect>,
+}
+
+/// `proxy.connect`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnect {
+    /// Address to listen on, e.g. `0.0.0.0:9091`.
+    pub listen: String,
+    /// The URL browsers reach it at (`https://connect.example.com`); the provider redirects to
+    /// `{public_url}/callback`.
+    pub public_url: String,
 }
 
 /// `proxy.shared_state`.
@@ -216,6 +232,11 @@ pub struct RawClient {
     pub secret: SecretText,
     #[serde(default)]
     pub credentials: Vec<String>,
+    /// The tenant whose connections its requests use.
+    pub tenant: Option<String>,
+    /// Tenants it may name per request with `X-Credproxy-Tenant` (`"*"`: any).
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 /// How the client secret reaches the token endpoint.

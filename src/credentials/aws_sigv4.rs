@@ -341,6 +341,7 @@ pub struct SigV4Kind;
 
 impl Kind for SigV4Kind {
     const NAME: &'static str = "aws_sigv4";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::required("access_key_id"), super::TenantField::required("secret_access_key"), super::TenantField::optional("session_token")];
     type Raw = RawAwsSigv4;
     fn build(raw: &RawAwsSigv4, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
         Ok(Credential::Signed(Arc::new(AwsSigV4::build(raw, ctx)?)))

@@ -58,9 +58,10 @@ pub struct BasicKind;
 
 impl Kind for BasicKind {
     const NAME: &'static str = "basic";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::required("username"), super::TenantField::required("password")];
     type Raw = RawBasic;
     fn build(raw: &RawBasic, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
-        Ok(Credential::Static(Basic::build(raw, ctx)?.injection))
+        Ok(Credential::Static(std::sync::Arc::new(Basic::build(raw, ctx)?.injection)))
     }
 }
 

@@ -61,9 +61,10 @@ pub struct BearerKind;
 
 impl Kind for BearerKind {
     const NAME: &'static str = "bearer";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::required("token")];
     type Raw = RawBearer;
     fn build(raw: &RawBearer, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
-        Ok(Credential::Static(Bearer::build(raw, ctx)?.injection))
+        Ok(Credential::Static(std::sync::Arc::new(Bearer::build(raw, ctx)?.injection)))
     }
 }
 

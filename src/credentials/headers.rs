@@ -51,9 +51,10 @@ pub struct HeadersKind;
 
 impl Kind for HeadersKind {
     const NAME: &'static str = "headers";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::map("headers")];
     type Raw = RawHeaders;
     fn build(raw: &RawHeaders, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
-        Ok(Credential::Static(Headers::build(raw, ctx)?.injection))
+        Ok(Credential::Static(std::sync::Arc::new(Headers::build(raw, ctx)?.injection)))
     }
 }
 

@@ -25,12 +25,50 @@ pub trait Kind {
     const NAME: &'static str;
     /// The type's fields as written (`type` itself excluded).
     type Raw: DeserializeOwned + JsonSchema;
+    /// The fields each tenant's connection supplies when the credential is `per_tenant`
+    /// (none: the type cannot be per tenant).
+    const TENANT_FIELDS: &'static [TenantField] = &[];
     fn build(raw: &Self::Raw, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError>;
+}
+
+/// A field a tenant's connection supplies (`PUT /connections/T/NAME`), taken literally.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantField {
+    pub name: &'static str,
+    /// A connection without it is refused (else the type's own rules apply).
+    pub required: bool,
+    /// A mapping of strings (`headers`) rather than one string.
+    pub map: bool,
+}
+
+impl TenantField {
+    pub const fn required(name: &'static str) -> Self {
+        TenantField {
+            name,
+            required: true,
+            map: false,
+        }
+    }
+    pub const fn optional(name: &'static str) -> Self {
+        TenantField {
+            name,
+            required: false,
+            map: false,
+        }
+    }
+    pub const fn map(name: &'static str) -> Self {
+        TenantField {
+            name,
+            required: true,
+            map: true,
+        }
+    }
 }
 
 /// A row of `KINDS`: a `Kind` with its types erased.
 pub struct KindEntry {
     pub name: &'static str,
+    pub tenant_fields: &'static [TenantField],
     build: fn(serde_yaml::Value, &mut BuildCtx<'_>) -> Result<Credential, BuildError>,
     schema: fn(&mut SchemaGenerator) -> Schema,
 }
@@ -38,6 +76,7 @@ pub struct KindEntry {
 const fn entry<K: Kind>() -> KindEntry {
     KindEntry {
         name: K::NAME,
+        tenant_fields: K::TENANT_FIELDS,
         build: parse_and_build::<K>,
         schema: schema_of::<K>,
     }
@@ -85,6 +124,20 @@ impl KindEntry {
     ) -> Result<Credential, BuildError> {
         (self.build)(value, ctx)
     }
+
+    /// The names of the type's own fields (from its schema).
+    pub fn fields(&self) -> Vec<String> {
+        let schema = (self.schema)(&mut SchemaGenerator::default());
+        schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().filter(|k| *k != "type").cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn tenant_field(&self, name: &str) -> Option<&TenantField> {
+        self.tenant_fields.iter().find(|f| f.name == name)
+    }
 }
 
 fn parse_and_build<K: Kind>(
@@ -113,10 +166,58 @@ fn schema_of<K: Kind>(generator: &mut SchemaGenerator) -> Schema {
     }
     let mut required = vec![serde_json::Value::from("type")];
     if let Some(serde_json::Value::Array(r)) = obj.remove("required") {
-        required.extend(r);
+        // A per-tenant credential leaves its connection's fields out.
+        required.extend(
+            r.into_iter()
+                .filter(|f| !K::TENANT_FIELDS.iter().any(|t| f.as_str() == Some(t.name))),
+        );
     }
     obj.insert("required".into(), required.into());
+    let common = CommonFields::json_schema(generator).to_value();
+    if let (Some(serde_json::Value::Object(props)), Some(extra)) = (
+        obj.get_mut("properties"),
+        common.get("properties").and_then(|p| p.as_object()),
+    ) {
+        for (k, v) in extra {
+            props.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     schema
+}
+
+/// Fields every credential type takes besides its own: tenancy, the catalog, a test URL.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct CommonFields {
+    /// Each tenant connects its own account or key (`PUT /connections/TENANT/NAME`, or the
+    /// connect flow); the type's secret fields then come from the connection.
+    per_tenant: Option<bool>,
+    /// A catalog entry (`credproxy providers`): endpoints, scopes, API hosts, quirks.
+    provider: Option<String>,
+    /// `PUT ...?test=true` calls this URL with the credential and stores the connection only
+    /// on a 2xx.
+    test_url: Option<String>,
+    #[serde(flatten)]
+    catalog: CatalogFields,
+}
+
+/// The catalog fields, each overriding the provider's (see `credproxy providers NAME`).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct CatalogFields {
+    authorize_url: Option<String>,
+    pkce: Option<bool>,
+    scope_separator: Option<String>,
+    api_hosts: Option<Vec<String>>,
+    inject: Option<crate::catalog::Inject>,
+    extra_headers: Option<indexmap::IndexMap<String, String>>,
+    authorize_params: Option<indexmap::IndexMap<String, String>>,
+    token_params: Option<indexmap::IndexMap<String, String>>,
+    placeholders: Option<indexmap::IndexMap<String, crate::catalog::Placeholder>>,
+    token_response_fields: Option<indexmap::IndexMap<String, String>>,
+    callback_params: Option<indexmap::IndexMap<String, String>>,
+    post_connect: Option<crate::catalog::PostConnect>,
+    refresh_token_policy: Option<crate::catalog::RefreshPolicy>,
 }
 
 /// Any credential, for the JSON Schema: one of `KINDS`, chosen by `type`.
@@ -161,6 +262,12 @@ pub struct BuildCtx<'a> {
     pub state_dir: &'a Path,
     /// `proxy.strict_permissions`: refuse secret files others can read.
     pub strict_permissions: bool,
+    /// The tenant whose connection this is (state files are bound to it too).
+    pub tenant: Option<&'a str>,
+    /// Top-level fields a tenant supplied: taken literally, never as `${ENV}` or `file:`.
+    pub literal: &'a [&'a str],
+    /// A check of a per-tenant template: no state is read or written.
+    pub dry: bool,
 }
 
 impl BuildCtx<'_> {
@@ -214,6 +321,16 @@ impl BuildCtx<'_> {
             key: key.to_string(),
             message,
         };
+        let top = key.split('.').next().unwrap_or(key);
+        if self.literal.contains(&top) {
+            // A tenant's value: what it says, never a reference to this host's env or files.
+            let literal = SecretSource::Literal(raw.to_string());
+            let resolved = match multiline {
+                true => literal.resolve_multiline(self.base_dir, self.env),
+                false => literal.resolve(self.base_dir, self.env),
+            };
+            return resolved.map_err(|_| invalid("value contains CR, LF or NUL".to_string()));
+        }
         let mut warnings = Vec::new();
         let source =
             SecretSource::parse_checked(raw, self.base_dir, self.strict_permissions, &mut |w| {
@@ -265,6 +382,21 @@ impl Injection {
         Ok(())
     }
 
+    /// Sets each header the client did not send itself (extra headers such as an API
+    /// version, which a client may pin).
+    pub fn apply_missing(&self, req: &mut RequestHeader) -> pingora::Result<()> {
+        for (name, value) in &self.headers {
+            if !req.headers.contains_key(name) {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
     pub fn display(&self) -> &[(String, String)] {
         &self.display
     }
@@ -278,11 +410,13 @@ impl Injection {
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// Fixed headers computed at load (basic, bearer, headers).
-    Static(Injection),
+    Static(Arc<Injection>),
     /// A header from the token cache.
     Token(Arc<dyn TokenSource>),
     /// A signature over each request (AWS SigV4).
     Signed(Arc<aws_sigv4::AwsSigV4>),
+    /// Built per request's tenant from its connection (`per_tenant: true`).
+    PerTenant(Arc<crate::connections::Template>),
 }
 
 impl Credential {
@@ -308,6 +442,21 @@ impl Credential {
                 src.endpoint()
             )],
             Credential::Signed(sig) => vec![sig.describe()],
+            Credential::PerTenant(t) => vec![format!(
+                "per tenant: {} from each tenant's connection (PUT /connections/TENANT/{}{})",
+                t.kind
+                    .tenant_fields
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.credential,
+                if t.oauth.is_some() {
+                    ", or the connect flow"
+                } else {
+                    ""
+                }
+            )],
         }
     }
 }
@@ -392,6 +541,9 @@ pub(crate) mod test_support {
             name: "test",
             state_dir: Path::new(".credproxy-test-state"),
             strict_permissions: false,
+            tenant: None,
+            literal: &[],
+            dry: false,
         }
     }
 

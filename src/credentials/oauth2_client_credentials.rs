@@ -217,7 +217,7 @@ pub fn oauth_error_detail(body: &[u8]) -> String {
 }
 
 /// `expires_in` as a number or a numeric string.
-fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
+pub fn lifetime(v: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
     let secs = match v {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Number(n)) => n.as_f64(),
@@ -363,6 +363,7 @@ pub struct ClientCredentialsKind;
 
 impl Kind for ClientCredentialsKind {
     const NAME: &'static str = "oauth2_client_credentials";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::required("client_id"), super::TenantField::required("client_secret")];
     type Raw = RawOAuth2ClientCredentials;
     fn build(raw: &RawOAuth2ClientCredentials, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
         Ok(Credential::Token(Arc::new(OAuth2ClientCredentials::build(raw, ctx)?)))

@@ -1,29 +1,32 @@
 //! `oauth2_refresh_token`: access tokens from a refresh token (RFC 6749 section 6), for
 //! connections whose provider rotates the refresh token on every use.
 //!
-//! A rotated refresh token is written to the encrypted state file before the access token is
-//! returned, so a crash or restart at any moment never loses the live one. An answer without a
-//! refresh token keeps the old one. `invalid_grant` marks the credential `needs_reconnect`: no
-//! further calls until a new seed is configured.
+//! A rotated refresh token is committed (fleet, then the encrypted state file) before the
+//! access token is returned, so a crash or restart at any moment never loses the live one (see
+//! `chain`). An answer without a refresh token keeps the old one. `invalid_grant` marks the
+//! credential `needs_reconnect`: no further calls until a new seed (or connection) arrives.
+//! A connection may also bring an access token: used first, and on its own (until it
+//! expires) by providers that issue no refresh token.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::oauth2_client_credentials::{
-    basic_header, basic_pair, exchange, fetched, oauth_error_detail, token_url,
+    basic_header, basic_pair, exchange, fetched, lifetime, oauth_error_detail, token_url,
 };
-use super::{BuildCtx, BuildError, Credential, Kind};
+use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
-use crate::secret::{Secret, SecretError};
-use crate::store::sealed_file::{parse_key, Saved, SealError, SealedFile, KEY_ENV};
-use crate::store::{ChainId, Commit, Link, SharedState, StoreError};
+use crate::secret::Secret;
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
+
+mod chain;
+pub use chain::{sha256_hex, Chain};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -34,11 +37,25 @@ pub struct RawRefreshToken {
     pub client_secret: SecretText,
     /// The seed. Rotated refresh tokens are persisted (encrypted) in `proxy.state_dir` and win
     /// over the seed until the seed itself changes.
-    pub refresh_token: SecretText,
+    pub refresh_token: Option<SecretText>,
+    /// An access token to use before the first refresh (a connection's, from the connect
+    /// flow); without a refresh token it is used until it expires.
+    pub access_token: Option<SecretText>,
+    /// When `access_token` expires, in seconds since the Unix epoch. Default: never.
+    pub access_token_expires_at: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Between scopes in `scope`. Default a space.
+    pub scope_separator: Option<String>,
+    /// Extra form parameters of every token request.
+    #[serde(default)]
+    pub token_params: IndexMap<String, String>,
     /// `basic` or `post_body` (default).
     pub auth_method: Option<AuthMethod>,
+    /// Header the token goes in. Default `Authorization`.
+    pub header: Option<String>,
+    /// Text before the token. Default `Bearer ` with `Authorization`, else empty.
+    pub prefix: Option<String>,
     pub cache: Option<RawCache>,
     pub timeout: Option<String>,
 }
@@ -48,18 +65,22 @@ pub struct RefreshToken {
     endpoint: String,
     client_id: Secret,
     client_secret: Secret,
-    scopes: Vec<String>,
+    scope: String,
+    token_params: Vec<(String, String)>,
     basic_auth: bool,
+    header: http::HeaderName,
+    prefix: String,
     policy: Policy,
     timeout: Duration,
-    file: SealedFile,
-    /// The chain's name in the fleet.
-    chain: ChainId,
-    /// The refresh token in use (the seed, or the latest rotated one) and its version.
-    current: Mutex<Link>,
+    /// None: no refresh token; the access token serves until it expires.
+    chain: Option<Chain>,
+    /// The access token the connection came with, and when it expires (None: never).
+    initial: Option<(Secret, Option<u64>)>,
+    /// The initial access token has been handed out (with a chain, refreshes follow).
+    initial_used: AtomicBool,
     reconnect: AtomicBool,
-    /// Memory holds a newer token than the state file (a save failed): never adopt the file.
-    unsaved: AtomicBool,
+    /// Seconds since the epoch of the last successful refresh (0: none yet).
+    last_refresh: AtomicU64,
 }
 
 /// One refresh at a time per state file, across config generations (an old and a new config
@@ -81,117 +102,110 @@ struct Answer {
     access_token: Option<String>,
     refresh_token: Option<String>,
     expires_in: Option<serde_json::Value>,
+    /// How long the refresh token lives (Zendesk, Figma; QuickBooks with the `x_` prefix).
+    refresh_token_expires_in: Option<serde_json::Value>,
+    x_refresh_token_expires_in: Option<serde_json::Value>,
 }
 
-fn sha256_hex(s: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl Answer {
+    fn refresh_expires_at(&self) -> Option<u64> {
+        let v = self
+            .refresh_token_expires_in
+            .as_ref()
+            .or(self.x_refresh_token_expires_in.as_ref());
+        let secs = lifetime(v).ok().flatten()?.as_secs();
+        Some(super::jwt_key_pair::unix_now() + secs)
+    }
 }
 
-fn unusable(source_name: &str, e: SealError) -> BuildError {
-    BuildError::Unavailable(SecretError::Unusable {
-        source_name: source_name.to_string(),
-        reason: e.to_string(),
-    })
+fn invalid(key: &str, message: impl Into<String>) -> BuildError {
+    BuildError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
-/// The sealed file of the credential's chain and the refresh token to use next: the file's,
-/// unless the seed changed since it was written.
-fn open_chain(
-    ctx: &mut BuildCtx<'_>,
-    seed: Secret,
-    seed_sha256: &str,
-) -> Result<(SealedFile, Link), BuildError> {
-    let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
-    let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
-    let file = SealedFile::new(ctx.state_dir, ctx.name, &key).map_err(|e| unusable(KEY_ENV, e))?;
-    // A state file that cannot be read makes the credential unavailable and is never
-    // overwritten: it may hold the only live refresh token.
-    let seed = Link {
-        refresh_token: seed,
-        version: 0,
+/// The header and prefix a token goes in.
+fn injection(raw: &RawRefreshToken) -> Result<(http::HeaderName, String), BuildError> {
+    let header = match &raw.header {
+        Some(h) => config_header_name("header", h)?,
+        None => http::header::AUTHORIZATION,
     };
-    let current = match file.load().map_err(|e| unusable("state file", e))? {
-        Some(s) if s.seed_sha256 == seed_sha256 => Link {
-            refresh_token: Secret::new(s.refresh_token),
-            version: s.version,
-        },
-        Some(_) => {
-            ctx.warnings.push((
-                "refresh_token".into(),
-                "the seed changed since the state file was written: starting from the new seed"
-                    .into(),
-            ));
-            seed
+    let prefix = match &raw.prefix {
+        Some(p) if p.bytes().any(|b| b.is_ascii_control()) => {
+            return Err(invalid("prefix", "prefix contains control characters"))
         }
-        None => seed,
+        Some(p) => p.clone(),
+        None if header == http::header::AUTHORIZATION => "Bearer ".into(),
+        None => String::new(),
     };
-    Ok((file, current))
+    Ok((header, prefix))
+}
+
+/// The access token a connection came with, and when it expires.
+fn initial(
+    raw: &RawRefreshToken,
+    ctx: &mut BuildCtx<'_>,
+) -> Result<Option<(Secret, Option<u64>)>, BuildError> {
+    let Some(a) = &raw.access_token else {
+        return Ok(None);
+    };
+    let token = ctx.secret("access_token", a)?;
+    let expires = raw
+        .access_token_expires_at
+        .as_deref()
+        .map(|t| t.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| invalid("access_token_expires_at", "expected seconds since the Unix epoch"))?;
+    Ok(Some((token, expires)))
 }
 
 impl RefreshToken {
     pub fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Self, BuildError> {
-        let invalid = |key: &str, message: String| BuildError::Invalid {
-            key: key.into(),
-            message,
-        };
         let (url, endpoint) = token_url(&raw.token_url).map_err(|m| invalid("token_url", m))?;
         let basic_auth = match raw.auth_method.unwrap_or(AuthMethod::PostBody) {
             AuthMethod::Basic => true,
             AuthMethod::PostBody => false,
-            _ => {
-                return Err(invalid(
-                    "auth_method",
-                    "refresh-token grants take `basic` or `post_body`".into(),
-                ))
-            }
+            _ => return Err(invalid("auth_method", "refresh-token grants take `basic` or `post_body`")),
         };
+        let (header, prefix) = injection(raw)?;
         let ttl = super::cache_ttl(raw.cache.as_ref())?;
         let timeout = super::endpoint_timeout(raw.timeout.as_ref())?;
         let client_id = ctx.identifier("client_id", &raw.client_id)?;
         let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
-        let seed = ctx.sent_secret("refresh_token", &raw.refresh_token)?;
-        let seed_sha256 = sha256_hex(seed.expose());
-        let (file, current) = open_chain(ctx, seed, &seed_sha256)?;
+        let initial = initial(raw, ctx)?;
+        let seed = raw
+            .refresh_token
+            .as_ref()
+            .map(|r| ctx.sent_secret("refresh_token", r))
+            .transpose()?;
+        if seed.is_none() && initial.is_none() {
+            return Err(invalid("refresh_token", "missing: a refresh token (or an access token) is needed"));
+        }
+        let chain = seed.map(|s| Chain::open(ctx, s, &endpoint)).transpose()?;
+        let scope = raw.scopes.join(raw.scope_separator.as_deref().unwrap_or(" "));
         Ok(RefreshToken {
             url,
             endpoint,
             client_id,
             client_secret,
-            scopes: raw.scopes.clone(),
+            scope,
+            token_params: raw.token_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             basic_auth,
+            header,
+            prefix,
             policy: Policy {
                 default_lifetime: Duration::from_secs(45),
                 ttl,
                 keep: None,
             },
             timeout,
-            file,
-            chain: ChainId {
-                credential: ctx.name.into(),
-                tenant: None,
-                seed_sha256: seed_sha256.clone(),
-            },
-            current: Mutex::new(current),
+            chain,
+            initial,
+            initial_used: AtomicBool::new(false),
             reconnect: AtomicBool::new(false),
-            unsaved: AtomicBool::new(false),
+            last_refresh: AtomicU64::new(0),
         })
-    }
-
-    fn current(&self) -> Result<Link, TokenError> {
-        self.current
-            .lock()
-            .map(|c| c.clone())
-            .map_err(|_| self.bad("internal lock poisoned".into()))
-    }
-
-    fn set_current(&self, link: Link) {
-        if let Ok(mut c) = self.current.lock() {
-            *c = link;
-        }
     }
 
     fn bad(&self, reason: String) -> TokenError {
@@ -202,14 +216,14 @@ impl RefreshToken {
     }
 
     fn request(&self, http: &reqwest::Client, rt: &Secret) -> reqwest::RequestBuilder {
-        let scope = self.scopes.join(" ");
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", rt.expose()),
         ];
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
+        if !self.scope.is_empty() {
+            form.push(("scope", &self.scope));
         }
+        form.extend(self.token_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut rb = http
             .post(self.url.clone())
             .header(http::header::ACCEPT, "application/json")
@@ -224,83 +238,60 @@ impl RefreshToken {
         rb.form(&form)
     }
 
-    /// Writes `link` to the sealed file, the crash record.
-    fn save(&self, link: &Link) -> Result<(), TokenError> {
-        let saved = Saved {
-            refresh_token: link.refresh_token.expose().to_string(),
-            seed_sha256: self.chain.seed_sha256.clone(),
-            updated_at: super::jwt_key_pair::unix_now(),
-            version: link.version,
-        };
-        self.unsaved.store(true, Ordering::SeqCst);
-        self.file.save(&saved).map_err(|e| {
-            self.bad(format!(
-                "rotated refresh token kept in memory but not persisted: {e}"
-            ))
-        })?;
-        self.unsaved.store(false, Ordering::SeqCst);
-        Ok(())
+    /// The connection's own access token while it is good for a minute more: always when
+    /// there is no refresh token, else only before the first refresh.
+    fn initial_token(&self) -> Option<Result<Fetched, TokenError>> {
+        let (token, expires) = self.initial.as_ref()?;
+        if self.chain.is_some() && self.initial_used.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let now = super::jwt_key_pair::unix_now();
+        match expires {
+            Some(at) if *at <= now + 60 => None,
+            _ => Some(Ok(Fetched {
+                value: token.clone(),
+                lifetime: expires.map(|at| Duration::from_secs(at - now)),
+            })),
+        }
+        .or_else(|| {
+            self.chain.is_none().then(|| {
+                self.reconnect.store(true, Ordering::Relaxed);
+                Err(self.bad("needs reconnect: the access token expired and there is no refresh token".into()))
+            })
+        })
     }
 
-    /// The link to redeem now: the newest of memory, the file and the fleet. A fleet that
-    /// lags behind (it lost data, or a commit never landed) gets ours back; a fleet that
-    /// cannot be reached stops rotation (the current access token keeps serving).
-    async fn link_to_redeem(&self, shared: &dyn SharedState) -> Result<Link, TokenError> {
-        let mut link = self.current()?;
-        if self.unsaved.load(Ordering::SeqCst) {
-            // The live token is only in memory: persist it before spending it.
-            self.save(&link)?;
-        }
-        // Another instance in this process (an old config during a reload) may have rotated.
-        match self.file.load() {
-            Ok(Some(s)) if s.seed_sha256 == self.chain.seed_sha256 && s.version >= link.version => {
-                link = Link {
-                    refresh_token: Secret::new(s.refresh_token),
-                    version: s.version,
-                };
+    /// How the provider's answer ended the refresh: an error (and `invalid_grant` marks the
+    /// credential for reconnection), or the answer's JSON.
+    fn read_answer(&self, status: u16, body: &[u8]) -> Result<Answer, TokenError> {
+        if !(200..300).contains(&status) {
+            if matches!(status, 400 | 401) && is_invalid_grant(body) {
+                self.reconnect.store(true, Ordering::Relaxed);
+                tracing::error!(endpoint = %self.endpoint, "refresh token refused (invalid_grant): credential needs reconnect");
             }
-            Ok(_) => {}
-            Err(e) => return Err(self.bad(e.to_string())),
+            return Err(TokenError::Status {
+                endpoint: self.endpoint.clone(),
+                status,
+                detail: oauth_error_detail(body),
+            });
         }
-        let fleet = match shared.chain(&self.chain).await {
-            Ok(Some(f)) if f.version >= link.version => Some(f),
-            Ok(_) if shared.shared() => shared.seed(&self.chain, &link).await.map_err(shared_error)?,
-            Ok(_) => None,
-            Err(e) => return Err(shared_error(e)),
-        };
-        if let Some(f) = fleet.filter(|f| f.version > link.version) {
-            self.save(&f)?;
-            link = f;
-        }
-        self.set_current(link.clone());
-        Ok(link)
+        serde_json::from_slice(body)
+            .map_err(|_| self.bad(format!("status {status} with a body that is not JSON")))
     }
 
-    /// Keeps a rotated token: memory first (never lost while running), then the fleet
-    /// (compare-and-swap on the version, before the access token is used), then the file.
-    async fn rotate(&self, shared: &dyn SharedState, prev: &Link, new: String) -> Result<(), TokenError> {
-        let next = Link {
-            refresh_token: Secret::new(new),
-            version: prev.version + 1,
-        };
-        self.set_current(next.clone());
-        self.unsaved.store(true, Ordering::SeqCst);
-        match shared.commit(&self.chain, prev.version, &next).await {
-            Ok(Commit::Done) => {}
-            Ok(Commit::Stale { current }) => {
-                tracing::error!(credential = &*self.chain.credential, version = prev.version, current, "another replica rotated this refresh token first: the chain forked; the provider may revoke it");
-                return Err(self.bad("another replica rotated this refresh token first".into()));
-            }
-            // Redeemed but not committed: kept here and on disk, restored into the fleet when
-            // it is back (a fleet behind this replica gets its link).
-            Err(e) => tracing::warn!(credential = &*self.chain.credential, "rotated refresh token not yet in shared state: {e}"),
-        }
-        self.save(&next)
+    /// Seconds since the epoch: the last successful refresh, and when the provider said the
+    /// refresh token expires (for `/connections`).
+    pub fn refresh_times(&self) -> (Option<u64>, Option<u64>) {
+        let last = self.last_refresh.load(Ordering::Relaxed);
+        (
+            (last > 0).then_some(last),
+            self.chain.as_ref().and_then(Chain::expires_at),
+        )
     }
-}
 
-fn shared_error(e: StoreError) -> TokenError {
-    TokenError::SharedState(format!("refresh tokens do not rotate without shared state: {e}"))
+    pub fn has_refresh_token(&self) -> bool {
+        self.chain.is_some()
+    }
 }
 
 fn is_invalid_grant(body: &[u8]) -> bool {
@@ -317,37 +308,35 @@ fn is_invalid_grant(body: &[u8]) -> bool {
 #[async_trait]
 impl TokenSource for RefreshToken {
     async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
-        let http = cx.http;
         if self.reconnect.load(Ordering::Relaxed) {
-            return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); configure a new refresh_token seed".into()));
+            return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); connect again, or configure a new refresh_token seed".into()));
         }
+        if let Some(r) = self.initial_token() {
+            return r;
+        }
+        let Some(chain) = &self.chain else {
+            return Err(self.bad("needs reconnect: no refresh token".into()));
+        };
         let lock = FILE_LOCKS
-            .entry(self.file.path().to_path_buf())
+            .entry(chain.file.path().to_path_buf())
             .or_default()
             .clone();
         let _file = lock.lock().await;
-        let link = self.link_to_redeem(cx.shared).await?;
-        let (status, body) = exchange(self.request(http, &link.refresh_token), &self.endpoint).await?;
-        if !(200..300).contains(&status) {
-            if matches!(status, 400 | 401) && is_invalid_grant(&body) {
-                self.reconnect.store(true, Ordering::Relaxed);
-                tracing::error!(endpoint = %self.endpoint, "refresh token refused (invalid_grant): credential needs reconnect");
-            }
-            return Err(TokenError::Status {
-                endpoint: self.endpoint.clone(),
-                status,
-                detail: oauth_error_detail(&body),
-            });
-        }
-        let a: Answer = serde_json::from_slice(&body)
-            .map_err(|_| self.bad(format!("status {status} with a body that is not JSON")))?;
+        let link = chain.link_to_redeem(cx.shared, self.timeout).await?;
+        let (status, body) = exchange(self.request(cx.http, &link.refresh_token), &self.endpoint).await?;
+        let a = self.read_answer(status, &body)?;
         // Keep a rotated refresh token before anything else, even if the rest is unusable.
+        if let Some(at) = a.refresh_expires_at() {
+            chain.set_expires_at(Some(at));
+        }
         if let Some(new) = a
             .refresh_token
             .filter(|n| !n.is_empty() && n != link.refresh_token.expose())
         {
-            self.rotate(cx.shared, &link, new).await?;
+            chain.rotate(cx.shared, &link, new).await?;
         }
+        self.last_refresh
+            .store(super::jwt_key_pair::unix_now(), Ordering::Relaxed);
         fetched(a.access_token, a.expires_in.as_ref(), status).map_err(|r| self.bad(r))
     }
 
@@ -355,12 +344,20 @@ impl TokenSource for RefreshToken {
         self.policy
     }
 
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn header_name(&self) -> http::HeaderName {
+        self.header.clone()
+    }
+
     fn sent_secrets(&self) -> Vec<Secret> {
         let mut v = vec![
             self.client_secret.clone(),
             basic_pair(&self.client_id, &self.client_secret),
         ];
-        v.extend(self.current().ok().map(|l| l.refresh_token));
+        v.extend(self.chain.as_ref().and_then(|c| c.current().ok()).map(|l| l.refresh_token));
         v
     }
 
@@ -369,14 +366,22 @@ impl TokenSource for RefreshToken {
     }
 
     fn identity(&self) -> String {
+        let grant = match (&self.chain, &self.initial) {
+            (Some(c), _) => c.id.seed_sha256.clone(),
+            (None, Some((a, _))) => format!("access:{}", sha256_hex(a.expose())),
+            (None, None) => String::new(),
+        };
+        let params: Vec<String> = self.token_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(
-            "oauth2_refresh_token|{}|{}|{}|{}|{}|{}",
+            "oauth2_refresh_token|{}|{}|{}|{grant}|{}|{}|{}|{}|{}",
             self.url,
             self.client_id.expose(),
             self.client_secret.expose(),
-            self.chain.seed_sha256,
-            self.scopes.join(" "),
-            self.basic_auth
+            self.scope,
+            self.basic_auth,
+            params.join("&"),
+            self.header,
+            self.prefix
         )
     }
 
@@ -387,6 +392,10 @@ impl TokenSource for RefreshToken {
     fn needs_reconnect(&self) -> bool {
         self.reconnect.load(Ordering::Relaxed)
     }
+
+    fn as_refresh_token(&self) -> Option<&RefreshToken> {
+        Some(self)
+    }
 }
 
 /// `type: oauth2_refresh_token`: the refresh-token grant, rotation kept.
@@ -394,6 +403,7 @@ pub struct RefreshTokenKind;
 
 impl Kind for RefreshTokenKind {
     const NAME: &'static str = "oauth2_refresh_token";
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::optional("refresh_token"), super::TenantField::optional("access_token"), super::TenantField::optional("access_token_expires_at")];
     type Raw = RawRefreshToken;
     fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
         Ok(Credential::Token(Arc::new(RefreshToken::build(raw, ctx)?)))

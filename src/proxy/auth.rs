@@ -11,9 +11,9 @@ use pingora::Result;
 
 use super::limits::Reserved;
 use super::replay::{self, Replay, Reserve, Whole};
-use crate::config::Config;
+use crate::connections::Use;
 use crate::credentials::aws_sigv4::{AwsSigV4, Payload};
-use crate::credentials::Credential;
+use crate::credentials::{Credential, Injection};
 use crate::errors::ProxyError;
 use crate::tokens::{Slot, Token, TokenCache, TokenError};
 
@@ -21,8 +21,8 @@ use crate::tokens::{Slot, Token, TokenCache, TokenError};
 pub enum Auth {
     /// No credential: the request goes out untouched.
     None,
-    /// Fixed headers, read from the config as the request goes out.
-    Static,
+    /// Fixed headers.
+    Static(Arc<Injection>),
     Token(TokenAuth),
     Signed(SignedAuth),
 }
@@ -68,26 +68,33 @@ pub enum Prepared {
     Refused(ProxyError),
 }
 
+/// What `prepare` works on: the credential's name, what the request uses of it, and the
+/// request's budget.
+pub struct Planned<'a> {
+    pub name: &'a Arc<str>,
+    pub used: &'a Use,
+    pub host: &'a str,
+    pub max_body: u64,
+}
+
 /// Gets the planned credential ready: its token fetched, or the body read for a replay or
 /// for signing.
 pub async fn prepare(
     tokens: &TokenCache,
     session: &mut Session,
-    cfg: &Config,
-    credential: Option<usize>,
-    host: &str,
+    planned: Option<Planned<'_>>,
     reserve: Reserve<'_>,
 ) -> Result<Prepared> {
-    let Some(entry) = credential.map(|c| &cfg.credentials[c]) else {
+    let Some(p) = planned else {
         return Ok(Prepared::Ready(Auth::None));
     };
-    let max_body = cfg.proxy.max_body;
-    match &entry.credential {
-        // The plan refuses unavailable credentials; nothing to inject if one got here.
-        Err(_) => Ok(Prepared::Ready(Auth::None)),
-        Ok(Credential::Static(_)) => Ok(Prepared::Ready(Auth::Static)),
-        Ok(Credential::Token(src)) => {
-            let slot = tokens.slot_for(&entry.name, src, host);
+    let max_body = p.max_body;
+    match &p.used.credential {
+        // Resolved before this: a per-tenant credential is never used as such.
+        Credential::PerTenant(_) => Ok(Prepared::Ready(Auth::None)),
+        Credential::Static(inj) => Ok(Prepared::Ready(Auth::Static(inj.clone()))),
+        Credential::Token(src) => {
+            let slot = tokens.slot_for(p.name, p.used.tenant.as_ref(), src, p.host);
             let token = match tokens.get_in(&slot).await {
                 Ok(t) => t,
                 Err(e) => return Ok(Prepared::Refused(e.into())),
@@ -101,7 +108,7 @@ pub async fn prepare(
                 _held: held,
             })))
         }
-        Ok(Credential::Signed(signer)) => signing(session, signer, max_body, reserve).await,
+        Credential::Signed(signer) => signing(session, signer, max_body, reserve).await,
     }
 }
 
@@ -178,20 +185,15 @@ impl Auth {
     }
 
     /// Sets the credential on the outgoing request, whose client `Authorization` is gone.
-    pub fn apply(
-        &self,
-        req: &mut RequestHeader,
-        credential: Option<&Credential>,
-        tls: bool,
-    ) -> Result<(), ProxyError> {
+    pub fn apply(&self, req: &mut RequestHeader, tls: bool) -> Result<(), ProxyError> {
         let header_error =
             |e: Box<pingora::Error>| ProxyError::CredentialUnavailable(e.to_string());
-        match (self, credential) {
-            (Auth::Static, Some(Credential::Static(inj))) => inj.apply(req).map_err(header_error),
-            (Auth::Token(t), _) => req
+        match self {
+            Auth::Static(inj) => inj.apply(req).map_err(header_error),
+            Auth::Token(t) => req
                 .insert_header(t.token.name.clone(), t.token.header.clone())
                 .map_err(header_error),
-            (Auth::Signed(s), _) => {
+            Auth::Signed(s) => {
                 let payload = match &s.body {
                     SignedBody::Whole(b) => Payload::Bytes(b),
                     SignedBody::Unsigned => Payload::Unsigned,
@@ -200,7 +202,7 @@ impl Auth {
                     .sign(req, tls, payload, std::time::SystemTime::now())
                     .map_err(|e| ProxyError::CredentialUnavailable(e.to_string()))
             }
-            _ => Ok(()),
+            Auth::None => Ok(()),
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Ctx {
     deadline: Option<Instant>,
     /// On a method-scoped route, a form body watched for a `_method` field.
     form_scan: Option<scope::FormScan>,
+    /// Headers the credential's catalog adds unless the client sent its own.
+    extra: Option<Arc<crate::credentials::Injection>>,
 }
 
 impl Ctx {
@@ -91,6 +93,7 @@ impl Ctx {
             upstream_sent: None,
             deadline: None,
             form_scan: None,
+            extra: None,
         }
     }
 
@@ -237,12 +240,14 @@ impl CredProxy {
             req.remove_header(&http::header::TRANSFER_ENCODING);
             req.remove_header(&http::header::EXPECT);
         }
-        let Some(c) = plan.credential else {
+        if plan.credential.is_none() {
             return Ok(());
-        };
+        }
         req.remove_header(&http::header::AUTHORIZATION);
-        let credential = ctx.cfg.credentials[c].credential.as_ref().ok();
-        let applied = ctx.auth.apply(req, credential, plan.target.tls);
+        if let Some(extra) = &ctx.extra {
+            extra.apply_missing(req)?;
+        }
+        let applied = ctx.auth.apply(req, plan.target.tls);
         applied.map_err(|e| ctx.fail(e, "credential could not be applied"))
     }
 }
@@ -284,17 +289,28 @@ impl ProxyHttp for CredProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        // The one place a request's credential is resolved for its tenant.
+        let used = match credential.map(|c| &cfg.credentials[c]) {
+            Some(entry) => {
+                let tenant = ctx.plan.as_ref().and_then(|p| p.tenant.as_ref());
+                match self.app.connections.credential_for(entry, tenant, &host) {
+                    Ok(u) => Some((&entry.name, u)),
+                    Err(e) => return self.refuse(session, ctx, refusal(e)).await,
+                }
+            }
+            None => None,
+        };
+        ctx.extra = used.as_ref().and_then(|(_, u)| u.extra.clone());
+        let planned = used.as_ref().map(|(name, u)| auth::Planned {
+            name,
+            used: u,
+            host: &host,
+            max_body: cfg.proxy.max_body,
+        });
         let l = &cfg.proxy.limits;
         let buffers = &self.conns.buffers;
         let mut reserve = |n| buffers.reserve(client, n, l.max_buffered, l.max_buffered_per_client);
-        let prepared = auth::prepare(
-            &self.app.tokens,
-            session,
-            &cfg,
-            credential,
-            &host,
-            &mut reserve,
-        );
+        let prepared = auth::prepare(&self.app.tokens, session, planned, &mut reserve);
         match prepared.await? {
             Prepared::Ready(a) => {
                 ctx.auth = a;

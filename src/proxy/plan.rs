@@ -1,6 +1,8 @@
 //! Decides what to do with a request before any upstream work: who the client is, where the
 //! request goes, which route and credential apply. Pure: no I/O, so every rule is unit-tested.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
@@ -12,6 +14,7 @@ use crate::errors::ProxyError;
 use crate::routing::split_host_port;
 
 pub const CREDENTIAL_HEADER: &str = "x-credproxy-credential";
+pub const TENANT_HEADER: &str = "x-credproxy-tenant";
 
 /// Where the request is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct Plan {
     pub route: Option<usize>,
     pub credential: Option<usize>,
     pub client: Option<usize>,
+    /// The tenant whose connection a per-tenant credential uses.
+    pub tenant: Option<Arc<str>>,
     pub target: Target,
 }
 
@@ -373,12 +378,53 @@ pub fn route_request(
         Some(i) => Some(choose_credential(cfg, i, req, client)?),
         None => None,
     };
+    let tenant = match (route, credential) {
+        (Some(r), Some(c)) if cfg.credentials[c].template().is_some() => {
+            tenant_of(cfg, req, client).map_err(|error| Refusal {
+                error,
+                route: Some(r),
+                credential: Some(c),
+            })?
+        }
+        _ => None,
+    };
     Ok(Plan {
         route,
         credential,
         client,
+        tenant,
         target,
     })
+}
+
+/// The tenant of a request to a per-tenant credential: the client's own, or the one it names
+/// with `X-Credproxy-Tenant` if its `tenants` allow it.
+fn tenant_of(
+    cfg: &Config,
+    req: &RequestHeader,
+    client: Option<usize>,
+) -> Result<Option<Arc<str>>, ProxyError> {
+    let client = client.and_then(|c| cfg.clients.as_ref()?.get(c));
+    let Some(v) = req.headers.get(TENANT_HEADER) else {
+        return Ok(client.and_then(|c| c.tenant.clone()));
+    };
+    let name = v
+        .to_str()
+        .ok()
+        .filter(|n| crate::connections::record::valid_tenant(n))
+        .ok_or_else(|| bad("X-Credproxy-Tenant is not a tenant name"))?;
+    let Some(c) = client else {
+        return Err(ProxyError::TenantForbidden(
+            "X-Credproxy-Tenant needs an authenticated client whose `tenants` allow it: configure `clients:`".into(),
+        ));
+    };
+    if c.tenant.as_deref() == Some(name) || c.tenants.allows(name) {
+        return Ok(Some(Arc::from(name)));
+    }
+    Err(ProxyError::TenantForbidden(format!(
+        "client `{}` may not name tenant `{name}`: add it (or \"*\") to the client's `tenants`",
+        c.name
+    )))
 }
 
 /// Picks the route's credential (default or `X-Credproxy-Credential`) and checks it is usable.

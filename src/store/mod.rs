@@ -105,7 +105,7 @@ impl Health {
     }
 }
 
-/// An event one replica tells all the others.
+/// An event one replica tells all the others (or the backend tells its own replica).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Drop this credential's tokens (an admin refresh on another replica).
@@ -113,6 +113,23 @@ pub enum Event {
         credential: Arc<str>,
         tenant: Option<Arc<str>>,
     },
+    /// A connection was created, replaced or deleted: read it again.
+    Connection {
+        credential: Arc<str>,
+        tenant: Arc<str>,
+    },
+    /// Events may have been missed (the subscription was re-made), or the shared state lost
+    /// its data: compare every connection with it.
+    Resync,
+}
+
+/// A connection document as the fleet holds it, with the revision that orders changes.
+#[derive(Debug, Clone)]
+pub struct StoredConnection {
+    pub credential: String,
+    pub tenant: String,
+    pub revision: u64,
+    pub doc: Vec<u8>,
 }
 
 /// The seam. Every method of the embedded backend succeeds at once and shares nothing.
@@ -155,18 +172,50 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// Puts `link` in place if the fleet has no link or an older one (a first use, or a
     /// restore after Redis lost its data); returns the fleet's link afterwards.
     async fn seed(&self, id: &ChainId, link: &Link) -> Result<Option<Link>, StoreError>;
+    /// Forgets a chain (its connection was deleted or replaced).
+    async fn drop_chain(&self, id: &ChainId) -> Result<(), StoreError>;
+    /// Every connection document the fleet holds; None: this backend holds none (one
+    /// process keeps them in `state_dir`).
+    async fn connections(&self) -> Result<Option<Vec<StoredConnection>>, StoreError>;
+    /// One connection document.
+    async fn connection(
+        &self,
+        credential: &str,
+        tenant: &str,
+    ) -> Result<Option<StoredConnection>, StoreError>;
+    /// Stores a connection document unless the fleet's is as new or newer (true: stored),
+    /// and tells every replica.
+    async fn put_connection(&self, c: &StoredConnection) -> Result<bool, StoreError>;
+    /// Keeps a short-lived value (a connect link, an OAuth state) for `ttl`.
+    async fn put_once(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Takes a short-lived value: whoever takes it first gets it, and it is gone.
+    async fn take_once(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
+
+/// Short-lived values of one process, with their expiry.
+type OnceMap = std::collections::HashMap<(String, String), (Vec<u8>, std::time::Instant)>;
+
+/// Most short-lived values one process keeps (links and states nobody used expire anyway).
+const MAX_ONCE: usize = 100_000;
 
 /// One process: nothing is shared, nothing can fail.
 #[derive(Debug)]
 pub struct Embedded {
     events: tokio::sync::broadcast::Sender<Event>,
+    once: std::sync::Mutex<OnceMap>,
 }
 
 impl Default for Embedded {
     fn default() -> Self {
         Embedded {
             events: tokio::sync::broadcast::channel(1).0,
+            once: std::sync::Mutex::new(OnceMap::new()),
         }
     }
 }
@@ -214,5 +263,48 @@ impl SharedState for Embedded {
     }
     async fn seed(&self, _: &ChainId, link: &Link) -> Result<Option<Link>, StoreError> {
         Ok(Some(link.clone()))
+    }
+    async fn drop_chain(&self, _: &ChainId) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn connections(&self) -> Result<Option<Vec<StoredConnection>>, StoreError> {
+        Ok(None)
+    }
+    async fn connection(&self, _: &str, _: &str) -> Result<Option<StoredConnection>, StoreError> {
+        Ok(None)
+    }
+    async fn put_connection(&self, _: &StoredConnection) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    async fn put_once(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut once = self
+            .once
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        once.retain(|_, (_, until)| *until > now);
+        if once.len() >= MAX_ONCE {
+            return Err(StoreError::Unreachable(format!(
+                "{MAX_ONCE} connect links and states are pending: try again later"
+            )));
+        }
+        once.insert((kind.into(), id.into()), (doc.to_vec(), now + ttl));
+        Ok(())
+    }
+    async fn take_once(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut once = self
+            .once
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken = once.remove(&(kind.to_string(), id.to_string()));
+        Ok(taken
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(d, _)| d))
     }
 }

@@ -41,11 +41,16 @@ pub struct Saved {
     /// Rotations since the seed: a fleet commits the chain in order of this number.
     #[serde(default)]
     pub version: u64,
+    /// When the provider said this refresh token expires (seconds since the epoch).
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 pub struct SealedFile {
     path: PathBuf,
-    name: String,
+    /// What the file is bound to (its credential, and tenant): a file moved elsewhere does not
+    /// open.
+    aad: Vec<u8>,
     sealer: Sealer,
     /// Tests make saves fail (root ignores read-only directories).
     #[cfg(test)]
@@ -77,13 +82,46 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], SealError> {
 
 impl SealedFile {
     pub fn new(dir: &Path, name: &str, key: &[u8; 32]) -> Result<Self, SealError> {
+        Self::at(
+            dir.join(format!("{name}.state")),
+            name.as_bytes().to_vec(),
+            key,
+        )
+    }
+
+    /// The chain file of a tenant's connection: `tenants/TENANT/CREDENTIAL.state`, bound to
+    /// both names.
+    pub fn for_tenant(
+        state_dir: &Path,
+        credential: &str,
+        tenant: &str,
+        key: &[u8; 32],
+    ) -> Result<Self, SealError> {
+        let path = tenant_dir(state_dir, tenant).join(format!("{credential}.state"));
+        Self::at(path, format!("{credential}|{tenant}").into_bytes(), key)
+    }
+
+    /// A file at `path` bound to `aad`.
+    pub fn at(path: PathBuf, aad: Vec<u8>, key: &[u8; 32]) -> Result<Self, SealError> {
         Ok(SealedFile {
-            path: dir.join(format!("{name}.state")),
-            name: name.to_string(),
+            path,
+            aad,
             sealer: Sealer::new(key).ok_or(SealError::BadKey)?,
             #[cfg(test)]
             fail_saves: Default::default(),
         })
+    }
+
+    /// Deletes the file (a connection removed); absent is fine.
+    pub fn remove(&self) -> Result<(), SealError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SealError::Write {
+                path: self.path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -92,6 +130,16 @@ impl SealedFile {
 
     /// The saved state, None when there is no file yet.
     pub fn load(&self) -> Result<Option<Saved>, SealError> {
+        self.load_json()
+    }
+
+    /// Encrypts and replaces the file atomically.
+    pub fn save(&self, saved: &Saved) -> Result<(), SealError> {
+        self.save_json(saved)
+    }
+
+    /// The file's JSON document, None when there is no file yet.
+    pub fn load_json<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, SealError> {
         let data = match std::fs::read(&self.path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -105,15 +153,15 @@ impl SealedFile {
         let undecryptable = || SealError::Undecryptable(self.path.display().to_string());
         let plain = self
             .sealer
-            .open(self.name.as_bytes(), &data)
+            .open(&self.aad, &data)
             .ok_or_else(undecryptable)?;
         serde_json::from_slice(&plain)
             .map(Some)
             .map_err(|_| undecryptable())
     }
 
-    /// Encrypts and replaces the file atomically.
-    pub fn save(&self, saved: &Saved) -> Result<(), SealError> {
+    /// Encrypts `doc` and replaces the file atomically.
+    pub fn save_json<T: Serialize>(&self, doc: &T) -> Result<(), SealError> {
         let werr = |e: std::io::Error| SealError::Write {
             path: self.path.display().to_string(),
             reason: e.to_string(),
@@ -122,19 +170,16 @@ impl SealedFile {
         if self.fail_saves.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(werr(std::io::Error::other("disk full (test)")));
         }
-        let plain = serde_json::to_vec(saved).map_err(|e| werr(std::io::Error::other(e)))?;
+        let plain = serde_json::to_vec(doc).map_err(|e| werr(std::io::Error::other(e)))?;
         let sealed = self
             .sealer
-            .seal(self.name.as_bytes(), &plain)
+            .seal(&self.aad, &plain)
             .ok_or_else(|| werr(std::io::Error::other("encryption failed")))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
         create_private_dir(dir).map_err(werr)?;
         let seq = TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(
-            ".{}.state.tmp-{}-{seq}",
-            self.name,
-            std::process::id()
-        ));
+        let file_name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{file_name}.tmp-{}-{seq}", std::process::id()));
         let mut f = open_private(&tmp).map_err(werr)?;
         f.write_all(&sealed).map_err(werr)?;
         f.sync_all().map_err(werr)?;
@@ -144,6 +189,11 @@ impl SealedFile {
             .and_then(|d| d.sync_all())
             .map_err(werr)
     }
+}
+
+/// Where a tenant's files live under `state_dir`.
+pub fn tenant_dir(state_dir: &Path, tenant: &str) -> PathBuf {
+    state_dir.join("tenants").join(tenant)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -174,6 +224,7 @@ mod tests {
             seed_sha256: "s".into(),
             updated_at: 1,
             version: 1,
+            expires_at: None,
         }
     }
 

@@ -111,32 +111,28 @@ impl TokenCache {
         self.fetch(slot.source.as_ref(), after_reject).await
     }
 
-    /// Acts on other replicas' events until `shutdown`: an admin refresh elsewhere drops this
-    /// replica's tokens of that credential too.
-    pub async fn follow_fleet(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut events = self.shared.subscribe();
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => e,
-                _ = shutdown.changed() => return,
-            };
-            match event {
-                Ok(Event::Invalidate { credential, .. }) => self.drop_credential(&credential),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
+    /// Acts on another replica's event: an admin refresh elsewhere drops this replica's
+    /// tokens of that credential (and tenant) too.
+    pub fn on_event(&self, event: &Event) {
+        if let Event::Invalidate { credential, tenant } = event {
+            self.drop_credential(credential, tenant.as_deref());
         }
     }
 
-    fn drop_credential(&self, credential: &str) {
+    fn drop_credential(&self, credential: &str, tenant: Option<&str>) {
         let mut dropped = 0;
-        for slot in self.slots.iter().filter(|s| &*s.name == credential) {
+        let theirs = |s: &Slot| &*s.name == credential && s.id.tenant.as_deref() == tenant;
+        for slot in self.slots.iter().filter(|s| theirs(s)) {
             if slot.current.swap(None).is_some() {
                 dropped += 1;
             }
         }
         if dropped > 0 {
-            tracing::info!(credential, "token dropped: refreshed on another replica");
+            tracing::info!(
+                credential,
+                tenant,
+                "token dropped: refreshed on another replica"
+            );
         }
     }
 }

@@ -186,7 +186,11 @@ async fn failed_background_refresh_keeps_the_valid_token() {
     assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(value(&c.get(&name(), &src).await.unwrap()), "Bearer tok-0");
-    assert!(c.status(&name(), &src).last_error.unwrap().contains("503"));
+    assert!(c
+        .status(&name(), None, &src)
+        .last_error
+        .unwrap()
+        .contains("503"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -239,9 +243,9 @@ async fn refresh_drops_and_refetches() {
     let src: Arc<dyn TokenSource> = s.clone();
     let c = cache();
     c.get(&name(), &src).await.unwrap();
-    let t = c.refresh(&name(), &src).await.unwrap();
+    let t = c.refresh(&name(), None, &src).await.unwrap();
     assert_eq!(value(&t), "Bearer tok-1");
-    assert_eq!(c.status(&name(), &src).fetches_ok, 2);
+    assert_eq!(c.status(&name(), None, &src).fetches_ok, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -286,7 +290,7 @@ async fn renewal_after_401_honours_the_negative_cache() {
     for _ in 0..20 {
         let (c, src, t0) = (c.clone(), src.clone(), t0.clone());
         tasks.push(tokio::spawn(async move {
-            c.renew_after_reject(&c.slot(&name(), &src), &t0)
+            c.renew_after_reject(&c.slot(&name(), None, &src), &t0)
                 .await
                 .is_err()
         }));
@@ -368,21 +372,24 @@ impl TokenSource for PerHost {
 async fn per_target_slots_are_one_per_host_and_bounded() {
     let c = cache();
     let src: Arc<dyn TokenSource> = Arc::new(PerHost(AtomicUsize::new(0)));
-    let a = c.slot_for(&name(), &src, "a.example");
-    assert!(Arc::ptr_eq(&a, &c.slot_for(&name(), &src, "a.example")));
+    let a = c.slot_for(&name(), None, &src, "a.example");
+    assert!(Arc::ptr_eq(
+        &a,
+        &c.slot_for(&name(), None, &src, "a.example")
+    ));
     c.get_in(&a).await.unwrap();
     for i in 0..3 * TARGETS_PER_CREDENTIAL {
-        let s = c.slot_for(&name(), &src, &format!("h{i}.example"));
+        let s = c.slot_for(&name(), None, &src, &format!("h{i}.example"));
         c.get_in(&s).await.unwrap();
     }
-    let st = c.status(&name(), &src);
+    let st = c.status(&name(), None, &src);
     assert_eq!(st.targets, TARGETS_PER_CREDENTIAL);
     assert_eq!(
         st.fetches_ok, TARGETS_PER_CREDENTIAL as u64,
         "counted over the kept hosts"
     );
     assert!(
-        !Arc::ptr_eq(&a, &c.slot_for(&name(), &src, "a.example")),
+        !Arc::ptr_eq(&a, &c.slot_for(&name(), None, &src, "a.example")),
         "the least recently used host was dropped"
     );
 }

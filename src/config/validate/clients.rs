@@ -25,10 +25,13 @@ impl Validator<'_> {
                 continue;
             };
             let credentials = self.client_credentials(&path, &c.credentials, creds);
+            let (tenant, tenants) = self.client_tenants(&path, c);
             out.push(Client {
                 name: c.name.clone(),
                 secret,
                 credentials,
+                tenant,
+                tenants,
             });
         }
         out

@@ -6,13 +6,14 @@ mod credentials;
 mod proxy;
 mod routes;
 mod shared_state;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::locate::Locator;
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawRoute};
 use super::units::parse_duration;
 use super::{Config, ConfigError, ConfigErrors};
 use crate::routing::Router;
@@ -138,11 +139,20 @@ impl Validator<'_> {
             .base_dir
             .join(raw.proxy.state_dir.as_deref().unwrap_or(".credproxy/state"));
         let strict = raw.proxy.strict_permissions.unwrap_or(false);
-        let credentials = self.credentials(raw.credentials, &state_dir, strict);
+        let place = credentials::Place {
+            state_dir: &state_dir,
+            strict,
+        };
+        let credentials = self.credentials(raw.credentials, &place);
         // Names as declared: a credential that failed to build still exists for route checks
         // (the config is rejected anyway, and its own error says why).
         let names: Vec<&str> = declared.iter().map(String::as_str).collect();
-        let (routes, matchers) = self.routes(&raw.routes, &names);
+        let mut raw_routes: Vec<(String, RawRoute)> = (raw.routes.into_iter().enumerate())
+            .map(|(i, r)| (format!("routes[{i}]"), r))
+            .collect();
+        let implicit = self.catalog_routes(&credentials, &raw_routes);
+        raw_routes.extend(implicit);
+        let (routes, matchers) = self.routes(&raw_routes, &names);
         let clients = raw.clients.map(|cs| self.clients(&cs, &names, strict));
         for (i, c) in credentials.iter().enumerate() {
             if !routes.iter().any(|r| r.credentials.contains(&i)) {

@@ -49,6 +49,10 @@ impl Validator<'_> {
                 .join(p.state_dir.as_deref().unwrap_or(".credproxy/state")),
             shared_state: self.shared_state(p.shared_state.as_ref(), strict),
             egress: self.egress(p),
+            admin_token: self.admin_token(p.admin_token.as_deref(), strict),
+            connect: self.connect(p.connect.as_ref()),
+            state_key: (self.env)(crate::store::sealed_file::KEY_ENV)
+                .and_then(|k| crate::store::sealed_file::parse_key(&k).ok()),
         })
     }
 

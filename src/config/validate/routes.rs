@@ -8,20 +8,21 @@ use crate::config::{Route, Upstream};
 use crate::routing::{parse_host_pattern, split_host_port, Glob, HostPattern, Matcher};
 
 impl Validator<'_> {
+    /// Compiles the routes, each with the key path it was written at (`routes[3]`, or
+    /// `credentials.hubspot.api_hosts[0]` for a catalog's API host).
     pub(super) fn routes(
         &mut self,
-        raw: &[RawRoute],
+        raw: &[(String, RawRoute)],
         creds: &[&str],
     ) -> (Vec<Route>, Vec<Matcher>) {
         let mut routes = Vec::new();
         let mut matchers = Vec::new();
         let mut at = Vec::new();
-        for (i, r) in raw.iter().enumerate() {
-            let path = format!("routes[{i}]");
-            if let Some((route, matcher)) = self.route(&path, r, creds) {
+        for (path, r) in raw {
+            if let Some((route, matcher)) = self.route(path, r, creds) {
                 routes.push(route);
                 matchers.push(matcher);
-                at.push(i);
+                at.push(path.as_str());
             }
         }
         self.unique_names(raw);
@@ -30,39 +31,74 @@ impl Validator<'_> {
     }
 
     /// Route names label metrics, logs and errors: two routes may not share one.
-    fn unique_names(&mut self, raw: &[RawRoute]) {
-        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for (i, r) in raw.iter().enumerate() {
+    fn unique_names(&mut self, raw: &[(String, RawRoute)]) {
+        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for (path, r) in raw {
             let Some(name) = r.name.as_deref() else {
                 continue;
             };
             match seen.get(name) {
                 Some(first) => self.err(
-                    &format!("routes[{i}].name"),
-                    format!("route name `{name}` is already used by routes[{first}]"),
+                    &format!("{path}.name"),
+                    format!("route name `{name}` is already used by {first}"),
                 ),
                 None => {
-                    seen.insert(name, i);
+                    seen.insert(name, path);
                 }
             }
         }
     }
 
     /// Warns about a route that an earlier one leaves nothing to match.
-    fn shadowed(&mut self, routes: &[Route], matchers: &[Matcher], at: &[usize]) {
+    fn shadowed(&mut self, routes: &[Route], matchers: &[Matcher], at: &[&str]) {
         for j in 0..matchers.len() {
             let Some(i) = (0..j).find(|&i| matchers[i].covers(&matchers[j])) else {
                 continue;
             };
             let (a, b) = (&routes[i].name, &routes[j].name);
             self.warn(
-                &format!("routes[{}]", at[j]),
+                at[j],
                 format!(
-                    "route `{b}` can never match: `{a}` (routes[{}]) comes first and matches every request it would; move it above, or narrow the earlier route",
+                    "route `{b}` can never match: `{a}` ({}) comes first and matches every request it would; move it above, or narrow the earlier route",
                     at[i]
                 ),
             );
         }
+    }
+
+    /// A route per API host of each credential whose catalog lists hosts, unless a route
+    /// already names that credential.
+    pub(super) fn catalog_routes(
+        &mut self,
+        credentials: &[crate::config::CredentialEntry],
+        explicit: &[(String, RawRoute)],
+    ) -> Vec<(String, RawRoute)> {
+        let named = |c: &str| {
+            explicit.iter().any(|(_, r)| {
+                r.credential.as_deref() == Some(c) || r.credentials.iter().flatten().any(|n| n == c)
+            })
+        };
+        let mut out = Vec::new();
+        for c in credentials.iter().filter(|c| !named(&c.name)) {
+            let Some(catalog) = &c.catalog else { continue };
+            let hosts = match catalog.route_hosts() {
+                Ok(h) => h,
+                Err(e) => {
+                    self.err(&format!("credentials.{}.api_hosts", c.name), e);
+                    continue;
+                }
+            };
+            for (j, host) in hosts.into_iter().enumerate() {
+                let route = RawRoute {
+                    name: Some(format!("{} ({host})", c.name)),
+                    host: Some(host),
+                    credential: Some(c.name.to_string()),
+                    ..RawRoute::default()
+                };
+                out.push((format!("credentials.{}.api_hosts[{j}]", c.name), route));
+            }
+        }
+        out
     }
 
     fn route(&mut self, path: &str, r: &RawRoute, creds: &[&str]) -> Option<(Route, Matcher)> {

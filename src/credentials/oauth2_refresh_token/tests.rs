@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use std::sync::Mutex;
+
 use super::*;
+use crate::store::sealed_file::KEY_ENV;
 
 const KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 
@@ -91,14 +94,23 @@ fn build_with_scopes(port: u16, dir: &std::path::Path, scopes: &[&str]) -> Refre
         name: "hub",
         state_dir: dir,
         strict_permissions: false,
+        tenant: None,
+        literal: &[],
+        dry: false,
     };
     let raw = RawRefreshToken {
         token_url: format!("http://127.0.0.1:{port}/token"),
         client_id: "cid".into(),
         client_secret: "client-secret".into(),
-        refresh_token: "refresh-0".into(),
+        refresh_token: Some("refresh-0".into()),
+        access_token: None,
+        access_token_expires_at: None,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        scope_separator: None,
+        token_params: Default::default(),
         auth_method: None,
+        header: None,
+        prefix: None,
         cache: None,
         timeout: None,
     };
@@ -113,7 +125,7 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
     let src = build(port, dir.path());
     src.fetch(&FetchCx::local(&http)).await.unwrap(); // refresh-0 -> refresh-1, persisted
                                      // The next save fails (full or read-only disk).
-    src.file
+    src.chain.as_ref().unwrap().file
         .fail_saves
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let e = src.fetch(&FetchCx::local(&http)).await.unwrap_err(); // refresh-1 -> refresh-2, kept in memory only
@@ -121,12 +133,12 @@ async fn a_failed_save_never_lets_the_stale_file_win() {
         e.to_string().contains("kept in memory but not persisted"),
         "{e}"
     );
-    src.file
+    src.chain.as_ref().unwrap().file
         .fail_saves
         .store(false, std::sync::atomic::Ordering::SeqCst);
     src.fetch(&FetchCx::local(&http)).await.unwrap(); // must spend refresh-2, persisting it first
     assert_eq!(*used.lock().unwrap(), vec!["refresh-0", "refresh-1", "refresh-2"]);
-    assert_eq!(src.file.load().unwrap().unwrap().refresh_token, "refresh-3");
+    assert_eq!(src.chain.as_ref().unwrap().file.load().unwrap().unwrap().refresh_token, "refresh-3");
 }
 
 #[tokio::test]

@@ -140,6 +140,8 @@ async fn listen(state: Arc<RedisState>) {
         if pubsub.subscribe(state.channel()).await.is_err() {
             continue;
         }
+        // Whatever was published while this replica was not listening is read again.
+        let _ = state.events.send(Event::Resync);
         let mut messages = pubsub.into_on_message();
         while let Some(msg) = messages.next().await {
             deliver(&state, msg.get_payload_bytes());
@@ -158,6 +160,12 @@ fn deliver(state: &RedisState, payload: &[u8]) {
             let _ = state.events.send(Event::Invalidate {
                 credential: credential.into(),
                 tenant: tenant.map(Into::into),
+            });
+        }
+        Ok(Message::Connection { credential, tenant }) => {
+            let _ = state.events.send(Event::Connection {
+                credential: credential.into(),
+                tenant: tenant.into(),
             });
         }
         Err(e) => tracing::debug!("unreadable message on the events channel: {e}"),
@@ -192,21 +200,53 @@ async fn check_epoch(state: &RedisState) {
         wiped
     };
     if wiped {
-        tracing::warn!("shared state (Redis) lost its data: restoring this replica's refresh-token chains into it");
+        tracing::warn!("shared state (Redis) lost its data: restoring this replica's refresh-token chains and connections into it");
         restore_chains(state).await;
+        let _ = state.events.send(Event::Resync);
     }
 }
 
-async fn restore_chains(state: &RedisState) {
-    let Ok(dir) = std::fs::read_dir(&state.state_dir) else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some(credential) = name.strip_suffix(".state").filter(|n| !n.starts_with('.')) else {
-            continue;
+/// Chain files: `state_dir/CREDENTIAL.state`, and `state_dir/tenants/TENANT/CREDENTIAL.state`
+/// for tenants' connections.
+fn chain_files(state: &RedisState) -> Vec<(String, Option<String>)> {
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let Ok(d) = std::fs::read_dir(dir) else {
+            return Vec::new();
         };
-        let Ok(file) = SealedFile::new(&state.state_dir, credential, &state.settings.key) else {
+        d.flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.strip_suffix(".state")
+                    .filter(|n| !n.starts_with('.'))
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    let mut out: Vec<(String, Option<String>)> = names(&state.state_dir)
+        .into_iter()
+        .map(|c| (c, None))
+        .collect();
+    let tenants = state.state_dir.join("tenants");
+    for t in std::fs::read_dir(&tenants).into_iter().flatten().flatten() {
+        let tenant = t.file_name().to_string_lossy().to_string();
+        out.extend(
+            names(&t.path())
+                .into_iter()
+                .map(|c| (c, Some(tenant.clone()))),
+        );
+    }
+    out
+}
+
+async fn restore_chains(state: &RedisState) {
+    for (credential, tenant) in chain_files(state) {
+        let credential = credential.as_str();
+        let key = &state.settings.key;
+        let file = match &tenant {
+            Some(t) => SealedFile::for_tenant(&state.state_dir, credential, t, key),
+            None => SealedFile::new(&state.state_dir, credential, key),
+        };
+        let Ok(file) = file else {
             continue;
         };
         let Ok(Some(saved)) = file.load() else {
@@ -214,7 +254,7 @@ async fn restore_chains(state: &RedisState) {
         };
         let id = ChainId {
             credential: credential.into(),
-            tenant: None,
+            tenant: tenant.map(Into::into),
             seed_sha256: saved.seed_sha256,
         };
         let link = Link {

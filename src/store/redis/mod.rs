@@ -6,6 +6,9 @@
 //! - `{prefix}:{cred|tenant}:token:<digest>`  a sealed token, expiring with it;
 //! - `...:lease:<digest>` / `...:fence:<digest>`  who fetches it now, and its fencing number;
 //! - `...:chain:<digest>`  a refresh-token chain: `v` (version, clear) and `d` (sealed link);
+//! - `{prefix}:{connections}`  tenants' connections, field `credential|tenant`, value sealed;
+//!   `...:rev` the revision of each (a change older than the fleet's is not applied);
+//! - `{prefix}:once:<kind>:<digest>`  connect links and OAuth states, taken once (GETDEL);
 //! - `{prefix}:epoch`  a random marker: gone or changed means Redis lost its data;
 //! - channel `{prefix}:events`  published tokens and invalidations, for every replica.
 //!
@@ -29,7 +32,8 @@ use tokio::time::Instant;
 
 use super::seal::Sealer;
 use super::{
-    ChainId, Commit, Event, Health, Lease, Link, SharedState, SharedToken, StoreError, TokenId,
+    ChainId, Commit, Event, Health, Lease, Link, SharedState, SharedToken, StoreError,
+    StoredConnection, TokenId,
 };
 use crate::config::SharedStateSettings;
 use crate::secret::Secret;
@@ -170,6 +174,8 @@ const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.
 const PUBLISH: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end return 1";
 /// Compare-and-swap on the chain's version: -1 when committed, else the current version.
 const COMMIT: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') if v ~= tonumber(ARGV[1]) then return v end redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) return -1";
+/// Sets a connection unless the fleet's revision is as new or newer: 1 when set.
+const PUT_CONNECTION: &str = "local r = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1') if r >= tonumber(ARGV[3]) then return 0 end redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) return 1";
 /// Sets the chain if absent or older (a restore after Redis lost data); returns the version.
 const SEED: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2]) return tonumber(ARGV[1]) end return v";
 
@@ -197,6 +203,7 @@ struct Scripts {
     publish: Script,
     commit: Script,
     seed: Script,
+    put_connection: Script,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -218,6 +225,10 @@ enum Message {
     Invalidate {
         credential: String,
         tenant: Option<String>,
+    },
+    Connection {
+        credential: String,
+        tenant: String,
     },
 }
 
@@ -244,6 +255,7 @@ impl RedisState {
                 publish: Script::new(PUBLISH),
                 commit: Script::new(COMMIT),
                 seed: Script::new(SEED),
+                put_connection: Script::new(PUT_CONNECTION),
             },
         })
     }
@@ -292,6 +304,49 @@ impl RedisState {
             tenant.unwrap_or("-")
         )
         .into_bytes()
+    }
+
+    /// The connections hash and the hash of their revisions (one hash tag: one slot).
+    fn connection_keys(&self) -> (String, String) {
+        let p = &self.settings.prefix;
+        (
+            format!("{p}:{{connections}}"),
+            format!("{p}:{{connections}}:rev"),
+        )
+    }
+
+    fn seal_connection(&self, c: &StoredConnection) -> Result<Vec<u8>, StoreError> {
+        let (key, _) = self.connection_keys();
+        let aad = self.aad("connection", &c.credential, Some(&c.tenant), &key);
+        self.sealer
+            .seal(&aad, &c.doc)
+            .ok_or_else(|| StoreError::Unsealable(c.credential.clone()))
+    }
+
+    fn open_connection(
+        &self,
+        field: &str,
+        revision: u64,
+        sealed: &[u8],
+    ) -> Result<StoredConnection, StoreError> {
+        let (key, _) = self.connection_keys();
+        let (credential, tenant) = field.split_once('|').unwrap_or((field, ""));
+        let aad = self.aad("connection", credential, Some(tenant), &key);
+        let doc = self
+            .sealer
+            .open(&aad, sealed)
+            .ok_or_else(|| StoreError::Unsealable(format!("{credential} (tenant {tenant})")))?;
+        Ok(StoredConnection {
+            credential: credential.into(),
+            tenant: tenant.into(),
+            revision,
+            doc,
+        })
+    }
+
+    fn once_key(&self, kind: &str, id: &str) -> String {
+        let d = self.digest("once", &[kind.as_bytes(), id.as_bytes()]);
+        format!("{}:once:{kind}:{d}", self.settings.prefix)
     }
 
     fn channel(&self) -> String {
@@ -540,9 +595,152 @@ impl SharedState for RedisState {
         }
         self.chain(id).await
     }
+
+    async fn drop_chain(&self, id: &ChainId) -> Result<(), StoreError> {
+        self.drop_chain_key(id).await
+    }
+
+    async fn connections(&self) -> Result<Option<Vec<StoredConnection>>, StoreError> {
+        self.all_connections().await.map(Some)
+    }
+
+    async fn connection(
+        &self,
+        credential: &str,
+        tenant: &str,
+    ) -> Result<Option<StoredConnection>, StoreError> {
+        self.one_connection(credential, tenant).await
+    }
+
+    async fn put_connection(&self, c: &StoredConnection) -> Result<bool, StoreError> {
+        self.store_connection(c).await
+    }
+
+    async fn put_once(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_once_value(kind, id, doc, ttl).await
+    }
+
+    async fn take_once(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.take_once_value(kind, id).await
+    }
 }
 
 impl RedisState {
+    pub(super) async fn drop_chain_key(&self, id: &ChainId) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let mut del = redis::cmd("DEL");
+        del.arg(self.chain_key(id));
+        conn.query::<i64>(&del).await.map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    pub(super) async fn all_connections(&self) -> Result<Vec<StoredConnection>, StoreError> {
+        let conn = self.conn()?;
+        let (key, rev) = self.connection_keys();
+        let mut get = redis::cmd("HGETALL");
+        get.arg(&key);
+        let docs: std::collections::HashMap<String, Vec<u8>> =
+            conn.query(&get).await.map_err(|e| self.fail(e))?;
+        let mut get = redis::cmd("HGETALL");
+        get.arg(&rev);
+        let revs: std::collections::HashMap<String, u64> =
+            conn.query(&get).await.map_err(|e| self.fail(e))?;
+        let mut out = Vec::with_capacity(docs.len());
+        for (field, sealed) in docs {
+            let r = revs.get(&field).copied().unwrap_or(0);
+            match self.open_connection(&field, r, &sealed) {
+                Ok(c) => out.push(c),
+                Err(e) => tracing::warn!("skipped a shared connection: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn one_connection(
+        &self,
+        credential: &str,
+        tenant: &str,
+    ) -> Result<Option<StoredConnection>, StoreError> {
+        let conn = self.conn()?;
+        let (key, rev) = self.connection_keys();
+        let field = format!("{credential}|{tenant}");
+        let mut get = redis::cmd("HGET");
+        get.arg(&key).arg(&field);
+        let sealed: Option<Vec<u8>> = conn.query(&get).await.map_err(|e| self.fail(e))?;
+        let mut get = redis::cmd("HGET");
+        get.arg(&rev).arg(&field);
+        let r: Option<u64> = conn.query(&get).await.map_err(|e| self.fail(e))?;
+        sealed
+            .map(|s| self.open_connection(&field, r.unwrap_or(0), &s))
+            .transpose()
+    }
+
+    pub(super) async fn store_connection(&self, c: &StoredConnection) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let (key, rev) = self.connection_keys();
+        let sealed = self.seal_connection(c)?;
+        let args = [
+            format!("{}|{}", c.credential, c.tenant).into_bytes(),
+            sealed,
+            c.revision.to_string().into_bytes(),
+        ];
+        let set: i64 = conn
+            .script(&self.scripts.put_connection, &[&key, &rev], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if set == 1 {
+            conn.wait_replicated(&key).await;
+            self.send(&Message::Connection {
+                credential: c.credential.clone(),
+                tenant: c.tenant.clone(),
+            })
+            .await;
+        }
+        Ok(set == 1)
+    }
+
+    pub(super) async fn put_once_value(
+        &self,
+        kind: &str,
+        id: &str,
+        doc: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let key = self.once_key(kind, id);
+        let sealed = self
+            .sealer
+            .seal(&self.aad("once", kind, None, &key), doc)
+            .ok_or_else(|| StoreError::Unsealable(kind.to_string()))?;
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(sealed)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        conn.query::<String>(&set).await.map_err(|e| self.fail(e))?;
+        conn.wait_replicated(&key).await;
+        Ok(())
+    }
+
+    pub(super) async fn take_once_value(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn()?;
+        let key = self.once_key(kind, id);
+        let mut getdel = redis::cmd("GETDEL");
+        getdel.arg(&key);
+        let sealed: Option<Vec<u8>> = conn.query(&getdel).await.map_err(|e| self.fail(e))?;
+        Ok(sealed.and_then(|s| self.sealer.open(&self.aad("once", kind, None, &key), &s)))
+    }
+
     fn chain_aad(&self, id: &ChainId, key: &str, version: u64) -> Vec<u8> {
         let mut aad = self.aad("chain", &id.credential, id.tenant.as_deref(), key);
         aad.extend_from_slice(format!("|v{version}").as_bytes());

@@ -1,0 +1,1 @@
+//! `/connections` on the admin listener.
