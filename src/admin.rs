@@ -10,6 +10,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::connections;
 use crate::metrics::Scrape;
 
 /// The NAME of `/credentials/NAME/refresh`.
@@ -36,7 +37,11 @@ pub struct Admin {
     pub app: Arc<App>,
 }
 
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+pub fn reply(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+) -> Response<Vec<u8>> {
     let body = body.into();
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -49,7 +54,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Re
     r
 }
 
-fn json(status: StatusCode, v: &impl Serialize) -> Response<Vec<u8>> {
+pub fn json(status: StatusCode, v: &impl Serialize) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     reply(status, "application/json", body)
@@ -298,11 +303,123 @@ impl Admin {
     }
 }
 
+/// Whether the request may use a guarded endpoint: with `proxy.admin_token` set, every
+/// `/connections` call and every POST needs it as a Bearer token.
+fn authorized(app: &App, method: &str, path: &str, session: &ServerSession) -> bool {
+    let Some(token) = &app.config().proxy.admin_token else {
+        return true;
+    };
+    if method == "GET" && !path.starts_with("/connections") {
+        return true;
+    }
+    let sent = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    token.ct_eq(sent.trim().as_bytes())
+}
+
+fn unauthorized() -> Response<Vec<u8>> {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer <proxy.admin_token>"}),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"credproxy-admin\""),
+    );
+    r
+}
+
+/// The request body as JSON (None: no body); an answer when it is too large or not JSON.
+async fn json_body(
+    session: &mut ServerSession,
+) -> Result<Option<serde_json::Value>, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > connections::admin::MAX_BODY {
+                    return Err(json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({"error": "body_too_large", "message": format!("at most {} bytes", connections::admin::MAX_BODY)}),
+                    ));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "bad_body", "message": e.to_string()}),
+                ))
+            }
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_body", "message": format!("not JSON: {e}")}),
+        )
+    })
+}
+
+impl Admin {
+    async fn connections(
+        &self,
+        session: &mut ServerSession,
+        method: &str,
+        path: &str,
+    ) -> Response<Vec<u8>> {
+        let body = match json_body(session).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let req = session.req_header();
+        let actor = connections::admin::Actor {
+            name: req
+                .headers
+                .get("x-credproxy-actor")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect())
+                .unwrap_or_else(|| "admin".into()),
+            addr: session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let query = req.uri.query().map(str::to_string);
+        let call = connections::admin::Call {
+            method,
+            path,
+            query: query.as_deref(),
+            body,
+            actor,
+        };
+        connections::admin::handle(&self.app, call).await
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
+        if !authorized(&self.app, &method, &path, session) {
+            return unauthorized();
+        }
+        if path.starts_with("/connections") {
+            return self.connections(session, &method, &path).await;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
             ("GET", "/readyz") => self.ready().await,
@@ -320,7 +437,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /healthz, /readyz, /metrics, /credentials, POST /reload\n",
+                "not found: try /healthz, /readyz, /metrics, /credentials, /connections, POST /reload\n",
             ),
         }
     }

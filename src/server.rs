@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 use crate::admin::Admin;
 use crate::app::App;
 use crate::config::Config;
+use crate::connections::connect::ConnectApp;
 use crate::proxy::connect::Front;
 use crate::proxy::{Connections, CredProxy, OwnListeners};
 
@@ -121,6 +122,12 @@ impl BackgroundService for FleetFollow {
 fn check_listeners(cfg: &Config) {
     let mut addrs = vec![(cfg.proxy.listen, "proxy.listen")];
     addrs.extend(cfg.proxy.admin.map(|a| (a, "proxy.admin")));
+    addrs.extend(
+        cfg.proxy
+            .connect
+            .as_ref()
+            .map(|c| (c.listen, "proxy.connect.listen")),
+    );
     for (addr, key) in addrs {
         if let Err(e) = crate::ports::check_free(addr, key) {
             tracing::error!("{e}");
@@ -150,6 +157,8 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let (cfg_listen, cfg_admin) = (cfg.proxy.listen, cfg.proxy.admin);
     let listen = cfg_listen.to_string();
     let admin_addr = cfg_admin.map(|a| a.to_string());
+    let cfg_connect = cfg.proxy.connect.as_ref().map(|c| c.listen);
+    let connect_addr = cfg_connect.map(|a| a.to_string());
     let threads = cfg.proxy.threads;
     let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
@@ -171,6 +180,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
 
     let mut own = vec![(cfg_listen, "proxy")];
     own.extend(cfg_admin.map(|a| (a, "admin")));
+    own.extend(cfg_connect.map(|a| (a, "connect")));
     let conns = Arc::new(Connections::new(&app.metrics, OwnListeners(own)));
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -199,6 +209,14 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         );
         admin.add_tcp(&addr);
         server.add_service(admin);
+    }
+    if let Some(addr) = connect_addr {
+        let mut connect = Service::new(
+            "credproxy connect".to_string(),
+            HttpServer::new_app(ConnectApp { app: app.clone() }),
+        );
+        connect.add_tcp(&addr);
+        server.add_service(connect);
     }
     if let Some(state) = app.fleet.clone() {
         server.add_service(background_service("fleet link", FleetLink { state }));

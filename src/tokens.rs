@@ -447,6 +447,11 @@ impl TokenCache {
         &self.shared
     }
 
+    /// The HTTP client for token endpoints (and the connect flow's calls).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The slot of `src`, the source of the credential `name` (for `tenant`, when it is per
     /// tenant: tenants never share a slot).
     pub fn slot(

@@ -10,6 +10,7 @@
 //! The request path asks one thing (`resolve`): this credential, for this tenant.
 
 pub mod admin;
+pub mod check;
 pub mod connect;
 pub mod files;
 pub mod health;

@@ -362,6 +362,7 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Proxy {
@@ -395,37 +396,48 @@ impl Proxy {
         register_config_secrets(&text, env);
         std::fs::write(&conf, text).unwrap();
         let log = dir.path().join("proxy.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.arg("run")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(logf);
-        cmd.env(
-            "RUST_LOG",
-            // Every test runs the proxy at trace level: its log is scanned for secrets.
-            std::env::var("CREDPROXY_TEST_LOG").unwrap_or_else(|_| "trace".into()),
-        );
-        cmd.env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut p = Proxy {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn(&conf, &log, &env);
+        let p = Proxy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             dir,
             log,
+            env,
         };
+        p.wait_ready()
+    }
+
+    /// Stops the process and starts it again on the same config, state and ports.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.child = spawn(&self.config_path(), &self.log, &self.env);
+            match self.wait_ready_ref() {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("credproxy did not come back; log:\n{last}");
+    }
+
+    fn wait_ready(mut self) -> Result<Proxy, String> {
+        self.wait_ready_ref().map(|()| self)
+    }
+
+    fn wait_ready_ref(&mut self) -> Result<(), String> {
+        let p = self;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok((200, _)) = http_get(p.admin, "/readyz") {
-                return Ok(p);
+                return Ok(());
             }
             if let Ok(Some(_)) = p.child.try_wait() {
                 break;
@@ -492,6 +504,34 @@ impl Drop for Proxy {
             assert_no_secret("the proxy log", &self.log_text());
         }
     }
+}
+
+/// Runs the binary on `conf`, logging (appending) to `log`.
+fn spawn(conf: &std::path::Path, log: &std::path::Path, env: &[(String, String)]) -> Child {
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(logf);
+    cmd.env(
+        "RUST_LOG",
+        // Every test runs the proxy at trace level: its log is scanned for secrets.
+        std::env::var("CREDPROXY_TEST_LOG").unwrap_or_else(|_| "trace".into()),
+    );
+    cmd.env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Sends raw bytes and reads the whole answer (the request should say `Connection: close`).

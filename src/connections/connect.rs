@@ -1,1 +1,0 @@
-//! The OAuth connect flow.
