@@ -411,10 +411,13 @@ impl Provider {
                 }
             }
         }
-        if matches!(
-            self.auth_method,
-            Some(AuthMethod::PostQuery | AuthMethod::GetQuery)
-        ) {
+        // Only the code exchange is limited; client credentials may use any of the four.
+        if self.authorize_url.is_some()
+            && matches!(
+                self.auth_method,
+                Some(AuthMethod::PostQuery | AuthMethod::GetQuery)
+            )
+        {
             p.push((
                 "auth_method".into(),
                 "the connect flow takes `basic` or `post_body`".into(),

@@ -3,6 +3,8 @@
 //! (validated like the config, guarded by the admin token, audit-logged), persistence across
 //! restarts, and test-on-save.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -133,34 +133,35 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// An answer that refuses a request (boxed: it travels as an error).
+pub type Refused = Box<Response<Vec<u8>>>;
+
 /// The per-tenant credential `name`, or the answer saying why it is not one.
 pub fn per_tenant<'c>(
     cfg: &'c Config,
     tenant: &str,
     name: &str,
-) -> Result<(&'c CredentialEntry, &'c Arc<Template>), Response<Vec<u8>>> {
+) -> Result<(&'c CredentialEntry, &'c Arc<Template>), Refused> {
+    let refuse = |status, code: &str, message: String| Err(Box::new(error(status, code, message)));
     if !valid_tenant(tenant) {
-        return Err(error(StatusCode::BAD_REQUEST, "bad_tenant", "a tenant name has 1 to 64 letters, digits, `.`, `_` or `-`, and does not start with `.`"));
+        let m = "a tenant name has 1 to 64 letters, digits, `.`, `_` or `-`, and does not start with `.`";
+        return refuse(StatusCode::BAD_REQUEST, "bad_tenant", m.into());
     }
     let Some(entry) = cfg.credentials.iter().find(|c| &*c.name == name) else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "unknown_credential",
-            format!("no credential `{name}` in the config"),
-        ));
+        let m = format!("no credential `{name}` in the config");
+        return refuse(StatusCode::NOT_FOUND, "unknown_credential", m);
     };
     match (&entry.credential, entry.template()) {
         (_, Some(t)) => Ok((entry, t)),
-        (Err(e), None) => Err(error(
+        (Err(e), None) => refuse(
             StatusCode::CONFLICT,
             "credential_unavailable",
             e.to_string(),
-        )),
-        (Ok(_), None) => Err(error(
-            StatusCode::CONFLICT,
-            "not_per_tenant",
-            format!("credential `{name}` is not `per_tenant: true`: it has no connections"),
-        )),
+        ),
+        (Ok(_), None) => {
+            let m = format!("credential `{name}` is not `per_tenant: true`: it has no connections");
+            refuse(StatusCode::CONFLICT, "not_per_tenant", m)
+        }
     }
 }
 
@@ -198,7 +199,7 @@ async fn put(
 ) -> Response<Vec<u8>> {
     let (_, template) = match per_tenant(cfg, tenant, name) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(body) = call.body.clone() else {
         return error(
@@ -223,7 +224,7 @@ async fn put(
     if query_param(call.query, "test").as_deref() == Some("true") {
         if let Err(r) = super::check::test(app, template, tenant, &built).await {
             audit(&call.actor, "test", tenant, name, "failed");
-            return r;
+            return *r;
         }
     }
     store(app, cfg, record, &call.actor).await
@@ -294,7 +295,7 @@ async fn delete(
     actor: &Actor,
 ) -> Response<Vec<u8>> {
     if let Err(r) = per_tenant(cfg, tenant, name) {
-        return r;
+        return *r;
     }
     match app.connections.delete(name, tenant).await {
         Ok(true) => {
@@ -317,7 +318,7 @@ async fn refresh(
 ) -> Response<Vec<u8>> {
     let (entry, template) = match per_tenant(cfg, tenant, name) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let built = match app.connections.resolve(template, tenant) {
         Ok(b) => b,

@@ -13,20 +13,18 @@ use crate::app::App;
 use crate::credentials::aws_sigv4::Payload;
 use crate::credentials::Credential;
 
-fn failed(message: String) -> Response<Vec<u8>> {
-    reply(
+/// The answer to a failed test (boxed: it travels as an error).
+type Failed = Box<Response<Vec<u8>>>;
+
+fn failed(message: String) -> Failed {
+    Box::new(reply(
         StatusCode::UNPROCESSABLE_ENTITY,
         &json!({"error": "test_failed", "message": message}),
-    )
+    ))
 }
 
 /// Runs the test; the answer to send when it fails.
-pub async fn test(
-    app: &App,
-    t: &Template,
-    tenant: &str,
-    built: &Resolved,
-) -> Result<(), Response<Vec<u8>>> {
+pub async fn test(app: &App, t: &Template, tenant: &str, built: &Resolved) -> Result<(), Failed> {
     let mut header = None;
     if let Credential::Token(src) = &built.credential {
         let tenant: Arc<str> = tenant.into();
@@ -37,10 +35,10 @@ pub async fn test(
     let Some(url) = &t.test_url else {
         return match header {
             Some(_) => Ok(()),
-            None => Err(reply(
+            None => Err(Box::new(reply(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": "nothing_to_test", "message": format!("type {} gets no token to test: set `test_url` on credential `{}` to check a connection before it is stored", t.kind.name, t.credential)}),
-            )),
+            ))),
         };
     };
     let mut req = request_to(url).map_err(failed)?;

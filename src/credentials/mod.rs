@@ -71,6 +71,7 @@ pub struct KindEntry {
     pub tenant_fields: &'static [TenantField],
     build: fn(serde_yaml::Value, &mut BuildCtx<'_>) -> Result<Credential, BuildError>,
     schema: fn(&mut SchemaGenerator) -> Schema,
+    own_schema: fn(&mut SchemaGenerator) -> Schema,
 }
 
 const fn entry<K: Kind>() -> KindEntry {
@@ -79,6 +80,7 @@ const fn entry<K: Kind>() -> KindEntry {
         tenant_fields: K::TENANT_FIELDS,
         build: parse_and_build::<K>,
         schema: schema_of::<K>,
+        own_schema: K::Raw::json_schema,
     }
 }
 
@@ -127,7 +129,7 @@ impl KindEntry {
 
     /// The names of the type's own fields (from its schema).
     pub fn fields(&self) -> Vec<String> {
-        let schema = (self.schema)(&mut SchemaGenerator::default());
+        let schema = (self.own_schema)(&mut SchemaGenerator::default());
         schema
             .get("properties")
             .and_then(|p| p.as_object())

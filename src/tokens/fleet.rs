@@ -46,7 +46,15 @@ impl TokenCache {
             }
             match self.shared.lease(&slot.id, LEASE_TTL).await {
                 Ok(Lease::Held { fence }) => {
-                    return self.fetch_leased(slot, fence, after_reject).await
+                    // The holder before us may have published and released between our
+                    // read and our lease: look once more before fetching again.
+                    if let Ok(Some(t)) = self.shared.token(&slot.id).await {
+                        if let Some(token) = adopt(slot, &t, stale) {
+                            let _ = self.shared.release(&slot.id, fence).await;
+                            return Ok(token);
+                        }
+                    }
+                    return self.fetch_leased(slot, fence, after_reject).await;
                 }
                 Ok(Lease::Busy) if Instant::now() < deadline => {
                     self.shared.wait(&slot.id, deadline - Instant::now()).await;

@@ -72,7 +72,7 @@ pub async fn make_link(
 ) -> Response<Vec<u8>> {
     let (_, template) = match per_tenant(cfg, tenant, name) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(connect) = &cfg.proxy.connect else {
         return error(
