@@ -72,6 +72,9 @@ pub struct CredentialStatus {
     /// Target hosts holding a token, for credentials minted per host (self-signed JWTs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<usize>,
+    /// For a per-tenant credential: how many tenants have a connection (see `/connections`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
     /// In a fleet: whether its shared state (Redis) is `up` or `unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_state: Option<&'static str>,
@@ -100,8 +103,10 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
                 .ok()
                 .and_then(|cr| cr.token_source())
                 .is_some_and(|t| t.needs_reconnect());
+            let per_tenant = c.template().is_some();
             let status = match (&c.credential, is_token) {
                 (Err(_), _) => "unavailable",
+                (Ok(_), _) if per_tenant => "per_tenant",
                 (Ok(_), true) if reconnect => "needs_reconnect",
                 (Ok(_), false) => "ok",
                 (Ok(_), true) if slot.seconds_to_expiry.is_some() => "ok",
@@ -121,6 +126,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
                     .or(slot.last_error),
                 fetch_count: slot.fetches_ok + slot.fetches_failed,
                 targets: src.filter(|s| s.per_target()).map(|_| slot.targets),
+                connections: per_tenant.then(|| app.connections.count(&c.name)),
                 shared_state: fleet_health(app),
             }
         })
@@ -152,9 +158,13 @@ impl Admin {
             &["credential", "type"],
             statuses
                 .iter()
-                .map(|c| (vec![c.name.as_str(), c.kind], i64::from(c.status == "ok"))),
+                .map(|c| {
+                    let up = matches!(c.status, "ok" | "per_tenant");
+                    (vec![c.name.as_str(), c.kind], i64::from(up))
+                }),
         );
         self.token_metrics(&mut s);
+        crate::connections::metrics::scrape(&self.app, &mut s);
         if let Some(h) = fleet_health(&self.app) {
             s.gauges(
                 "credproxy_shared_state_up",
@@ -231,8 +241,12 @@ impl Admin {
             .credentials
             .iter()
             .filter_map(|c| {
+                if c.template().is_some_and(|t| t.mints_tokens()) {
+                    return Some((&*c.name, self.app.tokens.tenants_status(&c.name), None));
+                }
                 let src = c.credential.as_ref().ok()?.token_source()?;
-                Some((&*c.name, self.app.tokens.status(&c.name, None, src), src))
+                let st = self.app.tokens.status(&c.name, None, src);
+                Some((&*c.name, st, Some(src)))
             })
             .collect();
         s.counters(
@@ -250,9 +264,9 @@ impl Admin {
             "credproxy_credential_needs_reconnect",
             "1 when the provider refused the refresh token.",
             &["credential"],
-            tokens
-                .iter()
-                .map(|(n, _, src)| (vec![*n], i64::from(src.needs_reconnect()))),
+            tokens.iter().filter_map(|(n, _, src)| {
+                Some((vec![*n], i64::from(src.as_ref()?.needs_reconnect())))
+            }),
         );
         s.counters(
             "credproxy_token_renewals_total",

@@ -173,6 +173,10 @@ pub async fn check(cfg: &Config, tokens: Option<&crate::tokens::TokenCache>) -> 
     for c in &cfg.credentials {
         let verdict = match (&c.credential, tokens) {
             (Err(e), _) => Err(format!("UNAVAILABLE: {e}")),
+            (Ok(crate::credentials::Credential::PerTenant(_)), _) => Ok(format!(
+                "OK (per tenant: test a tenant's connection with PUT /connections/TENANT/{}?test=true)",
+                c.name
+            )),
             (Ok(cred), Some(cache)) => match cred.token_source() {
                 Some(src) => match cache.get(&c.name, src).await {
                     Ok(t) => {

@@ -712,15 +712,35 @@ impl TokenCache {
             ..SlotStatus::default()
         };
         for (_, slot) in hosts.iter() {
-            let s = slot.status(now);
-            sum.fetches_ok += s.fetches_ok;
-            sum.fetches_failed += s.fetches_failed;
-            sum.cache_hits += s.cache_hits;
-            sum.renewals += s.renewals;
-            sum.renewals_limited += s.renewals_limited;
-            sum.last_error = sum.last_error.or(s.last_error);
+            sum.add(slot.status(now));
         }
         sum
+    }
+
+    /// A per-tenant credential's counts, summed over its tenants' slots (for `/metrics`,
+    /// which has no series per tenant).
+    pub fn tenants_status(&self, name: &str) -> SlotStatus {
+        let now = Instant::now();
+        let mut sum = SlotStatus::default();
+        for e in self.slots.iter() {
+            let (cred, tenant, _) = e.key();
+            if &**cred == name && tenant.is_some() {
+                sum.add(e.value().status(now));
+            }
+        }
+        sum.seconds_to_expiry = None;
+        sum
+    }
+}
+
+impl SlotStatus {
+    fn add(&mut self, s: SlotStatus) {
+        self.fetches_ok += s.fetches_ok;
+        self.fetches_failed += s.fetches_failed;
+        self.cache_hits += s.cache_hits;
+        self.renewals += s.renewals;
+        self.renewals_limited += s.renewals_limited;
+        self.last_error = self.last_error.take().or(s.last_error);
     }
 }
 

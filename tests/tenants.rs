@@ -197,6 +197,20 @@ fn each_tenant_gets_its_own_key_and_nobody_elses() {
         !String::from_utf8_lossy(&sealed).contains("sk-globex"),
         "sealed at rest"
     );
+    // /credentials and /metrics count connections, not tenants' secrets.
+    let creds = http_get(p.admin, "/credentials").unwrap().1;
+    assert!(
+        creds.contains("\"status\": \"per_tenant\"") && creds.contains("\"connections\": 2"),
+        "{creds}"
+    );
+    let m = p.metrics();
+    for needle in [
+        "credproxy_connections{credential=\"openai\",status=\"ok\"} 2",
+        "credproxy_connections{credential=\"openai\",status=\"orphaned\"} 0",
+        "credproxy_credential_available{credential=\"openai\",type=\"bearer\"} 1",
+    ] {
+        assert!(m.contains(needle), "{needle} in\n{m}");
+    }
 
     // Deleted: 204, then connection_missing.
     assert_eq!(

@@ -14,6 +14,7 @@ pub mod check;
 pub mod connect;
 pub mod files;
 pub mod health;
+pub mod metrics;
 pub mod record;
 pub mod template;
 

@@ -38,6 +38,17 @@ pub struct Template {
     strict_permissions: bool,
 }
 
+impl Template {
+    /// Whether its tenants' credentials hold tokens in the cache (for the token metrics,
+    /// summed over tenants).
+    pub fn mints_tokens(&self) -> bool {
+        matches!(
+            self.kind.name,
+            "oauth2_client_credentials" | "oauth2_refresh_token"
+        )
+    }
+}
+
 impl std::fmt::Debug for Template {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Template")
