@@ -156,12 +156,10 @@ impl Admin {
             "credproxy_credential_available",
             "1 if the credential can be injected.",
             &["credential", "type"],
-            statuses
-                .iter()
-                .map(|c| {
-                    let up = matches!(c.status, "ok" | "per_tenant");
-                    (vec![c.name.as_str(), c.kind], i64::from(up))
-                }),
+            statuses.iter().map(|c| {
+                let up = matches!(c.status, "ok" | "per_tenant");
+                (vec![c.name.as_str(), c.kind], i64::from(up))
+            }),
         );
         self.token_metrics(&mut s);
         crate::connections::metrics::scrape(&self.app, &mut s);

@@ -134,6 +134,9 @@ pub struct PostConnect {
     pub name: String,
     /// A header that carries it on every API request.
     pub header: Option<String>,
+    /// The `Authorization` scheme this call wants when it differs from the API's (Mailchimp's
+    /// metadata endpoint documents `OAuth `); else the credential's header and prefix.
+    pub prefix: Option<String>,
 }
 
 /// What the provider says about its refresh tokens.
@@ -309,7 +312,14 @@ pub fn plain_value(value: &str) -> bool {
 /// strings are hosts already.
 pub fn host_of(value: &str) -> String {
     match url::Url::parse(value) {
-        Ok(u) if value.contains("://") => u.host_str().unwrap_or_default().to_string(),
+        Ok(u) if value.contains("://") => {
+            let host = u.host_str().unwrap_or_default();
+            // An explicit port stays: it is part of what the connection is for.
+            match u.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_string(),
+            }
+        }
         _ => value.to_string(),
     }
 }

@@ -61,39 +61,8 @@ impl Drop for Idp {
     }
 }
 
-/// One browser step: GET `url` (with our cookie, if any); status, Location, Set-Cookie, body.
-fn browse(url: &str, cookie: Option<&str>) -> (u16, Option<String>, Option<String>, String) {
-    let u = url::Url::parse(url).unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], u.port().unwrap()));
-    let path = match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_string(),
-    };
-    let cookie = cookie
-        .map(|c| format!("Cookie: {c}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\n{cookie}Connection: close\r\n\r\n",
-        u.authority()
-    );
-    let resp = raw(addr, req.as_bytes());
-    let set_cookie =
-        header_of(&resp, "set-cookie").map(|c| c.split(';').next().unwrap_or("").to_string());
-    (
-        status_of(&resp),
-        header_of(&resp, "location"),
-        set_cookie,
-        body_of(&resp),
-    )
-}
-
 fn admin_call(p: &Proxy, method: &str, path: &str, body: &str) -> (u16, String) {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let resp = raw(p.admin, req.as_bytes());
-    (status_of(&resp), body_of(&resp))
+    admin_as(p, ADMIN_TOKEN, method, path, body)
 }
 
 fn link(p: &Proxy, tenant: &str) -> String {

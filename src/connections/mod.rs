@@ -160,7 +160,7 @@ impl Connections {
         &self,
         entry: &CredentialEntry,
         tenant: Option<&Arc<str>>,
-        host: &str,
+        (host, port): (&str, u16),
     ) -> Result<Use, ProxyError> {
         let shared = match &entry.credential {
             Ok(Credential::PerTenant(t)) => t,
@@ -176,11 +176,10 @@ impl Connections {
         let tenant = tenant.ok_or_else(|| ProxyError::TenantRequired(entry.name.to_string()))?;
         let r = self.resolve(shared, tenant)?;
         if let Some(hosts) = &r.hosts {
-            let h = crate::routing::HostPattern::Exact(host.to_string());
-            if !hosts.iter().any(|(p, _)| p.covers(&h)) {
-                let expected: Vec<&str> = hosts.iter().map(|(_, s)| s.as_str()).collect();
+            if !hosts.iter().any(|h| h.covers(host, port)) {
+                let expected: Vec<&str> = hosts.iter().map(|h| h.text.as_str()).collect();
                 return Err(ProxyError::ConnectionHost(format!(
-                    "tenant `{tenant}`'s `{}` connection is for {}, not {host}",
+                    "tenant `{tenant}`'s `{}` connection is for {}, not {host}:{port}",
                     entry.name,
                     expected.join(" or ")
                 )));

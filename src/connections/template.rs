@@ -71,7 +71,7 @@ pub struct OAuthClient {
 pub struct Resolved {
     pub credential: Credential,
     pub extra: Option<Arc<Injection>>,
-    pub hosts: Option<Vec<(HostPattern, String)>>,
+    pub hosts: Option<Vec<ApiHost>>,
 }
 
 /// What a template is made from.
@@ -270,12 +270,29 @@ pub fn extra_headers(
     Ok((!inj.is_empty()).then_some(inj))
 }
 
+/// One API host a connection is for: a request must match the pattern, and the port when
+/// the host names one.
+#[derive(Debug)]
+pub struct ApiHost {
+    pub pattern: HostPattern,
+    pub port: Option<u16>,
+    /// As written, for messages.
+    pub text: String,
+}
+
+impl ApiHost {
+    pub fn covers(&self, host: &str, port: u16) -> bool {
+        self.pattern.covers(&HostPattern::Exact(host.to_string()))
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
 /// The API hosts one connection is for, when they depend on it (a Salesforce instance, a
 /// Shopify shop); None when every connection shares them.
 fn connection_hosts(
     catalog: &Provider,
     value: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<Vec<(HostPattern, String)>>, BuildError> {
+) -> Result<Option<Vec<ApiHost>>, BuildError> {
     if !catalog
         .api_hosts
         .iter()
@@ -292,8 +309,12 @@ fn connection_hosts(
             )
         })?;
         let host = catalog::host_of(&filled);
-        let (pattern, _) = parse_host_pattern(&host).map_err(|m| invalid("api_hosts", m))?;
-        out.push((pattern, host));
+        let (pattern, port) = parse_host_pattern(&host).map_err(|m| invalid("api_hosts", m))?;
+        out.push(ApiHost {
+            pattern,
+            port,
+            text: host,
+        });
     }
     Ok(Some(out))
 }

@@ -293,7 +293,11 @@ impl ProxyHttp for CredProxy {
         let used = match credential.map(|c| &cfg.credentials[c]) {
             Some(entry) => {
                 let tenant = ctx.plan.as_ref().and_then(|p| p.tenant.as_ref());
-                match self.app.connections.credential_for(entry, tenant, &host) {
+                match self
+                    .app
+                    .connections
+                    .credential_for(entry, tenant, (&host, port))
+                {
                     Ok(u) => Some((&entry.name, u)),
                     Err(e) => return self.refuse(session, ctx, refusal(e)).await,
                 }

@@ -240,9 +240,10 @@ impl Exchange<'_> {
         pc: &catalog::PostConnect,
         access: &str,
     ) -> Result<String, String> {
-        let (header, prefix) = match &self.catalog.inject {
-            Some(i) => (i.header.clone(), i.prefix.clone().unwrap_or_default()),
-            None => ("authorization".to_string(), "Bearer ".to_string()),
+        let (header, prefix) = match (&pc.prefix, &self.catalog.inject) {
+            (Some(p), _) => ("authorization".to_string(), p.clone()),
+            (None, Some(i)) => (i.header.clone(), i.prefix.clone().unwrap_or_default()),
+            (None, None) => ("authorization".to_string(), "Bearer ".to_string()),
         };
         let resp = self
             .http
