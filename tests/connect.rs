@@ -323,12 +323,6 @@ fn every_failure_of_the_flow_is_named() {
 fn begin(p: &Proxy) -> (String, Option<String>) {
     let url = link(p, "acme");
     let (_, to_idp, cookie, _) = browse(&url, None);
-    let state = url::Url::parse(&to_idp.unwrap())
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .to_string();
+    let state = query_value(&to_idp.unwrap(), "state");
     (state, cookie)
 }

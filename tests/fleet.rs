@@ -520,3 +520,138 @@ fn measure_token_requests_per_refresh() {
         );
     }
 }
+
+/// A replica with its own connect listener, sharing `redis`: (proxy, connect port).
+fn connect_replica(redis: &RedisServer, body: &str, env: &[(&str, &str)]) -> (Proxy, u16) {
+    let cp = free_port();
+    let extra = format!(
+        "shared_state: {{ redis: \"{}\", prefix: fleet-test }}\nadmin_token: \"${{ADMIN_TOKEN}}\"\nconnect: {{ listen: \"127.0.0.1:{cp}\", public_url: \"http://127.0.0.1:{cp}\" }}",
+        redis.url()
+    );
+    let mut env = env.to_vec();
+    env.extend([("CREDPROXY_STATE_KEY", KEY), ("ADMIN_TOKEN", FLEET_ADMIN)]);
+    (Proxy::start_with(&extra, body, &env), cp)
+}
+
+const FLEET_ADMIN: &str = "fleet-admin-token-0001";
+
+/// A GET through `p` for `tenant`: status and the Authorization the origin saw (if it did).
+fn as_tenant(p: &Proxy, origin: &Origin, tenant: &str) -> (u16, Option<String>) {
+    let before = origin.count();
+    let status = runtime().block_on(async {
+        let proxy = reqwest::Proxy::http(p.url())
+            .unwrap()
+            .basic_auth("worker", "fleet-worker-secret-01");
+        let c = reqwest::Client::builder().proxy(proxy).build().unwrap();
+        let url = format!("http://127.0.0.1:{}/v1/x", origin.port());
+        let r = c.get(url).header("X-Credproxy-Tenant", tenant);
+        r.send().await.unwrap().status().as_u16()
+    });
+    let seen = (origin.count() > before).then(|| origin.last().header("authorization"));
+    (status, seen.flatten())
+}
+
+/// Until every replica answers `want` for `tenant` (bounded by 1 s, the promise); how long
+/// that took.
+fn everywhere(ps: &[&Proxy], origin: &Origin, tenant: &str, want: (u16, Option<&str>)) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let got: Vec<_> = ps.iter().map(|p| as_tenant(p, origin, tenant)).collect();
+        if got.iter().all(|(s, a)| (*s, a.as_deref()) == want) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "after 1 s the replicas answer {got:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connections_and_connect_links_are_the_fleets() {
+    let redis = RedisServer::start();
+    let origin = Origin::start();
+    let idp = TokenServer::start(TokenReply::raw(
+        200,
+        r#"{"access_token":"fleet-connect-access-01","refresh_token":"fleet-connect-refresh-01","expires_in":3600}"#,
+        "application/json",
+    ));
+    let body = format!(
+        "clients:\n  - {{ name: worker, secret: \"${{WS}}\", tenants: [\"*\"], credentials: [openai, hub] }}\ncredentials:\n  openai: {{ type: bearer, per_tenant: true }}\n  hub:\n    type: oauth2_refresh_token\n    per_tenant: true\n    authorize_url: {}\n    token_url: {}\n    client_id: fleet-client\n    client_secret: \"${{CS}}\"\nroutes:\n  - {{ host: \"127.0.0.1:{}\", credential: openai }}\n  - {{ host: \"127.0.0.1:{}\", credential: hub }}\n",
+        idp.url("/authorize"),
+        idp.url("/token"),
+        origin.port(),
+        free_port()
+    );
+    let env = [("CS", CLIENT_SECRET), ("WS", "fleet-worker-secret-01")];
+    let rs: Vec<(Proxy, u16)> = (0..3)
+        .map(|_| connect_replica(&redis, &body, &env))
+        .collect();
+    let ps: Vec<&Proxy> = rs.iter().map(|(p, _)| p).collect();
+    let put = |p: &Proxy, key: &str| {
+        register_secret(key);
+        let body = format!(r#"{{"token": "{key}"}}"#);
+        admin_as(p, FLEET_ADMIN, "PUT", "/connections/acme/openai", &body).0
+    };
+
+    // Created on one replica, used by all within a second; replaced on another; deleted on a third.
+    assert_eq!(put(ps[0], "sk-fleet-acme-000001"), 201);
+    let created = everywhere(
+        &ps,
+        &origin,
+        "acme",
+        (200, Some("Bearer sk-fleet-acme-000001")),
+    );
+    assert_eq!(put(ps[1], "sk-fleet-acme-000002"), 200);
+    let replaced = everywhere(
+        &ps,
+        &origin,
+        "acme",
+        (200, Some("Bearer sk-fleet-acme-000002")),
+    );
+    let path = "/connections/acme/openai";
+    assert_eq!(admin_as(ps[2], FLEET_ADMIN, "DELETE", path, "").0, 204);
+    let deleted = everywhere(&ps, &origin, "acme", (403, None));
+    eprintln!("a connection change reached every replica in: created {created:?}, replaced {replaced:?}, deleted {deleted:?}");
+
+    // A replica started later has the fleet's connections.
+    assert_eq!(put(ps[0], "sk-fleet-acme-000003"), 201);
+    let (late, _) = connect_replica(&redis, &body, &env);
+    everywhere(
+        &[&late],
+        &origin,
+        "acme",
+        (200, Some("Bearer sk-fleet-acme-000003")),
+    );
+
+    // A link made on one replica opens on another, and its callback lands on a third.
+    let (s, b) = admin_as(
+        ps[0],
+        FLEET_ADMIN,
+        "POST",
+        "/connections/globex/hub/connect-link",
+        "",
+    );
+    assert_eq!(s, 201, "{b}");
+    let link: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let link = link["url"]
+        .as_str()
+        .unwrap()
+        .replace(&format!(":{}/", rs[0].1), &format!(":{}/", rs[1].1));
+    let (s, to_idp, cookie, page) = browse(&link, None);
+    assert_eq!(s, 302, "{page}");
+    let state = query_value(&to_idp.unwrap(), "state");
+    let back = format!(
+        "http://127.0.0.1:{}/callback?code=c-1&state={state}",
+        rs[2].1
+    );
+    let (s, _, _, page) = browse(&back, cookie.as_deref());
+    assert_eq!(s, 200, "{page}");
+    // Spent fleet-wide: the same link on the first replica is refused.
+    let again = link.replace(&format!(":{}/", rs[1].1), &format!(":{}/", rs[0].1));
+    assert_eq!(browse(&again, None).0, 403);
+    let (s, b) = admin_as(ps[1], FLEET_ADMIN, "GET", "/connections/globex/hub", "");
+    assert_eq!(s, 200, "{b}");
+    assert_no_secret_in(&redis.dump());
+}

@@ -729,3 +729,14 @@ pub fn admin_as(p: &Proxy, token: &str, method: &str, path: &str, body: &str) ->
     let resp = raw(p.admin, req.as_bytes());
     (status_of(&resp), body_of(&resp))
 }
+
+/// The value of `key` in `url`'s query.
+pub fn query_value(url: &str, key: &str) -> String {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no {key} in {url}"))
+        .1
+        .to_string()
+}
