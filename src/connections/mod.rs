@@ -59,7 +59,10 @@ struct Built {
     result: Result<Arc<Resolved>, String>,
 }
 
-type Tenants = DashMap<Arc<str>, Arc<Entry>>;
+/// A fast seeded hasher: tenants are looked up on every request, and only the admin API
+/// inserts them.
+type Hasher = foldhash::fast::RandomState;
+type Tenants = DashMap<Arc<str>, Arc<Entry>, Hasher>;
 
 /// The credential a request uses, resolved for its tenant.
 #[derive(Debug, Clone)]
@@ -73,7 +76,7 @@ pub struct Use {
 }
 
 pub struct Connections {
-    by_credential: DashMap<Arc<str>, Arc<Tenants>>,
+    by_credential: DashMap<Arc<str>, Arc<Tenants>, Hasher>,
     files: Option<Files>,
     shared: Arc<dyn SharedState>,
     tokens: TokenCache,
@@ -88,7 +91,7 @@ impl Connections {
         tokens: TokenCache,
     ) -> Self {
         Connections {
-            by_credential: DashMap::new(),
+            by_credential: DashMap::default(),
             files: key.map(|k| Files::new(state_dir, k)),
             shared,
             tokens,
@@ -117,6 +120,25 @@ impl Connections {
     /// The credential of `template` for `tenant`, built from its connection (once per
     /// connection and config).
     pub fn resolve(&self, template: &Template, tenant: &str) -> Result<Arc<Resolved>, ProxyError> {
+        let unusable = |e: String| ProxyError::CredentialUnavailable(e);
+        if let Some(built) = self.built(template, tenant) {
+            return built.map_err(unusable);
+        }
+        self.build(template, tenant)
+    }
+
+    /// The request path's lookup: what the connection was built into under this config,
+    /// read in place (no reference counts touched on the entry).
+    fn built(&self, template: &Template, tenant: &str) -> Option<Result<Arc<Resolved>, String>> {
+        let tenants = self.by_credential.get(&*template.credential)?;
+        let entry = tenants.get(tenant)?;
+        let built = entry.built.load();
+        let b = built.as_ref().filter(|b| b.template == template.id)?;
+        Some(b.result.clone())
+    }
+
+    /// Builds `tenant`'s connection under `template` and keeps the result on its entry.
+    fn build(&self, template: &Template, tenant: &str) -> Result<Arc<Resolved>, ProxyError> {
         let entry = self.get(&template.credential, tenant).ok_or_else(|| {
             ProxyError::ConnectionMissing {
                 tenant: tenant.to_string(),
@@ -124,14 +146,6 @@ impl Connections {
             }
         })?;
         let unusable = |e: String| ProxyError::CredentialUnavailable(e);
-        if let Some(b) = entry
-            .built
-            .load()
-            .as_ref()
-            .filter(|b| b.template == template.id)
-        {
-            return b.result.clone().map_err(unusable);
-        }
         let result = template.build(&entry.record).map(Arc::new).map_err(|e| {
             let why = match e {
                 crate::credentials::BuildError::Invalid { key, message } if key.is_empty() => {

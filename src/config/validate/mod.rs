@@ -222,4 +222,6 @@ fn list_or_none(names: &[&str]) -> String {
     }
 }
 #[cfg(test)]
+mod tenant_tests;
+#[cfg(test)]
 mod tests;
