@@ -442,6 +442,23 @@ fn quickbooks_keeps_the_callbacks_realm_id_and_its_100_day_refresh_token() {
         api.last().header("authorization").as_deref(),
         Some("Bearer eyJqb-qbo-access-0001")
     );
+    // A company whose refresh token Intuit says ends in 3 days: /connections and /metrics
+    // say to reconnect it now, naming only that tenant.
+    idp.set(|r| r.answer["x_refresh_token_expires_in"] = json!(3 * 86_400));
+    let (_, s, page) = consent(&p, cp, &idp, ("qbo", "initech"), "", "&realmId=42");
+    assert_eq!(s, 200, "{page}");
+    let c = connection(&p, "initech", "qbo");
+    assert!((2..=3).contains(&refresh_days(&c)), "{c}");
+    assert_eq!(c["refresh_token"]["reconnect_soon"], true, "{c}");
+    let m = p.metrics();
+    assert!(
+        m.contains("credproxy_connections_reconnect_soon{credential=\"qbo\"} 1")
+            && m.contains(
+                "credproxy_connection_reconnect_due_seconds{credential=\"qbo\",tenant=\"initech\"}"
+            )
+            && !m.contains("tenant=\"acme\""),
+        "{m}"
+    );
     // A realmId that is not a company id: refused by the catalog's pattern.
     let (_, s, page) = consent(&p, cp, &idp, ("qbo", "globex"), "", "&realmId=1%3Bdrop");
     assert_eq!(s, 400, "{page}");

@@ -43,6 +43,9 @@ pub struct RawRefreshToken {
     pub access_token: Option<SecretText>,
     /// When `access_token` expires, in seconds since the Unix epoch. Default: never.
     pub access_token_expires_at: Option<String>,
+    /// When `refresh_token` stops working, in seconds since the Unix epoch, where the
+    /// provider said (the connect flow records it); `/connections` warns ahead of it.
+    pub refresh_token_expires_at: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Between scopes in `scope`. Default a space.
@@ -143,6 +146,14 @@ fn injection(raw: &RawRefreshToken) -> Result<(http::HeaderName, String), BuildE
 }
 
 /// The access token a connection came with, and when it expires.
+/// Seconds since the epoch in the field `key`.
+fn epoch_field(key: &str, value: Option<&str>) -> Result<Option<u64>, BuildError> {
+    value
+        .map(|t| t.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| invalid(key, "expected seconds since the Unix epoch"))
+}
+
 fn initial(
     raw: &RawRefreshToken,
     ctx: &mut BuildCtx<'_>,
@@ -151,12 +162,7 @@ fn initial(
         return Ok(None);
     };
     let token = ctx.secret("access_token", a)?;
-    let expires = raw
-        .access_token_expires_at
-        .as_deref()
-        .map(|t| t.trim().parse::<u64>())
-        .transpose()
-        .map_err(|_| invalid("access_token_expires_at", "expected seconds since the Unix epoch"))?;
+    let expires = epoch_field("access_token_expires_at", raw.access_token_expires_at.as_deref())?;
     Ok(Some((token, expires)))
 }
 
@@ -182,7 +188,8 @@ impl RefreshToken {
         if seed.is_none() && initial.is_none() {
             return Err(invalid("refresh_token", "missing: a refresh token (or an access token) is needed"));
         }
-        let chain = seed.map(|s| Chain::open(ctx, s, &endpoint)).transpose()?;
+        let seed_expires = epoch_field("refresh_token_expires_at", raw.refresh_token_expires_at.as_deref())?;
+        let chain = seed.map(|s| Chain::open(ctx, s, seed_expires, &endpoint)).transpose()?;
         let scope = raw.scopes.join(raw.scope_separator.as_deref().unwrap_or(" "));
         Ok(RefreshToken {
             url,
@@ -403,7 +410,7 @@ pub struct RefreshTokenKind;
 
 impl Kind for RefreshTokenKind {
     const NAME: &'static str = "oauth2_refresh_token";
-    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::optional("refresh_token"), super::TenantField::optional("access_token"), super::TenantField::optional("access_token_expires_at")];
+    const TENANT_FIELDS: &'static [super::TenantField] = &[super::TenantField::optional("refresh_token"), super::TenantField::optional("access_token"), super::TenantField::optional("access_token_expires_at"), super::TenantField::optional("refresh_token_expires_at")];
     type Raw = RawRefreshToken;
     fn build(raw: &RawRefreshToken, ctx: &mut BuildCtx<'_>) -> Result<Credential, BuildError> {
         Ok(Credential::Token(Arc::new(RefreshToken::build(raw, ctx)?)))

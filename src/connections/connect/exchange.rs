@@ -108,6 +108,14 @@ fn record(
         let at = now_millis() / 1000 + d.as_secs();
         fields.insert("access_token_expires_at".into(), at.to_string().into());
     }
+    let rt_lifetime = answer
+        .get("refresh_token_expires_in")
+        .or(answer.get("x_refresh_token_expires_in"));
+    let rt_lifetime = crate::credentials::oauth2_client_credentials::lifetime(rt_lifetime);
+    if let (Ok(Some(d)), true) = (rt_lifetime, fields.contains_key("refresh_token")) {
+        let at = now_millis() / 1000 + d.as_secs();
+        fields.insert("refresh_token_expires_at".into(), at.to_string().into());
+    }
     let mut r = Record::new(&doc.tenant, &doc.credential, fields, metadata, "connect");
     if let Some(old) = app.connections.get(&doc.credential, &doc.tenant) {
         r.revision = r.revision.max(old.record.revision + 1);

@@ -51,7 +51,14 @@ fn shared_error(e: StoreError) -> TokenError {
 impl Chain {
     /// The chain of `seed`: its sealed file (the tenant's, for a connection) and the token to
     /// use next, the file's unless the seed changed since it was written.
-    pub fn open(ctx: &mut BuildCtx<'_>, seed: Secret, endpoint: &str) -> Result<Self, BuildError> {
+    /// `seed_expires`: when the seed stops working, if known; a rotation that says
+    /// otherwise replaces it.
+    pub fn open(
+        ctx: &mut BuildCtx<'_>,
+        seed: Secret,
+        seed_expires: Option<u64>,
+        endpoint: &str,
+    ) -> Result<Self, BuildError> {
         let key_text = (ctx.env)(KEY_ENV).ok_or_else(|| unusable(KEY_ENV, SealError::NoKey))?;
         let key = parse_key(&key_text).map_err(|e| unusable(KEY_ENV, e))?;
         let file = match ctx.tenant {
@@ -64,7 +71,7 @@ impl Chain {
             refresh_token: seed,
             version: 0,
         };
-        let mut expires_at = None;
+        let mut expires_at = seed_expires;
         // A state file that cannot be read makes the credential unavailable and is never
         // overwritten: it may hold the only live refresh token.
         let saved = if ctx.dry { None } else { file.load().map_err(|e| unusable("state file", e))? };
@@ -74,7 +81,7 @@ impl Chain {
                     refresh_token: Secret::new(s.refresh_token),
                     version: s.version,
                 };
-                expires_at = s.expires_at;
+                expires_at = s.expires_at.or(expires_at);
             }
             Some(_) => ctx.warnings.push((
                 "refresh_token".into(),

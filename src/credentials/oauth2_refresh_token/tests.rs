@@ -105,6 +105,7 @@ fn build_with_scopes(port: u16, dir: &std::path::Path, scopes: &[&str]) -> Refre
         refresh_token: Some("refresh-0".into()),
         access_token: None,
         access_token_expires_at: None,
+        refresh_token_expires_at: None,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         scope_separator: None,
         token_params: Default::default(),
