@@ -26,6 +26,15 @@ struct ConfigArg {
     /// Config file [default: $CREDPROXY_CONFIG, else ./credentials.yaml]
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines as text or one JSON object per line [default: proxy.log.format, else text]
+    #[arg(long = "log-format", value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +84,18 @@ enum CaCommand {
     },
 }
 
-fn init_logging() {
+/// The flag, else the config's `proxy.log.format`, else text.
+fn json_logs(arg: &ConfigArg) -> bool {
+    match arg.log_format {
+        Some(f) => matches!(f, LogFormat::Json),
+        None => {
+            let path = config::default_path(arg.config.as_deref());
+            config::log_format_in(&path) == Some(config::raw::LogFormat::Json)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     // pingora's own start-up chatter (bootstrap, services) is left out unless RUST_LOG asks.
@@ -92,14 +112,15 @@ fn init_logging() {
     // Colour only for a person at a terminal (https://no-color.org).
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match json {
+        // One object per line, the event's fields at the top level beside time, level,
+        // target and message.
+        true => layer.json().flatten_event(true).boxed(),
+        false => layer.with_ansi(ansi).boxed(),
+    };
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .with_filter(filter)
-                .with_filter(no_pingora_wire),
-        )
+        .with(layer.with_filter(filter).with_filter(no_pingora_wire))
         .init();
 }
 
@@ -125,19 +146,16 @@ fn main() -> ExitCode {
             method,
             url,
         }) => explain(&config, &method, &url),
-        Some(Command::Schema) => {
-            let schema = schemars::schema_for!(config::raw::RawConfig);
-            match serde_json::to_string_pretty(&schema) {
-                Ok(s) => {
-                    println!("{s}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
+        Some(Command::Schema) => match config::schema::json() {
+            Ok(s) => {
+                print!("{s}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Ca(CaCommand::Init { dir, force })) => ca_init(&dir, force),
         Some(Command::Providers { name }) => providers(name.as_deref()),
     }
@@ -212,7 +230,7 @@ fn ca_init(dir: &std::path::Path, force: bool) -> ExitCode {
 }
 
 fn run(arg: &ConfigArg) -> ExitCode {
-    init_logging();
+    init_logging(json_logs(arg));
     let (cfg, path) = match load(arg) {
         Ok(v) => v,
         Err(code) => return code,

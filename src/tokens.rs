@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use http::HeaderValue;
 
+use crate::audit::TokenEvent;
 use crate::scrub::Scrubber;
 use crate::secret::Secret;
 use crate::store::{Embedded, SharedState, TokenId};
@@ -89,6 +90,14 @@ impl TokenError {
     }
 
     /// The OAuth error code (RFC 6749 5.2 `error`) of an endpoint's refusal, if it gave one.
+    /// The token endpoint's HTTP status, when it answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            TokenError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     pub fn oauth_code(&self) -> Option<&str> {
         let TokenError::Status { detail, .. } = self else {
             return None;
@@ -289,7 +298,15 @@ impl Slot {
             .map(|(e, _)| e.clone())
     }
 
-    fn record(&self, result: &Result<Arc<Token>, TokenError>, negative_ttl: Duration) {
+    fn record(
+        &self,
+        (event, started): (TokenEvent, Instant),
+        result: &Result<Arc<Token>, TokenError>,
+        negative_ttl: Duration,
+    ) {
+        let tenant = self.id.tenant.as_deref();
+        let took = started.elapsed();
+        crate::audit::token(&self.name, tenant, event, took, result.as_ref().err());
         match result {
             Ok(t) => {
                 self.current.store(Some(t.clone()));
@@ -541,8 +558,9 @@ impl TokenCache {
             return Err(e);
         }
         let after_reject = slot.renewals.take_dropped();
+        let started = Instant::now();
         let result = self.obtain(slot, after_reject, None).await;
-        slot.record(&result, self.negative_ttl);
+        slot.record((TokenEvent::Fetch, started), &result, self.negative_ttl);
         result
     }
 
@@ -560,8 +578,9 @@ impl TokenCache {
         if let Err(e) = self.shared.invalidate(name, tenant, Some(&slot.id)).await {
             tracing::warn!(credential = &**name, "refreshed on this replica only: {e}");
         }
+        let started = Instant::now();
         let result = self.obtain(&slot, false, old.as_deref()).await;
-        slot.record(&result, self.negative_ttl);
+        slot.record((TokenEvent::Refresh, started), &result, self.negative_ttl);
         result
     }
 
@@ -609,8 +628,9 @@ impl TokenCache {
             return Ok(rejected.clone());
         }
         slot.current.store(None);
+        let started = Instant::now();
         let result = self.obtain(slot, true, Some(rejected)).await;
-        slot.record(&result, self.negative_ttl);
+        slot.record((TokenEvent::Renewal, started), &result, self.negative_ttl);
         result
     }
 
@@ -639,12 +659,11 @@ impl TokenCache {
                 return;
             }
             let due = slot.current.load_full();
-            match cache.obtain(&slot, false, due.as_deref()).await {
-                Ok(t) => slot.record(&Ok(t), cache.negative_ttl),
-                // The current token stays in service until it expires; the failure is
-                // remembered like any other, so the endpoint is not asked on every request.
-                Err(e) => slot.record(&Err(e), cache.negative_ttl),
-            }
+            let started = (TokenEvent::RefreshAhead, Instant::now());
+            // The current token stays in service until it expires; a failure is remembered
+            // like any other, so the endpoint is not asked on every request.
+            let result = cache.obtain(&slot, false, due.as_deref()).await;
+            slot.record(started, &result, cache.negative_ttl);
         });
     }
 

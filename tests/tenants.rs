@@ -256,7 +256,8 @@ fn each_tenant_gets_its_own_key_and_nobody_elses() {
     assert!(
         audit
             .iter()
-            .any(|l| l.contains("action=\"create\"") || l.contains("action=create")),
+            .any(|l| l.contains("event=\"connection_create\"")
+                || l.contains("event=connection_create")),
         "{audit:?}"
     );
     assert!(

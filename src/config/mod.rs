@@ -3,6 +3,7 @@
 
 mod locate;
 pub mod raw;
+pub mod schema;
 pub mod units;
 mod validate;
 
@@ -268,6 +269,14 @@ pub(crate) fn serde_message(msg: &str) -> String {
         Some((head, rest)) if !head.contains(' ') && !head.is_empty() => rest.to_string(),
         _ => msg.to_string(),
     }
+}
+
+/// `proxy.log.format` as written in the file at `path`, read before logging starts; the
+/// full load reports any problem with it.
+pub fn log_format_in(path: &Path) -> Option<raw::LogFormat> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    serde_yaml::from_value(v.get("proxy")?.get("log")?.get("format")?.clone()).ok()
 }
 
 /// The config file to use: `-c`, else `$CREDPROXY_CONFIG`, else `./credentials.yaml`.

@@ -114,6 +114,26 @@ pub struct RawProxy {
     pub admin_token: Option<SecretText>,
     /// The listener users' browsers reach for the OAuth connect flow.
     pub connect: Option<RawConnect>,
+    /// How log lines are written (`--log-format` on the command line wins).
+    pub log: Option<RawLog>,
+}
+
+/// `proxy.log`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json` (one object per line). Read at startup.
+    pub format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per entry for people.
+    #[default]
+    Text,
+    /// One JSON object per line for log pipelines.
+    Json,
 }
 
 /// `proxy.connect`.

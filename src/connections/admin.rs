@@ -18,27 +18,7 @@ use crate::credentials::Credential;
 /// The largest `PUT` body.
 pub const MAX_BODY: usize = 64 << 10;
 
-/// Who made a request to the admin API, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    /// `X-Credproxy-Actor` (the platform's user), else `admin`.
-    pub name: String,
-    pub addr: String,
-}
-
-/// One line per change, on its own target so it can be routed apart from the rest.
-pub fn audit(actor: &Actor, action: &str, tenant: &str, credential: &str, outcome: &str) {
-    tracing::info!(
-        target: "credproxy::audit",
-        actor = %actor.name,
-        addr = %actor.addr,
-        action,
-        tenant,
-        credential,
-        outcome,
-        "connection {action}: {outcome}"
-    );
-}
+pub use crate::audit::{connection as audit, Actor};
 
 /// What the path names.
 #[derive(Debug, PartialEq, Eq)]

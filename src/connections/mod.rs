@@ -233,9 +233,12 @@ impl Connections {
     /// it is new.
     pub async fn put(&self, record: Record) -> Result<bool, ConnError> {
         let files = self.files.as_ref().ok_or(ConnError::NoKey)?;
+        // Judged before sharing: this replica hears its own change from the fleet too, and
+        // may install it before we do.
+        let created = self.get(&record.credential, &record.tenant).is_none();
         self.share(&Doc::Live(record.clone())).await?;
         files.save(&record)?;
-        let created = self.install(record.clone()).is_none();
+        self.install(record.clone());
         self.tokens.forget(&record.credential, &record.tenant);
         Ok(created)
     }

@@ -22,6 +22,7 @@ use super::oauth2_client_credentials::{
 };
 use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
 use crate::config::raw::{AuthMethod, RawCache, SecretText};
+use crate::audit::TokenEvent;
 use crate::secret::Secret;
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
@@ -275,6 +276,15 @@ impl RefreshToken {
             if matches!(status, 400 | 401) && is_invalid_grant(body) {
                 self.reconnect.store(true, Ordering::Relaxed);
                 tracing::error!(endpoint = %self.endpoint, "refresh token refused (invalid_grant): credential needs reconnect");
+                if let Some(c) = &self.chain {
+                    let e = TokenError::Status {
+                        endpoint: self.endpoint.clone(),
+                        status,
+                        detail: oauth_error_detail(body),
+                    };
+                    let (name, tenant) = (&c.id.credential, c.id.tenant.as_deref());
+                    crate::audit::token(name, tenant, TokenEvent::NeedsReconnect, Duration::ZERO, Some(&e));
+                }
             }
             return Err(TokenError::Status {
                 endpoint: self.endpoint.clone(),
@@ -340,7 +350,11 @@ impl TokenSource for RefreshToken {
             .refresh_token
             .filter(|n| !n.is_empty() && n != link.refresh_token.expose())
         {
-            chain.rotate(cx.shared, &link, new).await?;
+            let started = std::time::Instant::now();
+            let rotated = chain.rotate(cx.shared, &link, new).await;
+            let (name, tenant) = (&chain.id.credential, chain.id.tenant.as_deref());
+            crate::audit::token(name, tenant, TokenEvent::Rotation, started.elapsed(), rotated.as_ref().err());
+            rotated?;
         }
         self.last_refresh
             .store(super::jwt_key_pair::unix_now(), Ordering::Relaxed);

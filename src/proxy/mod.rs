@@ -2,6 +2,7 @@
 //! do), `auth` (what the credential needs and sets), `destination` (where to connect) and
 //! `errors` (what to answer).
 
+mod access;
 mod auth;
 pub mod connect;
 pub mod connect_head;
@@ -79,6 +80,9 @@ pub struct Ctx {
     form_scan: Option<scope::FormScan>,
     /// Headers the credential's catalog adds unless the client sent its own.
     extra: Option<Arc<crate::credentials::Injection>>,
+    /// For the access log.
+    timing: access::Timing,
+    refused: Option<access::Refused>,
 }
 
 impl Ctx {
@@ -94,6 +98,8 @@ impl Ctx {
             deadline: None,
             form_scan: None,
             extra: None,
+            timing: access::Timing::new(),
+            refused: None,
         }
     }
 
@@ -149,6 +155,11 @@ impl CredProxy {
         let cred = r.credential.map(|i| &*cfg.credentials[i].name);
         respond(session, &r.error, route, cred).await?;
         self.count(cfg, r.route, r.credential, r.error.status());
+        ctx.refused = Some(access::Refused {
+            route: r.route,
+            credential: r.credential,
+            code: r.error.code(),
+        });
         ctx.plan = None;
         Ok(true)
     }
@@ -248,6 +259,10 @@ impl CredProxy {
             extra.apply_missing(req)?;
         }
         let applied = ctx.auth.apply(req, plan.target.tls);
+        if applied.is_ok() && tracing::enabled!(tracing::Level::DEBUG) {
+            let (route, credential) = ctx.names();
+            tracing::debug!(route, credential, upstream = %plan.target.authority, "credential applied");
+        }
         applied.map_err(|e| ctx.fail(e, "credential could not be applied"))
     }
 }
@@ -368,6 +383,7 @@ impl ProxyHttp for CredProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), Some(plan)) = (ctx.upstream_sent, &ctx.plan) {
+            ctx.timing.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
             let m = ctx.cfg.metrics.get();
             if let Some(h) = plan.route.and_then(|r| m?.routes.get(r)) {
                 h.latency.observe(metrics::seconds(t.elapsed()));
@@ -482,16 +498,15 @@ impl ProxyHttp for CredProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        // Refusals are counted where they are made.
-        let Some(plan) = &ctx.plan else {
-            return;
-        };
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        tracing::debug!(target: "credproxy::access", method = %session.req_header().method,
-            route = ?ctx.names().0, credential = ?ctx.names().1, status, "request");
+        access::log(session, ctx, status);
+        // Refusals are counted where they are made.
+        let Some(plan) = &ctx.plan else {
+            return;
+        };
         match (plan.route, ctx.cfg.metrics.get()) {
             (None, Some(m)) => m.unmatched.inc(status),
             (route, _) => self.count(&ctx.cfg, route, plan.credential, status),
