@@ -38,6 +38,44 @@ impl BackgroundService for Sighup {
     }
 }
 
+/// After SIGTERM (pingora has stopped the listeners): waits until the proxy's client
+/// connections, tunnels among them, have finished, or `proxy.shutdown_grace` has passed, and
+/// exits 0 then, rather than sleeping out a fixed grace period.
+struct Drain {
+    app: Arc<App>,
+    grace: std::time::Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if shutdown.changed().await.is_err() || !*shutdown.borrow() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let open = || self.app.metrics.client_connections.get();
+        tracing::info!(
+            open = open(),
+            grace_s = self.grace.as_secs_f64(),
+            "SIGTERM: not accepting new connections; letting open ones finish"
+        );
+        while open() > 0 && started.elapsed() < self.grace {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        match open() {
+            0 => tracing::info!(
+                after_ms = started.elapsed().as_millis() as u64,
+                "shutdown: every connection finished; exiting"
+            ),
+            n => tracing::warn!(
+                open = n,
+                "shutdown: proxy.shutdown_grace elapsed with connections still open; exiting"
+            ),
+        }
+        std::process::exit(0);
+    }
+}
+
 /// Logs what a newcomer needs to know at startup, each problem once: the config's warnings
 /// (unavailable credentials among them), what is off, what is unsafe.
 pub fn log_startup(cfg: &Config) {
@@ -160,6 +198,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let cfg_connect = cfg.proxy.connect.as_ref().map(|c| c.listen);
     let connect_addr = cfg_connect.map(|a| a.to_string());
     let threads = cfg.proxy.threads;
+    let grace = cfg.proxy.shutdown_grace;
     let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -170,9 +209,10 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
 
     let conf = ServerConf {
         threads,
-        // A sidecar is expected to stop quickly; in-flight requests get a few seconds.
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // `Drain` exits as soon as the proxy is idle; pingora's own grace period is only the
+        // backstop behind it.
+        grace_period_seconds: Some(grace.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -228,6 +268,13 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     server.add_service(background_service(
         "startup report",
         StartupReport { app: app.clone() },
+    ));
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            app: app.clone(),
+            grace,
+        },
     ));
     server.add_service(background_service("sighup reload", Sighup { app }));
     server.run_forever()

@@ -44,6 +44,8 @@ impl Config {
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// After SIGTERM, the longest in-flight requests and tunnels may take.
+    pub shutdown_grace: std::time::Duration,
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub unmatched: Unmatched,

@@ -116,6 +116,9 @@ pub struct RawProxy {
     pub connect: Option<RawConnect>,
     /// How log lines are written (`--log-format` on the command line wins).
     pub log: Option<RawLog>,
+    /// After SIGTERM: how long in-flight requests and open tunnels may take to finish before
+    /// the process exits (it exits as soon as they have). Default `10s`. Read at startup.
+    pub shutdown_grace: Option<String>,
 }
 
 /// `proxy.log`.

@@ -42,6 +42,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl ServerApp for Front {
+    /// Shutdown: the HTTP proxy wakes its idle keep-alive connections so they close instead
+    /// of holding the grace period open.
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+    }
+
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,

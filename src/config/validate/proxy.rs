@@ -50,6 +50,13 @@ impl Validator<'_> {
             shared_state: self.shared_state(p.shared_state.as_ref(), strict),
             egress: self.egress(p),
             admin_token: self.admin_token(p.admin_token.as_deref(), strict),
+            shutdown_grace: self.duration(
+                "proxy.shutdown_grace",
+                p.shutdown_grace.as_ref(),
+                Duration::from_secs(10),
+                Duration::ZERO,
+                Duration::from_secs(3600),
+            ),
             connect: self.connect(p.connect.as_ref()),
             state_key: (self.env)(crate::store::sealed_file::KEY_ENV)
                 .and_then(|k| crate::store::sealed_file::parse_key(&k).ok()),

@@ -1,4 +1,4 @@
-//! Per-tenant credentials, providers, clients' tenants and the connect listener: each
+//! Per-tenant credentials, providers, clients' tenants, the connect listener, logs and shutdown: each
 //! rejection names its key and line.
 
 use super::*;
@@ -163,5 +163,26 @@ fn the_connect_listener_needs_a_public_url() {
         "proxy.connect.public_url",
         2,
         "is not a URL",
+    );
+}
+
+#[test]
+fn log_format_and_shutdown_grace_are_checked() {
+    rejects(
+        "proxy:\n  log: { format: xml }\n",
+        "proxy.log.format",
+        2,
+        "unknown variant `xml`",
+    );
+    rejects(
+        "proxy:\n  shutdown_grace: 2h\n",
+        "proxy.shutdown_grace",
+        2,
+        "out of range",
+    );
+    let c = load("proxy:\n  shutdown_grace: 250ms\n  log: { format: json }\n").unwrap();
+    assert_eq!(
+        c.proxy.shutdown_grace,
+        std::time::Duration::from_millis(250)
     );
 }
