@@ -103,8 +103,23 @@ fn ready_line(cfg: &Config) -> String {
         ),
         None => "HTTPS interception off (no proxy.ca)".to_string(),
     };
+    let connect = cfg
+        .proxy
+        .connect
+        .as_ref()
+        .map(|c| format!(", connect flow on {} ({})", c.listen, c.public_url))
+        .unwrap_or_default();
+    let per_tenant = cfg
+        .credentials
+        .iter()
+        .filter(|c| c.template().is_some())
+        .count();
+    let tenants = match per_tenant {
+        0 => String::new(),
+        n => format!(" ({n} per tenant)"),
+    };
     format!(
-        "credproxy ready: proxy on {}, admin on {admin}; {https}; {} routes, {} credentials",
+        "credproxy ready: proxy on {}, admin on {admin}{connect}; {https}; {} routes, {} credentials{tenants}",
         cfg.proxy.listen,
         cfg.routes.len(),
         cfg.credentials.len()
