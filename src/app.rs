@@ -23,6 +23,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot set up shared state: {0}")]
     SharedState(String),
+    #[error("cannot set up OpenTelemetry export: {0}")]
+    Otel(String),
 }
 
 pub struct App {
@@ -35,6 +37,8 @@ pub struct App {
     pub connections: Connections,
     /// The fleet's Redis, when `proxy.shared_state` is set (at startup; not reloaded).
     pub fleet: Option<Arc<RedisState>>,
+    /// Spans per request, when `proxy.otel` is set (at startup; not reloaded).
+    pub otel: Option<crate::otel::Otel>,
 }
 
 impl App {
@@ -55,6 +59,8 @@ impl App {
         }
         let metrics = Metrics::new()?;
         let _ = config.metrics.set(metrics.for_config(&config));
+        let otel = config.proxy.otel.as_ref().map(crate::otel::Otel::start);
+        let otel = otel.transpose().map_err(AppError::Otel)?;
         Ok(App {
             config: ArcSwap::from_pointee(config),
             config_path,
@@ -63,6 +69,7 @@ impl App {
             tokens,
             connections,
             fleet,
+            otel,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod egress;
 pub mod errors;
 pub mod explain;
 pub mod metrics;
+pub mod otel;
 pub mod ports;
 pub mod proxy;
 pub mod routing;

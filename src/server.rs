@@ -72,6 +72,9 @@ impl BackgroundService for Drain {
                 "shutdown: proxy.shutdown_grace elapsed with connections still open; exiting"
             ),
         }
+        if let Some(o) = &self.app.otel {
+            o.flush();
+        }
         std::process::exit(0);
     }
 }

@@ -46,6 +46,7 @@ impl Config {
 pub struct ProxySettings {
     /// After SIGTERM, the longest in-flight requests and tunnels may take.
     pub shutdown_grace: std::time::Duration,
+    pub otel: Option<crate::otel::OtelSettings>,
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub unmatched: Unmatched,

@@ -119,6 +119,19 @@ pub struct RawProxy {
     /// After SIGTERM: how long in-flight requests and open tunnels may take to finish before
     /// the process exits (it exits as soon as they have). Default `10s`. Read at startup.
     pub shutdown_grace: Option<String>,
+    /// Export a span per request to an OpenTelemetry collector (OTLP/HTTP). Read at startup.
+    pub otel: Option<RawOtel>,
+}
+
+/// `proxy.otel`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtel {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://otel-collector:4318`; spans go to
+    /// `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of the spans. Default `credproxy`.
+    pub service_name: Option<String>,
 }
 
 /// `proxy.log`.

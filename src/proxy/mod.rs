@@ -502,7 +502,7 @@ impl ProxyHttp for CredProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        access::log(session, ctx, status);
+        access::record(session, ctx, status, self.app.otel.as_ref());
         // Refusals are counted where they are made.
         let Some(plan) = &ctx.plan else {
             return;

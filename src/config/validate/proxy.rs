@@ -50,6 +50,7 @@ impl Validator<'_> {
             shared_state: self.shared_state(p.shared_state.as_ref(), strict),
             egress: self.egress(p),
             admin_token: self.admin_token(p.admin_token.as_deref(), strict),
+            otel: self.otel(p.otel.as_ref()),
             shutdown_grace: self.duration(
                 "proxy.shutdown_grace",
                 p.shutdown_grace.as_ref(),
@@ -60,6 +61,34 @@ impl Validator<'_> {
             connect: self.connect(p.connect.as_ref()),
             state_key: (self.env)(crate::store::sealed_file::KEY_ENV)
                 .and_then(|k| crate::store::sealed_file::parse_key(&k).ok()),
+        })
+    }
+
+    /// `proxy.otel`: an http(s) base URL; spans go to its `/v1/traces`.
+    fn otel(
+        &mut self,
+        raw: Option<&crate::config::raw::RawOtel>,
+    ) -> Option<crate::otel::OtelSettings> {
+        let raw = raw?;
+        let url = match url::Url::parse(&raw.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            _ => {
+                let m = format!("`{}` is not an http(s) URL", raw.endpoint);
+                self.err("proxy.otel.endpoint", m);
+                return None;
+            }
+        };
+        let base = url.as_str().trim_end_matches('/');
+        let traces_url = match base.ends_with("/v1/traces") {
+            true => base.to_string(),
+            false => format!("{base}/v1/traces"),
+        };
+        Some(crate::otel::OtelSettings {
+            traces_url,
+            service_name: raw
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "credproxy".into()),
         })
     }
 

@@ -186,3 +186,19 @@ fn log_format_and_shutdown_grace_are_checked() {
         std::time::Duration::from_millis(250)
     );
 }
+
+#[test]
+fn the_otel_endpoint_is_an_http_url() {
+    rejects(
+        "proxy:\n  otel: { endpoint: \"grpc://collector:4317\" }\n",
+        "proxy.otel.endpoint",
+        2,
+        "not an http(s) URL",
+    );
+    let c = load("proxy:\n  otel: { endpoint: \"http://collector:4318/\" }\n").unwrap();
+    let o = c.proxy.otel.unwrap();
+    assert_eq!(
+        (o.traces_url.as_str(), o.service_name.as_str()),
+        ("http://collector:4318/v1/traces", "credproxy")
+    );
+}
