@@ -10,6 +10,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::config::Config;
 use crate::connections;
 use crate::metrics::Scrape;
 
@@ -79,6 +80,13 @@ pub struct CredentialStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_state: Option<&'static str>,
 }
+
+/// A credential's name, its token slot's status, and its token source (none when per tenant).
+type TokenRow<'c> = (
+    &'c str,
+    crate::tokens::SlotStatus,
+    Option<&'c Arc<dyn crate::tokens::TokenSource>>,
+);
 
 /// `up` or `unreachable` in a fleet; None for one process.
 fn fleet_health(app: &App) -> Option<&'static str> {
@@ -232,11 +240,9 @@ impl Admin {
         }
     }
 
-    /// Token slots' counts, read at scrape time.
-    fn token_metrics(&self, s: &mut Scrape) {
-        let cfg = self.app.config();
-        let tokens: Vec<_> = cfg
-            .credentials
+    /// Each token credential's slot status (a per-tenant one's summed over its tenants).
+    fn token_rows<'c>(&self, cfg: &'c Config) -> Vec<TokenRow<'c>> {
+        cfg.credentials
             .iter()
             .filter_map(|c| {
                 if c.template().is_some_and(|t| t.mints_tokens()) {
@@ -246,7 +252,13 @@ impl Admin {
                 let st = self.app.tokens.status(&c.name, None, src);
                 Some((&*c.name, st, Some(src)))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Token slots' counts, read at scrape time.
+    fn token_metrics(&self, s: &mut Scrape) {
+        let cfg = self.app.config();
+        let tokens = self.token_rows(&cfg);
         s.counters(
             "credproxy_token_fetches_total",
             "Token endpoint fetches by credential and result.",

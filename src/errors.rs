@@ -449,6 +449,11 @@ mod tests {
             },
             ConnectionHost(s()),
         ];
+        assert_one_of_each(&all);
+        all
+    }
+
+    fn assert_one_of_each(all: &[ProxyError]) {
         let mut seen: Vec<usize> = all.iter().map(index).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -457,7 +462,6 @@ mod tests {
             (0..VARIANTS).collect::<Vec<_>>(),
             "one of each variant"
         );
-        all
     }
 
     #[test]

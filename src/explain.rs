@@ -220,35 +220,34 @@ mod tests {
         .unwrap()
     }
 
+    #[track_caller]
+    fn has(out: &str, needle: &str) {
+        assert!(out.contains(needle), "no `{needle}` in:\n{out}");
+    }
+
+    /// `explain` of a GET to `url` under the config `text`.
+    async fn explained(text: &str, url: &str) -> String {
+        let c = load_str(text, Path::new("t.yaml"), &|_| None).unwrap();
+        explain(&c, "GET", url).await.unwrap()
+    }
+
     #[tokio::test]
     async fn explains_without_secrets() {
         let c = cfg();
         let out = explain(&c, "get", "http://API.github.com/repos?x=1")
             .await
             .unwrap();
-        assert!(
-            out.contains("route:       api.github.com (routes[0])"),
-            "{out}"
-        );
-        assert!(
-            out.contains("inject:      authorization: Bearer ***"),
-            "{out}"
-        );
+        has(&out, "route:       api.github.com (routes[0])");
+        has(&out, "inject:      authorization: Bearer ***");
         assert!(!out.contains("s3cr3t"));
         let side = explain(&c, "POST", "/hub/crm/objects").await.unwrap();
-        assert!(
-            side.contains("https://api.hubapi.com:443/v3/crm/objects"),
-            "{side}"
-        );
+        has(&side, "https://api.hubapi.com:443/v3/crm/objects");
         let unavailable = explain(&c, "GET", "http://erp.example.com/").await.unwrap();
-        assert!(
-            unavailable.contains("502 credential_unavailable"),
-            "{unavailable}"
-        );
+        has(&unavailable, "502 credential_unavailable");
         let none = explain(&c, "GET", "http://other.example.com/")
             .await
             .unwrap();
-        assert!(none.contains("forwarded untouched"), "{none}");
+        has(&none, "forwarded untouched");
     }
 
     #[tokio::test]
@@ -257,21 +256,15 @@ mod tests {
         let out = explain(&c, "GET", "https://api.github.com/user")
             .await
             .unwrap();
-        assert!(
-            out.contains("route:       CONNECT api.github.com:443: a route matches this host, but without proxy.ca"),
-            "{out}"
-        );
-        assert!(
-            out.contains("answer:      tunnelled untouched (CONNECT)"),
-            "{out}"
-        );
+        has(&out, "route:       CONNECT api.github.com:443: a route matches this host, but without proxy.ca");
+        has(&out, "answer:      tunnelled untouched (CONNECT)");
         assert!(!out.contains("inject:"), "{out}");
         // As the proxy does: a tunnel's destination is checked too, and an unavailable
         // credential does not matter to a tunnel.
         let out = explain(&c, "GET", "https://internal.example.com/x")
             .await
             .unwrap();
-        assert!(out.contains("403 egress_denied"), "{out}");
+        has(&out, "403 egress_denied");
         let out = explain(&c, "GET", "https://erp.example.com/x")
             .await
             .unwrap();
@@ -279,19 +272,13 @@ mod tests {
         let out = explain(&c, "GET", "http://internal.example.com/x")
             .await
             .unwrap();
-        assert!(
-            out.contains("answer:      403 plain_http_refused (Proxy-Status: http_request_denied)"),
-            "{out}"
+        has(
+            &out,
+            "answer:      403 plain_http_refused (Proxy-Status: http_request_denied)",
         );
         let text = DNS.to_string() + "credentials:\n  gh: { type: bearer, token: t1234567 }\nroutes:\n  - { host: internal.example.com, credential: gh, allow_http: true }\n";
-        let c = load_str(&text, Path::new("t.yaml"), &|_| None).unwrap();
-        let out = explain(&c, "GET", "http://internal.example.com/x")
-            .await
-            .unwrap();
-        assert!(
-            out.contains("answer:      403 egress_denied (Proxy-Status: destination_ip_prohibited): internal.example.com resolves to 10.0.0.1"),
-            "{out}"
-        );
+        let out = explained(&text, "http://internal.example.com/x").await;
+        has(&out, "answer:      403 egress_denied (Proxy-Status: destination_ip_prohibited): internal.example.com resolves to 10.0.0.1");
         assert!(!out.contains("inject:"), "{out}");
     }
 
@@ -302,13 +289,10 @@ mod tests {
             "/src/credentials/testdata/rsa.pem"
         );
         let text = DNS.to_string() + &format!("credentials:\n  p: {{ type: jwt_key_pair, private_key: \"file:{key}\", algorithm: RS256, header: X-Partner-Auth }}\nroutes:\n  - {{ host: partner.example.com, credential: p, allow_http: true }}\n");
-        let c = load_str(&text, Path::new("t.yaml"), &|_| None).unwrap();
-        let out = explain(&c, "GET", "http://partner.example.com/x")
-            .await
-            .unwrap();
-        assert!(
-            out.contains("inject:      x-partner-auth: *** (token from local RS256 signer)"),
-            "{out}"
+        let out = explained(&text, "http://partner.example.com/x").await;
+        has(
+            &out,
+            "inject:      x-partner-auth: *** (token from local RS256 signer)",
         );
         assert!(!out.contains("authorization:"), "{out}");
     }
@@ -317,10 +301,7 @@ mod tests {
     async fn check_reports_each_credential() {
         let (out, ok) = check(&cfg(), None).await;
         assert!(!ok);
-        assert!(out.contains("gh   bearer"), "{out}");
-        assert!(
-            out.contains("UNAVAILABLE: environment variable NOPE is not set"),
-            "{out}"
-        );
+        has(&out, "gh   bearer");
+        has(&out, "UNAVAILABLE: environment variable NOPE is not set");
     }
 }

@@ -1,6 +1,7 @@
 //! Assembles the pingora server: the proxy listener (front door + HTTP proxy), the admin
 //! listener and the SIGHUP reload task, then runs until a shutdown signal.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -210,13 +211,11 @@ fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
 pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     log_startup(&cfg);
     check_listeners(&cfg);
-    let (cfg_listen, cfg_admin) = (cfg.proxy.listen, cfg.proxy.admin);
-    let listen = cfg_listen.to_string();
-    let admin_addr = cfg_admin.map(|a| a.to_string());
-    let cfg_connect = cfg.proxy.connect.as_ref().map(|c| c.listen);
-    let connect_addr = cfg_connect.map(|a| a.to_string());
-    let threads = cfg.proxy.threads;
-    let grace = cfg.proxy.shutdown_grace;
+    let p = &cfg.proxy;
+    let (threads, grace) = (p.threads, p.shutdown_grace);
+    let mut own = vec![(p.listen, "proxy")];
+    own.extend(p.admin.map(|a| (a, "admin")));
+    own.extend(p.connect.as_ref().map(|c| (c.listen, "connect")));
     let app = match App::new(cfg, config_path) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -224,7 +223,6 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
             std::process::exit(1);
         }
     };
-
     let conf = ServerConf {
         threads,
         // `Drain` exits as soon as the proxy is idle; pingora's own grace period is only the
@@ -235,10 +233,19 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    add_listeners(&mut server, &app, own);
+    add_background(&mut server, app, grace);
+    server.run_forever()
+}
 
-    let mut own = vec![(cfg_listen, "proxy")];
-    own.extend(cfg_admin.map(|a| (a, "admin")));
-    own.extend(cfg_connect.map(|a| (a, "connect")));
+/// The proxy (front door and HTTP proxy), admin and connect listeners, at `own` addresses.
+fn add_listeners(server: &mut Server, app: &Arc<App>, own: Vec<(SocketAddr, &'static str)>) {
+    let addr = |name: &str| {
+        own.iter()
+            .find(|(_, n)| *n == name)
+            .map(|(a, _)| a.to_string())
+    };
+    let (listen, admin, connect) = (addr("proxy"), addr("admin"), addr("connect"));
     let conns = Arc::new(Connections::new(&app.metrics, OwnListeners(own)));
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
@@ -248,19 +255,15 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         },
     );
     proxy.server_options = Some(server_options(&app.config()));
-    let http = Arc::new(proxy);
-    let mut front = Service::new(
-        "credproxy proxy".to_string(),
-        Front {
-            http,
-            app: app.clone(),
-            conns,
-        },
-    );
-    front.add_tcp(&listen);
+    let front = Front {
+        http: Arc::new(proxy),
+        app: app.clone(),
+        conns,
+    };
+    let mut front = Service::new("credproxy proxy".to_string(), front);
+    front.add_tcp(&listen.unwrap_or_default());
     server.add_service(front);
-
-    if let Some(addr) = admin_addr {
+    if let Some(addr) = admin {
         let mut admin = Service::new(
             "credproxy admin".to_string(),
             HttpServer::new_app(Admin { app: app.clone() }),
@@ -268,7 +271,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         admin.add_tcp(&addr);
         server.add_service(admin);
     }
-    if let Some(addr) = connect_addr {
+    if let Some(addr) = connect {
         let mut connect = Service::new(
             "credproxy connect".to_string(),
             HttpServer::new_app(ConnectApp { app: app.clone() }),
@@ -276,24 +279,21 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
         connect.add_tcp(&addr);
         server.add_service(connect);
     }
+}
+
+/// The fleet link and events, the startup report, the drain at shutdown, and SIGHUP.
+fn add_background(server: &mut Server, app: Arc<App>, grace: std::time::Duration) {
     if let Some(state) = app.fleet.clone() {
         server.add_service(background_service("fleet link", FleetLink { state }));
-        server.add_service(background_service(
-            "fleet events",
-            FleetFollow { app: app.clone() },
-        ));
+        let follow = FleetFollow { app: app.clone() };
+        server.add_service(background_service("fleet events", follow));
     }
-    server.add_service(background_service(
-        "startup report",
-        StartupReport { app: app.clone() },
-    ));
-    server.add_service(background_service(
-        "drain",
-        Drain {
-            app: app.clone(),
-            grace,
-        },
-    ));
+    let report = StartupReport { app: app.clone() };
+    server.add_service(background_service("startup report", report));
+    let drain = Drain {
+        app: app.clone(),
+        grace,
+    };
+    server.add_service(background_service("drain", drain));
     server.add_service(background_service("sighup reload", Sighup { app }));
-    server.run_forever()
 }

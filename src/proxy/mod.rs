@@ -139,6 +139,25 @@ pub async fn respond(
 }
 
 impl CredProxy {
+    /// The one place a request's credential is resolved for its tenant.
+    fn credential_use<'c>(
+        &self,
+        cfg: &'c Config,
+        plan: Option<&Plan>,
+        (host, port): (&str, u16),
+    ) -> std::result::Result<Option<(&'c Arc<str>, crate::connections::Use)>, ProxyError> {
+        let Some(plan) = plan else { return Ok(None) };
+        let Some(entry) = plan.credential.map(|c| &cfg.credentials[c]) else {
+            return Ok(None);
+        };
+        let tenant = plan.tenant.as_ref();
+        let u = self
+            .app
+            .connections
+            .credential_for(entry, tenant, (host, port))?;
+        Ok(Some((&entry.name, u)))
+    }
+
     /// Admits and routes a request (or says why not).
     fn plan(&self, session: &mut Session, cfg: &Config) -> std::result::Result<Plan, Refusal> {
         admit(session, cfg)?;
@@ -304,20 +323,9 @@ impl ProxyHttp for CredProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        // The one place a request's credential is resolved for its tenant.
-        let used = match credential.map(|c| &cfg.credentials[c]) {
-            Some(entry) => {
-                let tenant = ctx.plan.as_ref().and_then(|p| p.tenant.as_ref());
-                match self
-                    .app
-                    .connections
-                    .credential_for(entry, tenant, (&host, port))
-                {
-                    Ok(u) => Some((&entry.name, u)),
-                    Err(e) => return self.refuse(session, ctx, refusal(e)).await,
-                }
-            }
-            None => None,
+        let used = match self.credential_use(&cfg, ctx.plan.as_ref(), (&host, port)) {
+            Ok(u) => u,
+            Err(e) => return self.refuse(session, ctx, refusal(e)).await,
         };
         ctx.extra = used.as_ref().and_then(|(_, u)| u.extra.clone());
         let planned = used.as_ref().map(|(name, u)| auth::Planned {

@@ -332,6 +332,29 @@ fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option
     }
 }
 
+/// The sidecar route of an origin-form request, and where it goes.
+fn match_sidecar(
+    cfg: &Config,
+    req: &RequestHeader,
+    path: &str,
+    query: Option<&str>,
+) -> Result<(Option<usize>, Target), Refusal> {
+    let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
+        return Err(ProxyError::NoRoute(path.to_string()).into());
+    };
+    check_scope(cfg, i, req, path, query).map_err(|error| Refusal {
+        error,
+        route: Some(i),
+        credential: None,
+    })?;
+    let r = &cfg.routes[i];
+    let Some(up) = &r.upstream else {
+        return Err(ProxyError::NoRoute(path.to_string()).into());
+    };
+    let target = sidecar_target(up, r.strip_prefix.as_deref(), path, query);
+    Ok((Some(i), target))
+}
+
 /// Plans a request whose client is already known (`explain` passes none).
 pub fn route_request(
     cfg: &Config,
@@ -355,24 +378,7 @@ pub fn route_request(
             let target = forward_target(authority, tls, path_and_query.to_string())?;
             (match_forward(cfg, req, &target)?, target)
         }
-        (None, RequestTarget::Origin { path, query }) => {
-            let Some(i) = cfg.router.match_sidecar(path, &req.method) else {
-                return Err(ProxyError::NoRoute(path.to_string()).into());
-            };
-            check_scope(cfg, i, req, path, query).map_err(|error| Refusal {
-                error,
-                route: Some(i),
-                credential: None,
-            })?;
-            let r = &cfg.routes[i];
-            let Some(up) = &r.upstream else {
-                return Err(ProxyError::NoRoute(path.to_string()).into());
-            };
-            (
-                Some(i),
-                sidecar_target(up, r.strip_prefix.as_deref(), path, query),
-            )
-        }
+        (None, RequestTarget::Origin { path, query }) => match_sidecar(cfg, req, path, query)?,
     };
     let credential = match route {
         Some(i) => Some(choose_credential(cfg, i, req, client)?),

@@ -70,28 +70,9 @@ pub async fn make_link(
     name: &str,
     call: &Call<'_>,
 ) -> Response<Vec<u8>> {
-    let (_, template) = match per_tenant(cfg, tenant, name) {
+    let (public_url, metadata) = match linkable(cfg, tenant, name, call.body.as_ref()) {
         Ok(v) => v,
-        Err(r) => return *r,
-    };
-    let Some(connect) = &cfg.proxy.connect else {
-        return error(
-            StatusCode::CONFLICT,
-            "connect_not_configured",
-            "set proxy.connect (listen, public_url) to use connect links",
-        );
-    };
-    if template.oauth.is_none() {
-        return error(StatusCode::CONFLICT, "no_oauth_client", format!("credential `{name}` has no OAuth app to connect with: it needs client_id, client_secret and an authorize_url (from `provider:` or written)"));
-    }
-    let metadata = match link_metadata(&template.catalog, call.body.as_ref()) {
-        Ok(m) => m,
-        Err((field, message)) => {
-            return reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"error": "invalid_field", "field": field, "message": message}),
-            )
-        }
+        Err(answer) => return *answer,
     };
     let Some(id) = random_token() else {
         return error(
@@ -106,24 +87,48 @@ pub async fn make_link(
         metadata,
     };
     let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-    if let Err(e) = app
-        .tokens
-        .shared()
-        .put_once("link", &id, &bytes, LINK_TTL)
-        .await
-    {
+    let shared = app.tokens.shared();
+    if let Err(e) = shared.put_once("link", &id, &bytes, LINK_TTL).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string());
     }
     audit(&call.actor, "connect-link", tenant, name, "ok");
-    let url = format!(
-        "{}/connect/{name}?tenant={tenant}&link={id}",
-        connect.public_url
-    );
+    let url = format!("{public_url}/connect/{name}?tenant={tenant}&link={id}");
     let expires = now_millis() / 1000 + LINK_TTL.as_secs();
     reply(
         StatusCode::CREATED,
         &json!({"url": url, "expires_in": LINK_TTL.as_secs(), "expires_at": rfc3339(expires)}),
     )
+}
+
+/// The connect listener's public URL and a link's checked placeholders.
+type Linkable<'c> = (&'c str, BTreeMap<String, String>);
+
+/// Whether `name` can have connect links for `tenant`: the connect listener's public URL
+/// and the link's checked placeholders, or the answer saying why not.
+fn linkable<'c>(
+    cfg: &'c Config,
+    tenant: &str,
+    name: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<Linkable<'c>, Box<Response<Vec<u8>>>> {
+    let (_, template) = per_tenant(cfg, tenant, name)?;
+    let Some(connect) = &cfg.proxy.connect else {
+        return Err(Box::new(error(
+            StatusCode::CONFLICT,
+            "connect_not_configured",
+            "set proxy.connect (listen, public_url) to use connect links",
+        )));
+    };
+    if template.oauth.is_none() {
+        return Err(Box::new(error(StatusCode::CONFLICT, "no_oauth_client", format!("credential `{name}` has no OAuth app to connect with: it needs client_id, client_secret and an authorize_url (from `provider:` or written)"))));
+    }
+    let metadata = link_metadata(&template.catalog, body).map_err(|(field, message)| {
+        Box::new(reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"error": "invalid_field", "field": field, "message": message}),
+        ))
+    })?;
+    Ok((connect.public_url.as_str(), metadata))
 }
 
 /// The `connect_link` placeholders of a link request: each checked by its pattern; those the

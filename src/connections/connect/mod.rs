@@ -80,6 +80,10 @@ fn refused(text: &str) -> Response<Vec<u8>> {
     page(StatusCode::BAD_REQUEST, "Not connected", text)
 }
 
+fn unavailable(text: &str) -> Response<Vec<u8>> {
+    page(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly", text)
+}
+
 #[async_trait]
 impl ServeHttp for ConnectApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -132,26 +136,12 @@ fn cookie(req: &pingora::http::RequestHeader) -> Option<String> {
 impl ConnectApp {
     /// Step 1: spends the link and sends the browser to the provider.
     async fn start(&self, name: &str, q: Option<&str>, peer: &str) -> Response<Vec<u8>> {
-        let forbidden = |t: &str| page(StatusCode::FORBIDDEN, "Link not valid", t);
-        let (Some(tenant), Some(id)) = (query_param(q, "tenant"), query_param(q, "link")) else {
-            return forbidden("This address is missing its tenant or link. Open the whole connect link you were given.");
-        };
-        let shared = self.app.tokens.shared();
-        let doc: Option<LinkDoc> = match shared.take_once("link", &id).await {
-            Ok(d) => d.and_then(|d| serde_json::from_slice(&d).ok()),
-            Err(e) => {
-                return page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Try again shortly",
-                    &format!("The link cannot be checked right now: {e}"),
-                )
-            }
-        };
-        let Some(link) = doc.filter(|l| l.tenant == tenant && l.credential == name) else {
-            return forbidden("This connect link is unknown, was already used, or has expired (links last 15 minutes and work once). Ask for a new one.");
+        let link = match self.spend_link(name, q).await {
+            Ok(l) => l,
+            Err(answer) => return answer,
         };
         let cfg = self.app.config();
-        let Ok((_, template)) = super::admin::per_tenant(&cfg, &tenant, name) else {
+        let Ok((_, template)) = super::admin::per_tenant(&cfg, &link.tenant, name) else {
             return refused(&format!(
                 "`{name}` is no longer a credential tenants connect."
             ));
@@ -169,14 +159,8 @@ impl ConnectApp {
             );
         };
         let redirect = format!("{}/callback", connect.public_url);
-        let url = match authorize_url(
-            &template.catalog,
-            &link.metadata,
-            &oauth.client_id,
-            &redirect,
-            &state,
-            &verifier,
-        ) {
+        let ids = (oauth.client_id.expose(), redirect.as_str());
+        let url = match authorize_url(&template.catalog, &link.metadata, ids, &state, &verifier) {
             Ok(u) => u,
             Err(e) => return refused(&e),
         };
@@ -188,25 +172,35 @@ impl ConnectApp {
             browser: sha256_b64(&browser),
         };
         let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+        let shared = self.app.tokens.shared();
         if let Err(e) = shared.put_once("state", &state, &bytes, STATE_TTL).await {
-            return page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again shortly",
-                &format!("The consent cannot be started right now: {e}"),
-            );
+            return unavailable(&format!("The consent cannot be started right now: {e}"));
         }
         let actor = Actor {
             name: "connect-link".into(),
             addr: peer.into(),
         };
-        audit(
-            &actor,
-            "consent-start",
-            &doc.tenant,
-            &doc.credential,
-            "redirected",
-        );
+        let (t, c) = (&doc.tenant, &doc.credential);
+        audit(&actor, "consent-start", t, c, "redirected");
         redirect_to(&url, &browser, connect.public_url.starts_with("https://"))
+    }
+
+    /// The link of `q`, spent (single use) if it is for `name` and its tenant.
+    async fn spend_link(&self, name: &str, q: Option<&str>) -> Result<LinkDoc, Response<Vec<u8>>> {
+        let forbidden = |t: &str| page(StatusCode::FORBIDDEN, "Link not valid", t);
+        let (Some(tenant), Some(id)) = (query_param(q, "tenant"), query_param(q, "link")) else {
+            return Err(forbidden("This address is missing its tenant or link. Open the whole connect link you were given."));
+        };
+        let doc: Option<LinkDoc> = match self.app.tokens.shared().take_once("link", &id).await {
+            Ok(d) => d.and_then(|d| serde_json::from_slice(&d).ok()),
+            Err(e) => {
+                return Err(unavailable(&format!(
+                    "The link cannot be checked right now: {e}"
+                )))
+            }
+        };
+        doc.filter(|l| l.tenant == tenant && l.credential == name)
+            .ok_or_else(|| forbidden("This connect link is unknown, was already used, or has expired (links last 15 minutes and work once). Ask for a new one."))
     }
 
     /// Step 2: spends the state, exchanges the code, stores the connection.
@@ -216,78 +210,68 @@ impl ConnectApp {
         cookie: Option<&str>,
         peer: &str,
     ) -> Response<Vec<u8>> {
-        let Some(state) = query_param(q, "state") else {
-            return refused("The provider sent no state: start again from your connect link.");
-        };
-        let doc: Option<StateDoc> = match self.app.tokens.shared().take_once("state", &state).await
-        {
-            Ok(d) => d.and_then(|d| serde_json::from_slice(&d).ok()),
-            Err(e) => {
-                return page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Try again shortly",
-                    &format!("The consent cannot be checked right now: {e}"),
-                )
-            }
-        };
-        let Some(doc) = doc else {
-            return refused("This consent is unknown, was already completed, or took longer than 10 minutes. Ask for a new connect link.");
+        let doc = match self.spend_state(q).await {
+            Ok(d) => d,
+            Err(answer) => return answer,
         };
         let actor = Actor {
             name: "connect-flow".into(),
             addr: peer.into(),
         };
+        let note = |outcome: &str| audit(&actor, "connect", &doc.tenant, &doc.credential, outcome);
         if cookie.map(sha256_b64).as_deref() != Some(doc.browser.as_str()) {
-            audit(
-                &actor,
-                "connect",
-                &doc.tenant,
-                &doc.credential,
-                "refused: another browser",
-            );
+            note("refused: another browser");
             return refused("This consent was started in another browser. Open your connect link in this browser.");
         }
         if let Some(e) = query_param(q, "error") {
             let why = query_param(q, "error_description")
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default();
-            audit(
-                &actor,
-                "connect",
-                &doc.tenant,
-                &doc.credential,
-                "consent denied",
-            );
+            note("consent denied");
             return refused(&format!(
                 "The provider says consent was not given ({e}{why}). Nothing was connected."
             ));
         }
         match exchange::complete(&self.app, &doc, q).await {
             Ok(title) => {
-                audit(&actor, "connect", &doc.tenant, &doc.credential, "ok");
-                page(
-                    StatusCode::OK,
-                    "Connected",
-                    &format!(
-                        "{title} is now connected for {}. You can close this window.",
-                        doc.tenant
-                    ),
-                )
+                note("ok");
+                let text = format!(
+                    "{title} is now connected for {}. You can close this window.",
+                    doc.tenant
+                );
+                page(StatusCode::OK, "Connected", &text)
             }
             Err(e) => {
-                audit(&actor, "connect", &doc.tenant, &doc.credential, "failed");
+                note("failed");
                 refused(&e)
             }
         }
     }
+
+    /// The consent `q`'s state names, spent (single use).
+    async fn spend_state(&self, q: Option<&str>) -> Result<StateDoc, Response<Vec<u8>>> {
+        let Some(state) = query_param(q, "state") else {
+            return Err(refused(
+                "The provider sent no state: start again from your connect link.",
+            ));
+        };
+        match self.app.tokens.shared().take_once("state", &state).await {
+            Ok(d) => d
+                .and_then(|d| serde_json::from_slice(&d).ok())
+                .ok_or_else(|| refused("This consent is unknown, was already completed, or took longer than 10 minutes. Ask for a new connect link.")),
+            Err(e) => Err(unavailable(&format!(
+                "The consent cannot be checked right now: {e}"
+            ))),
+        }
+    }
 }
 
-/// The provider's authorize URL with the flow's parameters and the catalog's extras.
+/// The provider's authorize URL for this consent, with the flow's parameters and the
+/// catalog's extras; `(client_id, redirect)` of the app.
 fn authorize_url(
     c: &catalog::Provider,
     metadata: &std::collections::BTreeMap<String, String>,
-    client_id: &crate::secret::Secret,
-    redirect: &str,
+    (client_id, redirect): (&str, &str),
     state: &str,
     verifier: &str,
 ) -> Result<String, String> {
@@ -301,7 +285,7 @@ fn authorize_url(
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code");
-        q.append_pair("client_id", client_id.expose());
+        q.append_pair("client_id", client_id);
         q.append_pair("redirect_uri", redirect);
         let scope = c.scope();
         if !scope.is_empty() {
@@ -359,15 +343,8 @@ mod tests {
     fn the_authorize_url_carries_pkce_state_and_extras() {
         let c = catalog::get("google_drive").unwrap();
         let id = crate::secret::Secret::new("client-123");
-        let u = authorize_url(
-            c,
-            &Default::default(),
-            &id,
-            "https://c.example/callback",
-            "st",
-            "verifier",
-        )
-        .unwrap();
+        let app = (id.expose(), "https://c.example/callback");
+        let u = authorize_url(c, &Default::default(), app, "st", "verifier").unwrap();
         let u = url::Url::parse(&u).unwrap();
         let q: std::collections::HashMap<_, _> = u.query_pairs().into_owned().collect();
         assert_eq!(q["response_type"], "code");
@@ -382,12 +359,12 @@ mod tests {
         let m = [("shop".to_string(), "acme".to_string())]
             .into_iter()
             .collect();
-        let u = authorize_url(shop, &m, &id, "https://c/callback", "s", "v").unwrap();
+        let u = authorize_url(shop, &m, (id.expose(), "https://c/callback"), "s", "v").unwrap();
         assert!(
             u.starts_with("https://acme.myshopify.com/admin/oauth/authorize?"),
             "{u}"
         );
-        assert!(authorize_url(shop, &Default::default(), &id, "r", "s", "v").is_err());
+        assert!(authorize_url(shop, &Default::default(), (id.expose(), "r"), "s", "v").is_err());
     }
 
     #[test]

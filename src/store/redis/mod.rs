@@ -54,17 +54,24 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// A Redis call, given up after `COMMAND_TIMEOUT`.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(COMMAND_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(timeout_error()))
+}
+
 impl Conn {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
-        let fut = async {
+        bounded(async {
             match self.clone() {
                 Conn::Single(mut c) => cmd.query_async(&mut c).await,
                 Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
             }
-        };
-        tokio::time::timeout(COMMAND_TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error()))
+        })
+        .await
     }
 
     async fn script<T: FromRedisValue>(
@@ -80,15 +87,13 @@ impl Conn {
         for a in args {
             inv.arg(a.as_slice());
         }
-        let fut = async {
+        bounded(async {
             match self.clone() {
                 Conn::Single(mut c) => inv.invoke_async(&mut c).await,
                 Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
-        };
-        tokio::time::timeout(COMMAND_TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| Err(timeout_error()))
+        })
+        .await
     }
 
     /// Waits until a write to `key` reached a replica (Cluster with replicas), so a failover
