@@ -21,7 +21,7 @@ credentials:
 routes:
   - { host: "127.0.0.1:$op", credential: tok }
 YAML
-  BENCH_TOKEN=bench RUST_LOG=$2 target/release/credproxy run --log-format "$3" -c "$tmp/$1.yaml" 2>"$tmp/$1.log" &
+  BENCH_TOKEN=bench RUST_LOG=$2 target/release/credproxy run --log-format "$3" -c "$tmp/$1.yaml" >/dev/null 2>"$tmp/$1.log" &
   for _ in $(seq 100); do curl -sf "127.0.0.1:$ap/readyz" >/dev/null && break; sleep 0.1; done
   echo "$pp"
 }
