@@ -369,3 +369,96 @@ fn the_admin_api_is_guarded_and_validates_like_the_config() {
     );
     assert_eq!(none.trim(), "[]");
 }
+
+/// Every other type that can be per tenant, each tenant's own values on the wire: basic
+/// (username and password), client credentials (the tenant's own client id and secret, its
+/// tokens kept apart), and AWS SigV4 (the tenant's keys sign).
+#[test]
+fn basic_client_credentials_and_sigv4_connections_are_each_tenants_own() {
+    let (o_basic, o_cc, o_aws) = (Origin::start(), Origin::start(), Origin::start());
+    let idp = Origin::start_with(std::sync::Arc::new(|s: &Seen| {
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(&s.body).into_owned().collect();
+        let id = form.get("client_id").cloned().unwrap_or_default();
+        TokenReply::ok(&format!("tok-for-{id}-00000001"), "3600")
+    }));
+    let body = format!(
+        r#"clients:
+  - {{ name: worker, secret: "${{WORKER_SECRET}}", tenants: ["*"], credentials: [erp, api, s3] }}
+credentials:
+  erp: {{ type: basic, per_tenant: true }}
+  api: {{ type: oauth2_client_credentials, per_tenant: true, token_url: "http://127.0.0.1:{}/token", auth_method: post_body }}
+  s3: {{ type: aws_sigv4, per_tenant: true, service: s3, region: eu-west-1 }}
+routes:
+  - {{ host: "127.0.0.1:{}", credential: erp }}
+  - {{ host: "127.0.0.1:{}", credential: api }}
+  - {{ host: "127.0.0.1:{}", credential: s3 }}
+"#,
+        idp.port(),
+        o_basic.port(),
+        o_cc.port(),
+        o_aws.port()
+    );
+    let p = Proxy::start_with("admin_token: \"${ADMIN_TOKEN}\"", &body, &env());
+    for t in ["acme", "globex"] {
+        let puts = [
+            (
+                "erp",
+                format!(r#"{{"username": "{t}-user", "password": "{t}-password-0001"}}"#),
+            ),
+            (
+                "api",
+                format!(
+                    r#"{{"client_id": "{t}-client", "client_secret": "{t}-client-secret-01"}}"#
+                ),
+            ),
+            (
+                "s3",
+                format!(
+                    r#"{{"access_key_id": "AKIA{}", "secret_access_key": "{t}-aws-secret-key-000000000001"}}"#,
+                    t.to_uppercase()
+                ),
+            ),
+        ];
+        for (cred, b) in puts {
+            register_tokens_in(&b);
+            register_secret(&format!("{t}-password-0001"));
+            register_secret(&format!("{t}-client-secret-01"));
+            register_secret(&format!("{t}-aws-secret-key-000000000001"));
+            let (s, answer) = put(&p, t, cred, &b);
+            assert_eq!(s, 201, "{cred} for {t}: {answer}");
+        }
+    }
+    for t in ["acme", "globex"] {
+        let h = [("X-Credproxy-Tenant", t)];
+        assert_eq!(get_as(&p, &o_basic, WORKER, &h).0, 200);
+        let want = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{t}-user:{t}-password-0001"),
+        );
+        assert_eq!(
+            o_basic.last().header("authorization"),
+            Some(format!("Basic {want}"))
+        );
+        assert_eq!(get_as(&p, &o_cc, WORKER, &h).0, 200);
+        assert_eq!(
+            o_cc.last().header("authorization"),
+            Some(format!("Bearer tok-for-{t}-client-00000001"))
+        );
+        assert_eq!(get_as(&p, &o_aws, WORKER, &h).0, 200);
+        let sig = o_aws.last().header("authorization").unwrap();
+        let key = format!("Credential=AKIA{}/", t.to_uppercase());
+        assert!(
+            sig.starts_with("AWS4-HMAC-SHA256 ") && sig.contains(&key),
+            "{sig}"
+        );
+    }
+    // One token per tenant, each fetched with that tenant's own client.
+    let ids: Vec<String> = idp
+        .seen()
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).into_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids[0].contains("client_id=acme-client") && ids[1].contains("client_id=globex-client"));
+}
