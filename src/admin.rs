@@ -79,6 +79,9 @@ pub struct CredentialStatus {
     /// In a fleet: whether its shared state (Redis) is `up` or `unreachable`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_state: Option<&'static str>,
+    /// The runtime sources its secrets come from, and how their last reads went.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::sources::SourceStatus>,
 }
 
 /// A credential's name, its token slot's status, and its token source (none when per tenant).
@@ -92,6 +95,42 @@ type TokenRow<'c> = (
 fn fleet_health(app: &App) -> Option<&'static str> {
     use crate::store::SharedState;
     app.fleet.as_ref().map(|f| f.health().as_str())
+}
+
+/// Each secret source: whether it serves a stale value, its age, and its reads.
+fn secret_metrics(app: &App, s: &mut Scrape) {
+    let all = app.sources.all_status();
+    s.gauges(
+        "credproxy_secret_source_stale",
+        "1 while a secret source serves its last good value after failed re-reads (2: failed, no value).",
+        &["source"],
+        all.iter().map(|st| {
+            let v = match st.status { "ok" => 0, "stale" => 1, _ => 2 };
+            (vec![st.source.as_str()], v)
+        }),
+    );
+    s.gauges(
+        "credproxy_secret_source_age_seconds",
+        "Seconds since the secret source was last read successfully.",
+        &["source"],
+        all.iter().filter_map(|st| {
+            Some((
+                vec![st.source.as_str()],
+                i64::try_from(st.age_seconds?).ok()?,
+            ))
+        }),
+    );
+    s.counters(
+        "credproxy_secret_source_reads_total",
+        "Reads of secret sources, by result.",
+        &["source", "result"],
+        all.iter().flat_map(|st| {
+            [
+                (vec![st.source.as_str(), "ok"], st.reads_ok),
+                (vec![st.source.as_str(), "error"], st.reads_failed),
+            ]
+        }),
+    );
 }
 
 /// One status line per credential; never a secret.
@@ -136,6 +175,7 @@ pub fn credential_statuses(app: &App) -> Vec<CredentialStatus> {
                 targets: src.filter(|s| s.per_target()).map(|_| slot.targets),
                 connections: per_tenant.then(|| app.connections.count(&c.name)),
                 shared_state: fleet_health(app),
+                secrets: app.sources.status(&c.sources),
             }
         })
         .collect()
@@ -170,6 +210,7 @@ impl Admin {
             }),
         );
         self.token_metrics(&mut s);
+        secret_metrics(&self.app, &mut s);
         crate::connections::metrics::scrape(&self.app, &mut s);
         if let Some(h) = fleet_health(&self.app) {
             s.gauges(
@@ -307,8 +348,8 @@ impl Admin {
         );
     }
 
-    fn reload(&self) -> Response<Vec<u8>> {
-        match self.app.reload() {
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match self.app.reload().await {
             Ok(c) => {
                 let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
                 json(
@@ -449,7 +490,7 @@ impl ServeHttp for Admin {
             ("GET", "/readyz") => self.ready().await,
             ("GET", "/metrics") => self.metrics(),
             ("GET", "/credentials") => json(StatusCode::OK, &credential_statuses(&self.app)),
-            ("POST", "/reload") => self.reload(),
+            ("POST", "/reload") => self.reload().await,
             ("POST", p) if refresh_target(p).is_some() => {
                 self.refresh(refresh_target(p).unwrap_or_default()).await
             }

@@ -10,6 +10,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::connections::Connections;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::sources::Sources;
 use crate::store::redis::RedisState;
 use crate::store::{Embedded, Event, SharedState};
 use crate::tokens::{Retry, TokenCache};
@@ -39,10 +40,12 @@ pub struct App {
     pub fleet: Option<Arc<RedisState>>,
     /// Spans per request, when `proxy.otel` is set (at startup; not reloaded).
     pub otel: Option<crate::otel::Otel>,
+    /// Runtime secret sources, read again on their schedule and at each reload.
+    pub sources: Sources,
 }
 
 impl App {
-    pub fn new(config: Config, config_path: PathBuf) -> Result<Self, AppError> {
+    pub fn new(config: Config, config_path: PathBuf, sources: Sources) -> Result<Self, AppError> {
         let d = &config.proxy.dns;
         let dns = Resolver::new(d.ttl, d.negative_ttl, config.proxy.timeouts.connect)
             .with_overrides(d.overrides.clone());
@@ -70,6 +73,7 @@ impl App {
             connections,
             fleet,
             otel,
+            sources,
         })
     }
 
@@ -100,11 +104,45 @@ impl App {
         self.config.load_full()
     }
 
-    /// Re-reads the config file; a bad file keeps the running config and says why.
-    /// Listener addresses and DNS settings apply only at startup.
-    pub fn reload(&self) -> Result<Arc<Config>, ConfigErrors> {
-        match config::load(&self.config_path) {
+    /// Re-reads the config file and every secret source; a bad file keeps the running
+    /// config and says why. Listener addresses and DNS settings apply only at startup.
+    pub async fn reload(self: &Arc<Self>) -> Result<Arc<Config>, ConfigErrors> {
+        self.sources.refresh(true).await;
+        let me = self.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || config::load_with(&me.config_path, &me.sources))
+                .await
+                .unwrap_or_else(|e| Err(ConfigErrors::one(&self.config_path, e.to_string())));
+        self.install(loaded, "config reloaded")
+    }
+
+    /// Reads the secret sources that are due; when a value changed (or went past
+    /// `max_stale`), builds the running config's text again with the new values, so exactly
+    /// the tokens made from changed secrets are fetched anew.
+    pub async fn refresh_secrets(self: &Arc<Self>) {
+        if !self.sources.refresh(false).await {
+            return;
+        }
+        let me = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let text = me.config().text.clone();
+            let env = |name: &str| std::env::var(name).ok();
+            config::load_text(&text, &me.config_path, &env, &me.sources)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ConfigErrors::one(&self.config_path, e.to_string())));
+        let _ = self.install(built, "secret source changed: credentials rebuilt");
+    }
+
+    /// Puts a newly built config in service, or keeps the running one and says why.
+    fn install(
+        &self,
+        loaded: Result<Config, ConfigErrors>,
+        done: &str,
+    ) -> Result<Arc<Config>, ConfigErrors> {
+        match loaded {
             Ok(c) => {
+                self.sources.forget_unused();
                 let _ = c.metrics.set(self.metrics.for_config(&c));
                 let c = Arc::new(c);
                 self.config.store(c.clone());
@@ -115,7 +153,7 @@ impl App {
                 tracing::info!(
                     routes = c.routes.len(),
                     credentials = c.credentials.len(),
-                    "config reloaded"
+                    "{done}"
                 );
                 Ok(c)
             }

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod scrub;
 pub mod secret;
 pub mod server;
+pub mod sources;
 pub mod store;
 pub mod tls;
 pub mod tokens;

@@ -125,8 +125,15 @@ fn init_logging(json: bool) {
 }
 
 fn load(arg: &ConfigArg) -> Result<(config::Config, PathBuf), ExitCode> {
+    load_with(arg, &credproxy::sources::Sources::default())
+}
+
+fn load_with(
+    arg: &ConfigArg,
+    sources: &credproxy::sources::Sources,
+) -> Result<(config::Config, PathBuf), ExitCode> {
     let path = config::default_path(arg.config.as_deref());
-    match config::load(&path) {
+    match config::load_with(&path, sources) {
         Ok(c) => Ok((c, path)),
         Err(e) => {
             eprintln!("error: invalid config\n{e}");
@@ -231,11 +238,12 @@ fn ca_init(dir: &std::path::Path, force: bool) -> ExitCode {
 
 fn run(arg: &ConfigArg) -> ExitCode {
     init_logging(json_logs(arg));
-    let (cfg, path) = match load(arg) {
+    let sources = credproxy::sources::Sources::default();
+    let (cfg, path) = match load_with(arg, &sources) {
         Ok(v) => v,
         Err(code) => return code,
     };
-    credproxy::server::run(cfg, path)
+    credproxy::server::run(cfg, path, sources)
 }
 
 fn check(arg: &ConfigArg, offline: bool) -> ExitCode {

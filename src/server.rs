@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::connections::connect::ConnectApp;
 use crate::proxy::connect::Front;
 use crate::proxy::{Connections, CredProxy, OwnListeners};
+use crate::sources::Sources;
 
 struct Sighup {
     app: Arc<App>,
@@ -32,7 +33,27 @@ impl BackgroundService for Sighup {
         };
         loop {
             tokio::select! {
-                _ = hup.recv() => { let _ = self.app.reload(); }
+                _ = hup.recv() => { let _ = self.app.reload().await; }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Reads secret sources again when they are due, and rebuilds credentials whose values
+/// changed.
+struct SecretRefresh {
+    app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for SecretRefresh {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.app.refresh_secrets().await,
                 _ = shutdown.changed() => return,
             }
         }
@@ -208,7 +229,7 @@ fn server_options(cfg: &Config) -> pingora::apps::HttpServerOptions {
 }
 
 /// Runs the proxy until SIGTERM/SIGINT. Never returns.
-pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
+pub fn run(cfg: Config, config_path: std::path::PathBuf, sources: Sources) -> ! {
     log_startup(&cfg);
     check_listeners(&cfg);
     let p = &cfg.proxy;
@@ -216,7 +237,7 @@ pub fn run(cfg: Config, config_path: std::path::PathBuf) -> ! {
     let mut own = vec![(p.listen, "proxy")];
     own.extend(p.admin.map(|a| (a, "admin")));
     own.extend(p.connect.as_ref().map(|c| (c.listen, "connect")));
-    let app = match App::new(cfg, config_path) {
+    let app = match App::new(cfg, config_path, sources) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("{e}");
@@ -295,5 +316,7 @@ fn add_background(server: &mut Server, app: Arc<App>, grace: std::time::Duration
         grace,
     };
     server.add_service(background_service("drain", drain));
+    let secrets = SecretRefresh { app: app.clone() };
+    server.add_service(background_service("secret sources", secrets));
     server.add_service(background_service("sighup reload", Sighup { app }));
 }

@@ -462,3 +462,22 @@ routes:
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids[0].contains("client_id=acme-client") && ids[1].contains("client_id=globex-client"));
 }
+
+#[test]
+fn a_connection_cannot_name_a_secret_source() {
+    let origin = Origin::start();
+    let p = start(&origin);
+    let marker = p.dir.path().join("ran");
+    let body = format!(
+        r#"{{"token": {{"exec": ["touch", "{}"]}}}}"#,
+        marker.display()
+    );
+    let (status, answer) = put(&p, "acme", "openai", &body);
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer.contains("\"field\": \"token\"") && answer.contains("expected a string"),
+        "{answer}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!marker.exists(), "a tenant's value never runs a command");
+}

@@ -18,7 +18,7 @@ use crate::routing::Router;
 use crate::secret::{Secret, SecretError};
 
 pub use raw::Unmatched;
-pub use validate::{load, load_str};
+pub use validate::{load, load_str, load_text, load_with};
 
 /// A validated configuration, ready to serve.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub struct Config {
     /// None: no `clients:` section, no proxy authentication.
     pub clients: Option<Vec<Client>>,
     pub warnings: Vec<ConfigWarning>,
+    /// The text it was built from, built again when a secret source's value changes.
+    pub text: Arc<str>,
     /// The metric handles this config's requests count with, set when it goes into service.
     pub metrics: std::sync::OnceLock<crate::metrics::ConfigMetrics>,
 }
@@ -152,6 +154,8 @@ pub struct CredentialEntry {
     /// Headers the catalog adds unless the client sent its own (shared credentials; a
     /// per-tenant one builds its own per connection).
     pub extra: Option<Arc<crate::credentials::Injection>>,
+    /// The runtime secret sources its secrets come from (for `/credentials`).
+    pub sources: Vec<Arc<crate::sources::SourceSpec>>,
 }
 
 impl CredentialEntry {
@@ -247,6 +251,18 @@ pub type ConfigWarning = ConfigError;
 /// All problems found in one pass, so a user fixes them in one go.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// A failure to do with the whole file.
+    pub fn one(file: &Path, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.display().to_string(),
+            line: None,
+            path: String::new(),
+            message,
+        }])
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -43,6 +43,14 @@ macro_rules! refuse_scalar {
     )*};
 }
 
+macro_rules! refuse_scalar_value {
+    ($($name:ident: $t:ty),*) => {$(
+        fn $name<E: serde::de::Error>(self, _: $t) -> Result<SecretValue, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+    )*};
+}
+
 impl<'de> Deserialize<'de> for SecretText {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -61,6 +69,74 @@ impl<'de> Deserialize<'de> for SecretText {
                 visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A credential's secret: a string (`${ENV}`, `file:PATH`, a literal) or a mapping naming a
+/// source read at runtime (`{ exec: [...] }`, `{ aws_secret: ... }`, `{ vault: ... }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretValue {
+    Text(SecretText),
+    Source(std::sync::Arc<crate::sources::SourceSpec>),
+}
+
+impl From<&str> for SecretValue {
+    fn from(s: &str) -> Self {
+        SecretValue::Text(s.into())
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or a secret source such as { exec: [...] }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretValue, E> {
+                Ok(SecretValue::Text(SecretText(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretValue, E> {
+                Ok(SecretValue::Text(SecretText(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SecretValue, A::Error> {
+                let raw = crate::sources::RawSource::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                let spec = raw.resolve().map_err(serde::de::Error::custom)?;
+                Ok(SecretValue::Source(std::sync::Arc::new(spec)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<SecretValue, A::Error> {
+                Err(serde::de::Error::custom(NOT_A_STRING))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<SecretValue, E> {
+                Err(E::custom(NOT_A_STRING))
+            }
+            refuse_scalar_value!(visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
+                visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for SecretValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretValue".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let source = generator.subschema_for::<crate::sources::RawSource>();
+        schemars::json_schema!({
+            "description": "`${ENV}`, `file:PATH`, a literal, or a source read at runtime.",
+            "oneOf": [{ "type": "string" }, source],
+        })
     }
 }
 

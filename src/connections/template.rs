@@ -11,6 +11,7 @@ use crate::catalog::{self, Provider};
 use crate::credentials::{BuildCtx, BuildError, Credential, Injection, KindEntry};
 use crate::routing::{parse_host_pattern, HostPattern};
 use crate::secret::Secret;
+use crate::sources::{SourceSpec, Sources};
 
 use super::record::Record;
 
@@ -36,6 +37,9 @@ pub struct Template {
     base_dir: PathBuf,
     state_dir: PathBuf,
     strict_permissions: bool,
+    sources: Sources,
+    /// The runtime secret sources of the fields the config sets.
+    pub used_sources: Vec<Arc<SourceSpec>>,
 }
 
 impl Template {
@@ -85,6 +89,7 @@ pub struct Input<'a> {
     pub state_dir: &'a Path,
     pub strict_permissions: bool,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub sources: &'a Sources,
 }
 
 impl Template {
@@ -111,16 +116,23 @@ impl Template {
             base_dir: input.base_dir.to_path_buf(),
             state_dir: input.state_dir.to_path_buf(),
             strict_permissions: input.strict_permissions,
+            sources: input.sources.clone(),
+            used_sources: Vec::new(),
         };
         let dry = Record::dry(t.kind, &t.catalog);
         let literal = t.literal_fields();
-        let (oauth, warnings) = {
+        let (oauth, warnings, used) = {
             let mut ctx = t.ctx(&recording, None, &literal, true);
             t.build_in(&dry, &mut ctx)?;
             let oauth = t.oauth_client(&mut ctx)?;
-            (oauth, std::mem::take(&mut ctx.warnings))
+            (
+                oauth,
+                std::mem::take(&mut ctx.warnings),
+                std::mem::take(&mut ctx.used_sources),
+            )
         };
         t.oauth = oauth;
+        t.used_sources = used;
         t.env = seen.into_inner().unwrap_or_default();
         Ok((t, warnings))
     }
@@ -146,6 +158,8 @@ impl Template {
             tenant,
             literal,
             dry,
+            sources: &self.sources,
+            used_sources: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::SecretText;
+use crate::config::raw::SecretValue;
 use crate::config::units::parse_duration;
 use crate::secret::Secret;
 
@@ -27,9 +27,9 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub struct RawAwsSigv4 {
     /// Omit to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
-    pub access_key_id: Option<SecretText>,
-    pub secret_access_key: Option<SecretText>,
-    pub session_token: Option<SecretText>,
+    pub access_key_id: Option<SecretValue>,
+    pub secret_access_key: Option<SecretValue>,
+    pub session_token: Option<SecretValue>,
     /// Signing name, e.g. `s3`, `execute-api`, `sqs`.
     pub service: String,
     pub region: String,

@@ -7,14 +7,14 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{BuildCtx, BuildError, Credential, Injection, Kind};
-use crate::config::raw::SecretText;
+use crate::config::raw::SecretValue;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBasic {
     /// Secret reference or plain string.
-    pub username: SecretText,
-    pub password: SecretText,
+    pub username: SecretValue,
+    pub password: SecretValue,
 }
 
 #[derive(Debug, Clone)]

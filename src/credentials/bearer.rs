@@ -6,12 +6,12 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{config_header_name, BuildCtx, BuildError, Credential, Injection, Kind};
-use crate::config::raw::SecretText;
+use crate::config::raw::SecretValue;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBearer {
-    pub token: SecretText,
+    pub token: SecretValue,
     /// Header to set. Default `Authorization`.
     pub header: Option<String>,
     /// Text before the token. Default `Bearer ` (with `Authorization`), else empty.

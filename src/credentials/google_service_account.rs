@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::jwt_key_pair::{random_id, signing_key, unix_now};
 use super::oauth2_client_credentials::{exchange, parse_response, token_url};
 use super::{BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::{RawCache, SecretText};
+use crate::config::raw::{RawCache, SecretValue};
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
@@ -23,7 +23,7 @@ use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 #[serde(deny_unknown_fields)]
 pub struct RawGoogle {
     /// The service-account JSON key: `file:keys/sa.json` or `${ENV}`.
-    pub key_file: SecretText,
+    pub key_file: SecretValue,
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Default `access_token`.

@@ -5,13 +5,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{config_header_name, BuildCtx, BuildError, Credential, Injection, Kind};
-use crate::config::raw::SecretText;
+use crate::config::raw::SecretValue;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaders {
     /// Header name to value; values may be secret references.
-    pub headers: IndexMap<String, SecretText>,
+    pub headers: IndexMap<String, SecretValue>,
 }
 
 #[derive(Debug, Clone)]

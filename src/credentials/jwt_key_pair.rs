@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::{RawCache, SecretText};
+use crate::config::raw::{RawCache, SecretValue};
 use crate::config::units::parse_duration;
 use crate::secret::{Secret, SecretError};
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
@@ -22,7 +22,7 @@ use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 #[serde(deny_unknown_fields)]
 pub struct RawJwtKeyPair {
     /// PEM private key (PKCS#8, or PKCS#1 for RSA, SEC1 for EC): `file:` or `${ENV}`.
-    pub private_key: SecretText,
+    pub private_key: SecretValue,
     pub algorithm: JwtAlgorithm,
     /// Claims to sign; `iat`, `exp` and `jti` are added.
     #[serde(default)]

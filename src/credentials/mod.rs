@@ -17,7 +17,9 @@ use pingora::http::RequestHeader;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
+use crate::config::raw::SecretValue;
 use crate::secret::{Secret, SecretError, SecretSource};
+use crate::sources::{SourceSpec, Sources};
 use crate::tokens::TokenSource;
 
 /// One credential type: its `type` name, its config as written, and how it is built.
@@ -270,19 +272,66 @@ pub struct BuildCtx<'a> {
     pub literal: &'a [&'a str],
     /// A check of a per-tenant template: no state is read or written.
     pub dry: bool,
+    /// Where runtime secret sources are read and cached.
+    pub sources: &'a Sources,
+    /// The runtime sources this credential's secrets came from.
+    pub used_sources: Vec<Arc<SourceSpec>>,
+}
+
+/// What a secret may be written as: a string, or a mapping naming a runtime source.
+pub trait SecretInput {
+    fn text(&self) -> &str;
+    fn source(&self) -> Option<&Arc<SourceSpec>> {
+        None
+    }
+}
+
+impl SecretInput for str {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl SecretInput for String {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl SecretInput for SecretValue {
+    fn text(&self) -> &str {
+        match self {
+            SecretValue::Text(t) => t,
+            SecretValue::Source(_) => "",
+        }
+    }
+    fn source(&self) -> Option<&Arc<SourceSpec>> {
+        match self {
+            SecretValue::Text(_) => None,
+            SecretValue::Source(s) => Some(s),
+        }
+    }
 }
 
 impl BuildCtx<'_> {
     /// Resolves the secret written at `key`; syntax errors are config errors, absent values
     /// make the credential unavailable.
-    pub fn secret(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+    pub fn secret(
+        &mut self,
+        key: &str,
+        raw: &(impl SecretInput + ?Sized),
+    ) -> Result<Secret, BuildError> {
         self.secret_inner(key, raw, false)
     }
 
     /// A value that may be a reference but is not itself secret (a user name, a client id):
     /// written literally, it is not warned about.
-    pub fn identifier(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
-        if SecretSource::parse(raw).is_literal() {
+    pub fn identifier(
+        &mut self,
+        key: &str,
+        raw: &(impl SecretInput + ?Sized),
+    ) -> Result<Secret, BuildError> {
+        if raw.source().is_none() && SecretSource::parse(raw.text()).is_literal() {
             let before = self.warnings.len();
             let s = self.secret(key, raw);
             self.warnings.truncate(before);
@@ -294,7 +343,11 @@ impl BuildCtx<'_> {
     /// A secret sent to a token endpoint: at least `MIN_SENT_SECRET` characters, since a
     /// shorter one cannot be told from ordinary text when an endpoint quotes it back, and so
     /// could not be scrubbed from its error messages.
-    pub fn sent_secret(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+    pub fn sent_secret(
+        &mut self,
+        key: &str,
+        raw: &(impl SecretInput + ?Sized),
+    ) -> Result<Secret, BuildError> {
         let s = self.secret(key, raw)?;
         if s.expose().chars().count() < MIN_SENT_SECRET {
             return Err(BuildError::Invalid {
@@ -309,14 +362,18 @@ impl BuildCtx<'_> {
     }
 
     /// Like `secret`, for values that may span lines (PEM keys, JSON key files).
-    pub fn secret_multiline(&mut self, key: &str, raw: &str) -> Result<Secret, BuildError> {
+    pub fn secret_multiline(
+        &mut self,
+        key: &str,
+        raw: &(impl SecretInput + ?Sized),
+    ) -> Result<Secret, BuildError> {
         self.secret_inner(key, raw, true)
     }
 
     fn secret_inner(
         &mut self,
         key: &str,
-        raw: &str,
+        raw: &(impl SecretInput + ?Sized),
         multiline: bool,
     ) -> Result<Secret, BuildError> {
         let invalid = |message: String| BuildError::Invalid {
@@ -325,19 +382,28 @@ impl BuildCtx<'_> {
         };
         let top = key.split('.').next().unwrap_or(key);
         if self.literal.contains(&top) {
-            // A tenant's value: what it says, never a reference to this host's env or files.
-            let literal = SecretSource::Literal(raw.to_string());
+            // A tenant's value: what it says, never a reference to this host's env, files or
+            // commands.
+            if raw.source().is_some() {
+                return Err(invalid("a connection's value must be a string".to_string()));
+            }
+            let literal = SecretSource::Literal(raw.text().to_string());
             let resolved = match multiline {
                 true => literal.resolve_multiline(self.base_dir, self.env),
                 false => literal.resolve(self.base_dir, self.env),
             };
             return resolved.map_err(|_| invalid("value contains CR, LF or NUL".to_string()));
         }
+        if let Some(spec) = raw.source() {
+            return self.read_source(spec, multiline);
+        }
         let mut warnings = Vec::new();
-        let source =
-            SecretSource::parse_checked(raw, self.base_dir, self.strict_permissions, &mut |w| {
-                warnings.push((key.to_string(), w))
-            });
+        let source = SecretSource::parse_checked(
+            raw.text(),
+            self.base_dir,
+            self.strict_permissions,
+            &mut |w| warnings.push((key.to_string(), w)),
+        );
         self.warnings.extend(warnings);
         let source = source.map_err(invalid)?;
         let resolved = if multiline {
@@ -345,6 +411,9 @@ impl BuildCtx<'_> {
         } else {
             source.resolve(self.base_dir, self.env)
         };
+        if let SecretSource::File(p) = &source {
+            self.watch_file(p, &resolved);
+        }
         match resolved {
             Ok(s) => Ok(s),
             Err(SecretError::BadBytes(_)) if source.is_literal() => {
@@ -352,6 +421,35 @@ impl BuildCtx<'_> {
             }
             Err(e) => Err(BuildError::Unavailable(e)),
         }
+    }
+
+    /// A value from a runtime source: the cached one, or read now the first time.
+    fn read_source(
+        &mut self,
+        spec: &Arc<SourceSpec>,
+        multiline: bool,
+    ) -> Result<Secret, BuildError> {
+        let spec = spec.anchored(self.base_dir);
+        self.used_sources.push(spec.clone());
+        let value = self.sources.get(&spec).map_err(BuildError::Unavailable)?;
+        if !multiline
+            && value
+                .expose()
+                .bytes()
+                .any(|b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            return Err(BuildError::Unavailable(SecretError::BadBytes(
+                spec.describe(),
+            )));
+        }
+        Ok(value)
+    }
+
+    /// A plain `file:` secret is watched: re-read on schedule, rebuilt when it changes.
+    fn watch_file(&mut self, path: &str, read: &Result<Secret, SecretError>) {
+        let spec = Arc::new(SourceSpec::file(self.base_dir.join(path)));
+        self.used_sources.push(spec.clone());
+        self.sources.observe(spec, read);
     }
 }
 
@@ -535,6 +633,8 @@ pub(crate) mod test_support {
         }
     }
 
+    static SOURCES: std::sync::LazyLock<Sources> = std::sync::LazyLock::new(Sources::default);
+
     pub fn ctx() -> BuildCtx<'static> {
         BuildCtx {
             base_dir: Path::new("."),
@@ -546,6 +646,8 @@ pub(crate) mod test_support {
             tenant: None,
             literal: &[],
             dry: false,
+            sources: &SOURCES,
+            used_sources: Vec::new(),
         }
     }
 

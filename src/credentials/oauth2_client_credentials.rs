@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::{AuthMethod, RawCache, SecretText};
+use crate::config::raw::{AuthMethod, RawCache, SecretValue};
 use crate::secret::Secret;
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
@@ -21,8 +21,8 @@ use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 pub struct RawOAuth2ClientCredentials {
     /// https URL (http only to loopback); its query parameters are kept and merged.
     pub token_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
+    pub client_id: SecretValue,
+    pub client_secret: SecretValue,
     #[serde(default)]
     pub scopes: Vec<String>,
     pub audience: Option<String>,

@@ -21,7 +21,7 @@ use super::oauth2_client_credentials::{
     basic_header, basic_pair, exchange, fetched, lifetime, oauth_error_detail, token_url,
 };
 use super::{config_header_name, BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::{AuthMethod, RawCache, SecretText};
+use crate::config::raw::{AuthMethod, RawCache, SecretValue};
 use crate::audit::TokenEvent;
 use crate::secret::Secret;
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
@@ -34,14 +34,14 @@ pub use chain::{sha256_hex, Chain};
 pub struct RawRefreshToken {
     /// https URL (http only to loopback).
     pub token_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
+    pub client_id: SecretValue,
+    pub client_secret: SecretValue,
     /// The seed. Rotated refresh tokens are persisted (encrypted) in `proxy.state_dir` and win
     /// over the seed until the seed itself changes.
-    pub refresh_token: Option<SecretText>,
+    pub refresh_token: Option<SecretValue>,
     /// An access token to use before the first refresh (a connection's, from the connect
     /// flow); without a refresh token it is used until it expires.
-    pub access_token: Option<SecretText>,
+    pub access_token: Option<SecretValue>,
     /// When `access_token` expires, in seconds since the Unix epoch. Default: never.
     pub access_token_expires_at: Option<String>,
     /// When `refresh_token` stops working, in seconds since the Unix epoch, where the

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::oauth2_client_credentials::{exchange, fetched, oauth_error_detail, token_url};
 use super::{BuildCtx, BuildError, Credential, Kind};
-use crate::config::raw::{RawCache, SecretText};
+use crate::config::raw::{RawCache, SecretValue};
 use crate::secret::Secret;
 use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 
@@ -22,8 +22,8 @@ use crate::tokens::{FetchCx, Fetched, Policy, TokenError, TokenSource};
 pub struct RawData360 {
     /// `https://acme.my.salesforce.com`; step 1 uses `{login_url}/services/oauth2/token`.
     pub login_url: String,
-    pub client_id: SecretText,
-    pub client_secret: SecretText,
+    pub client_id: SecretValue,
+    pub client_secret: SecretValue,
     /// Data space for the exchange. Default `default`.
     pub dataspace: Option<String>,
     pub cache: Option<RawCache>,

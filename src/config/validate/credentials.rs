@@ -71,6 +71,7 @@ impl Validator<'_> {
     ) -> Option<CredentialEntry> {
         let kind = parts.kind.name;
         let catalog = parts.catalog.clone().map(Arc::new);
+        self.used_sources.clear();
         let (built, extra) = match parts.per_tenant {
             true => (self.template(path, name, parts, place)?, None),
             false => self.shared_credential(path, name, parts, place)?,
@@ -88,6 +89,7 @@ impl Validator<'_> {
             credential,
             catalog,
             extra,
+            sources: std::mem::take(&mut self.used_sources),
         })
     }
 
@@ -140,15 +142,19 @@ impl Validator<'_> {
             tenant: None,
             literal: &[],
             dry: false,
+            sources: self.sources,
+            used_sources: Vec::new(),
         };
         let built = parts.kind.build(Value::Mapping(parts.fields), &mut ctx);
         let extra = match &parts.catalog {
             Some(c) => template::extra_headers(c, &|_| None, &mut ctx),
             None => Ok(None),
         };
+        let used = std::mem::take(&mut ctx.used_sources);
         for (key, msg) in std::mem::take(&mut ctx.warnings) {
             self.warn(&format!("{path}.{key}"), msg);
         }
+        self.used_sources = used;
         let built = self.build_result(path, built)?;
         let extra = match self.build_result(path, extra)? {
             Ok(e) => e.map(Arc::new),
@@ -181,9 +187,11 @@ impl Validator<'_> {
             state_dir: place.state_dir,
             strict_permissions: place.strict,
             env: self.env,
+            sources: self.sources,
         };
         let built = match Template::new(input) {
             Ok((t, warnings)) => {
+                self.used_sources = t.used_sources.clone();
                 for (key, msg) in warnings {
                     self.warn(&format!("{path}.{key}"), msg);
                 }

@@ -17,9 +17,15 @@ use super::raw::{RawConfig, RawRoute};
 use super::units::parse_duration;
 use super::{Config, ConfigError, ConfigErrors};
 use crate::routing::Router;
+use crate::sources::Sources;
 
 /// Loads and validates the config file, reading secrets from the process environment.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+    load_with(file, &Sources::default())
+}
+
+/// Like `load`, with runtime secret sources read through (and cached in) `sources`.
+pub fn load_with(file: &Path, sources: &Sources) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.display().to_string(),
@@ -28,7 +34,7 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         }])
     })?;
-    load_str(&text, file, &|name| std::env::var(name).ok())
+    load_text(&text, file, &|name| std::env::var(name).ok(), sources)
 }
 
 /// Validates config text; `file` names it in errors and anchors relative paths.
@@ -37,6 +43,17 @@ pub fn load_str(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    load_text(text, file, env, &Sources::default())
+}
+
+/// Validates config text, reading runtime secret sources through `sources`.
+pub fn load_text(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    sources: &Sources,
+) -> Result<Config, ConfigErrors> {
+    sources.begin_build();
     let mut r = Validator {
         file: file.display().to_string(),
         base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -44,6 +61,8 @@ pub fn load_str(
         errors: Vec::new(),
         warnings: Vec::new(),
         env,
+        sources,
+        used_sources: Vec::new(),
     };
     r.duplicate_keys()?;
     let raw = r.parse(text)?;
@@ -51,6 +70,7 @@ pub fn load_str(
     if r.errors.is_empty() {
         if let Some(mut c) = config {
             c.warnings = r.warnings;
+            c.text = text.into();
             return Ok(c);
         }
     }
@@ -64,6 +84,9 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    sources: &'a Sources,
+    /// The runtime sources of the credential being built.
+    used_sources: Vec<std::sync::Arc<crate::sources::SourceSpec>>,
 }
 
 impl Validator<'_> {
@@ -170,6 +193,7 @@ impl Validator<'_> {
             router: Router::new(matchers),
             clients,
             warnings: Vec::new(),
+            text: "".into(),
             metrics: std::sync::OnceLock::new(),
         })
     }

@@ -87,6 +87,7 @@ fn build(port: u16, dir: &std::path::Path) -> RefreshToken {
 
 fn build_with_scopes(port: u16, dir: &std::path::Path, scopes: &[&str]) -> RefreshToken {
     let env = |n: &str| (n == KEY_ENV).then(|| KEY.to_string());
+    let sources = crate::sources::Sources::default();
     let mut ctx = BuildCtx {
         base_dir: std::path::Path::new("."),
         env: &env,
@@ -97,6 +98,8 @@ fn build_with_scopes(port: u16, dir: &std::path::Path, scopes: &[&str]) -> Refre
         tenant: None,
         literal: &[],
         dry: false,
+        sources: &sources,
+        used_sources: Vec::new(),
     };
     let raw = RawRefreshToken {
         token_url: format!("http://127.0.0.1:{port}/token"),
