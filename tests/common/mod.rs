@@ -334,12 +334,23 @@ impl Origin {
     }
 }
 
+/// A port nothing listens on now, never handed out twice in one test binary: tests run in
+/// parallel, and a proxy given a port another test's proxy holds would fail to bind while its
+/// readiness check was answered by the other one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A port that refuses connections for as long as the socket lives: bound, never listening,
