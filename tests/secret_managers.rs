@@ -408,3 +408,41 @@ fn aws_credentials_from_ecs_and_instance_metadata() {
         }
     }
 }
+
+/// The shared profile: static keys from `AWS_SHARED_CREDENTIALS_FILE` under `AWS_PROFILE`, and
+/// the region from the config file's `[profile NAME]`.
+#[test]
+fn aws_credentials_and_region_from_a_profile() {
+    register_secret("ssm-secure-value-0001");
+    let m = moto();
+    seed_moto(m.port, SEED);
+    let origin = Origin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = AKIDWRONG\n[ci]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = profile-secret-key\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "[profile ci]\nregion = us-east-1\n").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", m.port);
+    let p = Proxy::start_with(
+        "",
+        &aws_config(&origin),
+        &[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_PROFILE", "ci"),
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("HOME", dir.path().to_str().unwrap()),
+        ],
+    );
+    let (status, body) = get(&p, &format!("http://127.0.0.1:{}/param/1", origin.port()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        origin.last().header("authorization").unwrap(),
+        "Bearer ssm-secure-value-0001"
+    );
+}
