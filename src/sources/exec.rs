@@ -32,12 +32,17 @@ pub async fn run(argv: &[String], env: &[String], timeout: Duration) -> Result<F
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let out = match tokio::time::timeout(timeout, bounded_output(child)).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(format!("`{prog}` failed: {e}")),
         // Dropping the future kills the child (kill_on_drop).
         Err(_) => return Err(format!("`{prog}` did not finish within {timeout:?}")),
     };
+    if out.stdout.len() > MAX_OUTPUT {
+        return Err(format!(
+            "`{prog}` printed more than {MAX_OUTPUT} bytes on stdout"
+        ));
+    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -45,6 +50,38 @@ pub async fn run(argv: &[String], env: &[String], timeout: Duration) -> Result<F
         return Err(redact(&msg, &stdout));
     }
     parse_output(prog, &stdout)
+}
+
+/// Most a helper may print on stdout or stderr: a runaway one cannot fill the proxy's memory.
+const MAX_OUTPUT: usize = 1 << 20;
+
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Reads at most `MAX_OUTPUT` + 1 bytes of each stream (then kills the helper), and its status.
+async fn bounded_output(mut child: tokio::process::Child) -> std::io::Result<Output> {
+    use tokio::io::AsyncReadExt;
+    async fn read(s: Option<impl tokio::io::AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        if let Some(s) = s {
+            s.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut buf).await?;
+        }
+        Ok(buf)
+    }
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr) = tokio::try_join!(read(out), read(err))?;
+    if stdout.len() > MAX_OUTPUT || stderr.len() > MAX_OUTPUT {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Plain text (trimmed), or `{ "value": ..., "expires_at": RFC 3339 }`.
@@ -193,6 +230,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
+        let flood: Vec<String> = ["yes", "credproxy"].iter().map(|s| s.to_string()).collect();
+        let e = run(&flood, &[], Duration::from_secs(10)).await.unwrap_err();
+        assert!(e.contains("printed more than 1048576 bytes"), "{e}");
         let e = run(
             &["/nonexistent/helper".to_string()],
             &[],
