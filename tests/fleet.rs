@@ -651,7 +651,16 @@ fn connections_and_connect_links_are_the_fleets() {
     // Spent fleet-wide: the same link on the first replica is refused.
     let again = link.replace(&format!(":{}/", rs[1].1), &format!(":{}/", rs[0].1));
     assert_eq!(browse(&again, None).0, 403);
-    let (s, b) = admin_as(ps[1], FLEET_ADMIN, "GET", "/connections/globex/hub", "");
+    // Another replica sees it once the fleet's event arrives (tens of ms; bounded wait).
+    let start = Instant::now();
+    let (mut s, mut b) = (0, String::new());
+    while start.elapsed() < Duration::from_secs(5) {
+        (s, b) = admin_as(ps[1], FLEET_ADMIN, "GET", "/connections/globex/hub", "");
+        if s == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(s, 200, "{b}");
     assert_no_secret_in(&redis.dump());
 }
