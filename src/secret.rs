@@ -177,6 +177,14 @@ pub fn env_names(template: &str) -> Vec<String> {
     names
 }
 
+/// Whether `name` can be an environment variable's name: letters, digits and `_`, not
+/// starting with a digit.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
 /// Checks the `${...}` syntax of a template; the error names the problem.
 pub fn check_template(template: &str) -> Result<(), String> {
     let mut rest = template;
@@ -186,10 +194,7 @@ pub fn check_template(template: &str) -> Result<(), String> {
             return Err("unterminated ${ in secret reference".to_string());
         };
         let name = &after[..end];
-        let valid = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !name.as_bytes()[0].is_ascii_digit();
-        if !valid {
+        if !is_env_name(name) {
             return Err(format!(
                 "`${{{name}}}` is not a valid environment variable name"
             ));
@@ -234,8 +239,12 @@ pub fn readable_by_others(_: &Path) -> Option<u32> {
 }
 
 fn read_secret_file(base_dir: &Path, path: &str) -> Result<String, SecretError> {
-    let full = base_dir.join(path);
-    let mut text = std::fs::read_to_string(&full).map_err(|e| SecretError::File {
+    read_trimmed(&base_dir.join(path))
+}
+
+/// A secret file's text with one trailing newline (LF or CRLF) removed.
+pub fn read_trimmed(full: &Path) -> Result<String, SecretError> {
+    let mut text = std::fs::read_to_string(full).map_err(|e| SecretError::File {
         path: full.display().to_string(),
         reason: e.to_string(),
     })?;

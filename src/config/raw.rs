@@ -36,16 +36,8 @@ const NOT_A_STRING: &str =
 
 /// Refuses a scalar of the wrong type without naming its value.
 macro_rules! refuse_scalar {
-    ($($name:ident: $t:ty),*) => {$(
-        fn $name<E: serde::de::Error>(self, _: $t) -> Result<SecretText, E> {
-            Err(E::custom(NOT_A_STRING))
-        }
-    )*};
-}
-
-macro_rules! refuse_scalar_value {
-    ($($name:ident: $t:ty),*) => {$(
-        fn $name<E: serde::de::Error>(self, _: $t) -> Result<SecretValue, E> {
+    ($out:ty; $($name:ident: $t:ty),*) => {$(
+        fn $name<E: serde::de::Error>(self, _: $t) -> Result<$out, E> {
             Err(E::custom(NOT_A_STRING))
         }
     )*};
@@ -65,7 +57,7 @@ impl<'de> Deserialize<'de> for SecretText {
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretText, E> {
                 Ok(SecretText(v))
             }
-            refuse_scalar!(visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
+            refuse_scalar!(SecretText; visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
                 visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
         }
         d.deserialize_any(V)
@@ -119,7 +111,7 @@ impl<'de> Deserialize<'de> for SecretValue {
             fn visit_unit<E: serde::de::Error>(self) -> Result<SecretValue, E> {
                 Err(E::custom(NOT_A_STRING))
             }
-            refuse_scalar_value!(visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
+            refuse_scalar!(SecretValue; visit_bool: bool, visit_i64: i64, visit_i128: i128, visit_u64: u64,
                 visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
         }
         d.deserialize_any(V)

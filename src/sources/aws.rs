@@ -72,6 +72,25 @@ pub async fn fetch(origin: &Origin, clients: &Clients) -> Result<Fetched, String
     })
 }
 
+/// The service an AWS origin calls and the region it names.
+fn api_of(origin: &Origin) -> Option<(&'static Api, &Option<String>)> {
+    match origin {
+        Origin::AwsSecret { region, .. } => Some((&SECRETS_MANAGER, region)),
+        Origin::AwsParameter { region, .. } => Some((&SSM, region)),
+        _ => None,
+    }
+}
+
+/// The address an AWS origin is read from (for the startup log).
+pub fn endpoint_of(origin: &Origin) -> Option<String> {
+    let (api, region) = api_of(origin)?;
+    let region = region
+        .clone()
+        .or_else(default_region)
+        .unwrap_or_else(|| "(no region)".to_string());
+    Some(endpoint(api.service, api.endpoint_env, &region))
+}
+
 /// The endpoint for `api` in `region`, honouring the SDKs' overrides.
 pub fn endpoint(service: &str, endpoint_env: &str, region: &str) -> String {
     let set = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());

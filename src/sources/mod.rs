@@ -312,20 +312,9 @@ fn status(spec: &SourceSpec, e: &Entry) -> SourceStatus {
 
 /// The address a secret manager source talks to.
 fn endpoint_of(origin: &Origin) -> Option<String> {
-    let region = || aws::default_region().unwrap_or_else(|| "(no region)".to_string());
     match origin {
-        Origin::AwsSecret { region: r, .. } => Some(aws::endpoint(
-            "secretsmanager",
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-            &r.clone().unwrap_or_else(region),
-        )),
-        Origin::AwsParameter { region: r, .. } => Some(aws::endpoint(
-            "ssm",
-            "AWS_ENDPOINT_URL_SSM",
-            &r.clone().unwrap_or_else(region),
-        )),
         Origin::Vault { .. } => Some(std::env::var("VAULT_ADDR").unwrap_or_default()),
-        _ => None,
+        _ => aws::endpoint_of(origin),
     }
 }
 
@@ -356,48 +345,29 @@ async fn fetch(spec: Arc<SourceSpec>, sources: Sources) -> Result<Fetched, Strin
 }
 
 fn read_file(p: &std::path::Path) -> Result<Fetched, String> {
-    let mut text =
-        std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
+    let value = crate::secret::read_trimmed(p).map_err(|e| e.to_string())?;
     Ok(Fetched {
-        value: text,
+        value,
         expires_at: None,
     })
 }
 
-/// Runs `fut` to completion on a thread of its own, so it works from sync code whether or
+/// Runs a read to completion on a thread of its own, so it works from sync code whether or
 /// not a runtime is running on this thread.
-fn block_on<T>(fut: impl std::future::Future<Output = T> + Send) -> T
-where
-    T: Send + From<ThreadFailed>,
-{
+fn block_on(
+    read: impl std::future::Future<Output = Result<Fetched, String>> + Send,
+) -> Result<Fetched, String> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            match tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-            {
-                Ok(rt) => rt.block_on(fut),
-                Err(e) => T::from(ThreadFailed(e.to_string())),
-            }
+                .map_err(|e| e.to_string())?
+                .block_on(read)
         })
         .join()
-        .unwrap_or_else(|_| T::from(ThreadFailed("the reading thread panicked".into())))
+        .unwrap_or_else(|_| Err("the reading thread panicked".to_string()))
     })
-}
-
-/// A read that could not even start.
-pub struct ThreadFailed(String);
-
-impl From<ThreadFailed> for Result<Fetched, String> {
-    fn from(e: ThreadFailed) -> Self {
-        Err(e.0)
-    }
 }
 
 #[cfg(test)]

@@ -215,10 +215,7 @@ fn exec_origin(argv: Vec<String>, env: Vec<String>) -> Result<Origin, String> {
         return Err("`exec` needs a program: [program, arg, ...]".to_string());
     }
     for name in &env {
-        let ok = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !name.as_bytes()[0].is_ascii_digit();
-        if !ok {
+        if !crate::secret::is_env_name(name) {
             return Err(format!(
                 "`env`: `{name}` is not an environment variable name"
             ));

@@ -14,6 +14,7 @@ use crate::catalog::{self, Provider};
 use crate::config::CredentialEntry;
 use crate::connections::template::{self, Template};
 use crate::credentials::{self, BuildCtx, BuildError, Credential, KindEntry};
+use crate::sources::SourceSpec;
 use crate::store::sealed_file::{parse_key, KEY_ENV};
 
 /// Where a credential is built, shared by all of them.
@@ -71,9 +72,15 @@ impl Validator<'_> {
     ) -> Option<CredentialEntry> {
         let kind = parts.kind.name;
         let catalog = parts.catalog.clone().map(Arc::new);
-        self.used_sources.clear();
-        let (built, extra) = match parts.per_tenant {
-            true => (self.template(path, name, parts, place)?, None),
+        let (built, extra, sources) = match parts.per_tenant {
+            true => {
+                let built = self.template(path, name, parts, place)?;
+                let sources = match &built {
+                    Ok(Credential::PerTenant(t)) => t.used_sources.clone(),
+                    _ => Vec::new(),
+                };
+                (built, None, sources)
+            }
             false => self.shared_credential(path, name, parts, place)?,
         };
         let credential = match built {
@@ -89,7 +96,7 @@ impl Validator<'_> {
             credential,
             catalog,
             extra,
-            sources: std::mem::take(&mut self.used_sources),
+            sources,
         })
     }
 
@@ -124,6 +131,7 @@ impl Validator<'_> {
     ) -> Option<(
         Result<Credential, crate::secret::SecretError>,
         Option<Arc<credentials::Injection>>,
+        Vec<Arc<SourceSpec>>,
     )> {
         if let Some((key, p)) = first_reference(&parts.fields, parts.catalog.as_ref()) {
             self.err(
@@ -154,13 +162,12 @@ impl Validator<'_> {
         for (key, msg) in std::mem::take(&mut ctx.warnings) {
             self.warn(&format!("{path}.{key}"), msg);
         }
-        self.used_sources = used;
         let built = self.build_result(path, built)?;
         let extra = match self.build_result(path, extra)? {
             Ok(e) => e.map(Arc::new),
-            Err(e) => return Some((Err(e), None)),
+            Err(e) => return Some((Err(e), None, used)),
         };
-        Some((built, extra))
+        Some((built, extra, used))
     }
 
     /// A per-tenant credential: checked with stand-in connection values.
@@ -191,7 +198,6 @@ impl Validator<'_> {
         };
         let built = match Template::new(input) {
             Ok((t, warnings)) => {
-                self.used_sources = t.used_sources.clone();
                 for (key, msg) in warnings {
                     self.warn(&format!("{path}.{key}"), msg);
                 }

@@ -26,14 +26,8 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
 
 /// Like `load`, with runtime secret sources read through (and cached in) `sources`.
 pub fn load_with(file: &Path, sources: &Sources) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.display().to_string(),
-            line: None,
-            path: String::new(),
-            message: format!("cannot read config file: {e}"),
-        }])
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigErrors::one(file, format!("cannot read config file: {e}")))?;
     load_text(&text, file, &|name| std::env::var(name).ok(), sources)
 }
 
@@ -62,7 +56,6 @@ pub fn load_text(
         warnings: Vec::new(),
         env,
         sources,
-        used_sources: Vec::new(),
     };
     r.duplicate_keys()?;
     let raw = r.parse(text)?;
@@ -85,8 +78,6 @@ struct Validator<'a> {
     warnings: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
     sources: &'a Sources,
-    /// The runtime sources of the credential being built.
-    used_sources: Vec<std::sync::Arc<crate::sources::SourceSpec>>,
 }
 
 impl Validator<'_> {
