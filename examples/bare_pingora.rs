@@ -39,18 +39,20 @@ fn main() {
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9200".into());
     let origin = args.next().unwrap_or_else(|| "127.0.0.1:9100".into());
     let threads = args.next().map_or(1, |t| t.parse().expect("threads"));
+    println!("bare pingora on {listen} -> {origin}");
+    serve(&listen, origin.parse().expect("origin address"), threads)
+}
+
+/// Runs the proxy on `listen` until the process ends (also used by benches/per_request.rs).
+pub fn serve(listen: &str, origin: std::net::SocketAddr, threads: usize) -> ! {
     let conf = ServerConf {
         threads,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let bare = Bare {
-        origin: origin.parse().expect("origin address"),
-    };
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, bare);
-    svc.add_tcp(&listen);
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare { origin });
+    svc.add_tcp(listen);
     server.add_service(svc);
-    println!("bare pingora on {listen} -> {origin}");
     server.run_forever()
 }

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod egress;
 pub mod errors;
 pub mod explain;
+pub mod logging;
 pub mod metrics;
 pub mod otel;
 pub mod ports;

@@ -95,35 +95,6 @@ fn json_logs(arg: &ConfigArg) -> bool {
     }
 }
 
-fn init_logging(json: bool) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
-    // pingora's own start-up chatter (bootstrap, services) is left out unless RUST_LOG asks.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
-    });
-    // pingora's debug and trace events include raw request bytes, injected credentials
-    // among them, and aws-sigv4 traces canonical requests (session token included): cap both
-    // at INFO whatever RUST_LOG asks for.
-    let no_pingora_wire = tracing_subscriber::filter::filter_fn(|m| {
-        !((m.target().starts_with("pingora") || m.target().starts_with("aws_sigv4"))
-            && *m.level() > tracing::Level::INFO)
-    });
-    // Colour only for a person at a terminal (https://no-color.org).
-    let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let layer = match json {
-        // One object per line, the event's fields at the top level beside time, level,
-        // target and message.
-        true => layer.json().flatten_event(true).boxed(),
-        false => layer.with_ansi(ansi).boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter).with_filter(no_pingora_wire))
-        .init();
-}
-
 fn load(arg: &ConfigArg) -> Result<(config::Config, PathBuf), ExitCode> {
     load_with(arg, &credproxy::sources::Sources::default())
 }
@@ -237,7 +208,7 @@ fn ca_init(dir: &std::path::Path, force: bool) -> ExitCode {
 }
 
 fn run(arg: &ConfigArg) -> ExitCode {
-    init_logging(json_logs(arg));
+    credproxy::logging::init(json_logs(arg));
     let sources = credproxy::sources::Sources::default();
     let (cfg, path) = match load_with(arg, &sources) {
         Ok(v) => v,

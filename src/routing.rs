@@ -42,8 +42,10 @@ pub fn normalize_host(host: &str) -> Result<String, HostError> {
         let ip: Ipv6Addr = inner.parse().map_err(|_| HostError::BadIpv6)?;
         return Ok(ip.to_string());
     }
-    if let Ok(ip) = host.parse::<Ipv6Addr>() {
-        return Ok(ip.to_string());
+    if maybe_ipv6(host) {
+        if let Ok(ip) = host.parse::<Ipv6Addr>() {
+            return Ok(ip.to_string());
+        }
     }
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
@@ -61,6 +63,12 @@ pub fn normalize_host(host: &str) -> Result<String, HostError> {
     Ok(host.to_ascii_lowercase())
 }
 
+/// Only text with two colons can be a bare IPv6 address: the parse is skipped for the rest
+/// (host names and `host:port`, nearly every request).
+fn maybe_ipv6(s: &str) -> bool {
+    s.bytes().filter(|&b| b == b':').nth(1).is_some()
+}
+
 /// Splits `host[:port]` / `[v6]:port` into a normalised host and an optional port.
 pub fn split_host_port(authority: &str) -> Result<(String, Option<u16>), HostError> {
     let (host, port) = if authority.starts_with('[') {
@@ -76,7 +84,7 @@ pub fn split_host_port(authority: &str) -> Result<(String, Option<u16>), HostErr
             }
             None => return Err(HostError::BadIpv6),
         }
-    } else if authority.parse::<Ipv6Addr>().is_ok() {
+    } else if maybe_ipv6(authority) && authority.parse::<Ipv6Addr>().is_ok() {
         (authority, None)
     } else {
         match authority.rsplit_once(':') {

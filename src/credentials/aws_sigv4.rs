@@ -76,9 +76,6 @@ pub enum Payload<'a> {
 }
 
 pub struct AwsSigV4 {
-    access_key_id: Secret,
-    secret_access_key: Secret,
-    session_token: Option<Secret>,
     pub service: String,
     pub region: String,
     pub sign_query: bool,
@@ -86,6 +83,9 @@ pub struct AwsSigV4 {
     pub unsigned_payload: bool,
     /// Send the payload hash as `x-amz-content-sha256` (S3 requires it).
     pub payload_hash_header: bool,
+    /// The keys (access key id, secret, session token) as aws-sigv4 takes them, made once
+    /// rather than per request. Not `Debug`-printed: see the impl below.
+    identity: Identity,
 }
 
 impl std::fmt::Debug for AwsSigV4 {
@@ -112,16 +112,22 @@ impl AwsSigV4 {
             return Err(invalid("expires", "between 1s and 7d (AWS's limit)".into()));
         }
         let (access_key_id, secret_access_key, session_token) = keys(raw, ctx)?;
+        let identity = aws_credential_types::Credentials::new(
+            access_key_id.expose(),
+            secret_access_key.expose(),
+            session_token.as_ref().map(|t| t.expose().to_string()),
+            None,
+            "credproxy",
+        )
+        .into();
         Ok(AwsSigV4 {
-            access_key_id,
-            secret_access_key,
-            session_token,
             service: raw.service.clone(),
             region: raw.region.clone(),
             sign_query: raw.sign_query,
             expires,
             unsigned_payload: raw.unsigned_payload,
             payload_hash_header: raw.service == "s3" || raw.service == "s3-object-lambda",
+            identity,
         })
     }
 
@@ -177,23 +183,17 @@ impl AwsSigV4 {
             .and_then(|h| h.to_str().ok())
             .ok_or_else(|| SignError("no Host header".into()))?;
         let url = format!("{}://{host}{path_and_query}", if tls { "https" } else { "http" });
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
         let body = match payload {
             Payload::Bytes(b) => SignableBody::Bytes(b),
             Payload::Unsigned => SignableBody::UnsignedPayload,
         };
-        let method = req.method.as_str().to_string();
-        let signable = SignableRequest::new(
-            &method,
-            url.as_str(),
-            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            body,
-        )
-        .map_err(|e| SignError(e.to_string()))?;
+        // Borrowed from the request, not copied: the borrow ends before the signature is put on.
+        let headers = req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let signable = SignableRequest::new(req.method.as_str(), url.as_str(), headers, body)
+            .map_err(|e| SignError(e.to_string()))?;
         let instructions = self.instructions(signable, time)?;
         apply(req, instructions, path_and_query)
     }
@@ -204,16 +204,8 @@ impl AwsSigV4 {
         signable: SignableRequest<'_>,
         time: SystemTime,
     ) -> Result<SigningInstructions, SignError> {
-        let creds = aws_credential_types::Credentials::new(
-            self.access_key_id.expose(),
-            self.secret_access_key.expose(),
-            self.session_token.as_ref().map(|t| t.expose().to_string()),
-            None,
-            "credproxy",
-        );
-        let identity: Identity = creds.into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
+            .identity(&self.identity)
             .region(&self.region)
             .name(&self.service)
             .time(time)

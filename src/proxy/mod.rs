@@ -258,8 +258,14 @@ impl CredProxy {
                 "request path cannot be forwarded",
             )
         })?;
-        // Host first: set_uri drops the authority HTTP/2 origins need.
-        req.insert_header(http::header::HOST, plan.target.authority.as_str())?;
+        // Host first: set_uri drops the authority HTTP/2 origins need. Most requests already
+        // carry the very value; rewriting it costs a header-map insert.
+        let authority = plan.target.authority.as_str();
+        if req.headers.get(http::header::HOST).map(|h| h.as_bytes()) != Some(authority.as_bytes())
+            || req.headers.get_all(http::header::HOST).iter().count() != 1
+        {
+            req.insert_header(http::header::HOST, authority)?;
+        }
         req.set_uri(uri);
         strip_proxy_headers(req);
         if let Some(body) = ctx.auth.whole_body() {

@@ -53,18 +53,11 @@ fn check_level(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
         return Err(bad("backslash in path"));
     }
     // `;` starts path parameters that some servers drop before resolving (`/v1/..;/admin`).
-    let dot_segment = path.split('/').any(|seg| {
-        let d = seg.to_ascii_lowercase().replace("%2e", ".");
-        let d = d.split([';']).next().unwrap_or("");
-        let d = d.split("%3b").next().unwrap_or("");
-        d == "." || d == ".."
-    });
-    if dot_segment {
+    if path.split('/').any(is_dot_segment) {
         return Err(bad("dot segments (`.` or `..`) in path"));
     }
     if path_scoped {
-        let lower = path.to_ascii_lowercase();
-        if lower.contains("%2f") || lower.contains("%5c") {
+        if contains_escape(path, b'2', b'f') || contains_escape(path, b'5', b'c') {
             return Err(bad("encoded slash or backslash in a path-scoped route"));
         }
         // An origin that merges slashes could read `/a//b` differently from the route.
@@ -73,6 +66,36 @@ fn check_level(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// `.` or `..`, each dot possibly written `%2e` (any case), before any `;` or `%3b` path
+/// parameter. Allocation-free: it runs on every segment of every request.
+fn is_dot_segment(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    let end = (0..b.len())
+        .find(|&i| b[i] == b';' || is_escape(&b[i..], b'3', b'b'))
+        .unwrap_or(b.len());
+    let (mut rest, mut dots) = (&b[..end], 0);
+    while !rest.is_empty() && dots < 3 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            _ if is_escape(rest, b'2', b'e') => &rest[3..],
+            _ => return false,
+        };
+        dots += 1;
+    }
+    rest.is_empty() && (dots == 1 || dots == 2)
+}
+
+/// `b` starts with `%` and the two hex digits `hi lo` (`lo` in either case).
+fn is_escape(b: &[u8], hi: u8, lo: u8) -> bool {
+    matches!(b, [b'%', h, l, ..] if *h == hi && l.eq_ignore_ascii_case(&lo))
+}
+
+fn contains_escape(path: &str, hi: u8, lo: u8) -> bool {
+    let b = path.as_bytes();
+    path.match_indices('%')
+        .any(|(i, _)| is_escape(&b[i..], hi, lo))
 }
 
 /// Every `%` starts two hex digits (`%u002e`, `%2%65` and `%%32` are refused), and none
@@ -253,6 +276,43 @@ fn urlencoded_byte(key: &mut Option<Vec<u8>>, b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule as first written (lowercase, decode dots, cut parameters): the fast form must
+    /// agree with it on every segment.
+    fn dot_segment_reference(seg: &str) -> bool {
+        let d = seg.to_ascii_lowercase().replace("%2e", ".");
+        let d = d.split(';').next().unwrap_or("");
+        let d = d.split("%3b").next().unwrap_or("");
+        d == "." || d == ".."
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dot_segments_match_the_reference(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![".", "%2e", "%2E", ";", "%3b", "%3B", "a", "%", "2", "e", "%2", "3b"]),
+                0..7,
+            )
+        ) {
+            let seg = parts.concat();
+            proptest::prop_assert_eq!(is_dot_segment(&seg), dot_segment_reference(&seg), "{}", seg);
+        }
+
+        #[test]
+        fn escape_search_matches_lowercasing(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec!["%2f", "%2F", "%5c", "%5C", "%", "2", "f", "/", "a"]),
+                0..7,
+            )
+        ) {
+            let p = parts.concat();
+            let lower = p.to_ascii_lowercase();
+            proptest::prop_assert_eq!(
+                contains_escape(&p, b'2', b'f') || contains_escape(&p, b'5', b'c'),
+                lower.contains("%2f") || lower.contains("%5c")
+            );
+        }
+    }
 
     #[test]
     fn stretching_forms_are_refused_on_path_scoped_routes() {

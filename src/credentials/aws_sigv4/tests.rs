@@ -62,9 +62,14 @@ fn load(name: &str) -> Vector {
     }
     let c = &ctx["credentials"];
     let signer = AwsSigV4 {
-        access_key_id: Secret::new(c["access_key_id"].as_str().unwrap()),
-        secret_access_key: Secret::new(c["secret_access_key"].as_str().unwrap()),
-        session_token: c["token"].as_str().map(Secret::new),
+        identity: aws_credential_types::Credentials::new(
+            c["access_key_id"].as_str().unwrap(),
+            c["secret_access_key"].as_str().unwrap(),
+            c["token"].as_str().map(str::to_string),
+            None,
+            "test",
+        )
+        .into(),
         service: ctx["service"].as_str().unwrap().into(),
         region: ctx["region"].as_str().unwrap().into(),
         sign_query: false,
