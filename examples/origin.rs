@@ -1,8 +1,8 @@
 //! A fast local origin for load measurements: answers every request with a 200 (after
 //! reading its body), `POST /token` with an OAuth token (counted; `GET /token-count` tells
-//! how many were asked for), over plain HTTP or TLS (its own self-signed certificate, also
+//! how many were asked for; `GET /conn-count` how many connections were accepted), over plain HTTP or TLS (its own self-signed certificate, also
 //! written to a file for clients that check it).
-//! `cargo run --release --example origin -- 127.0.0.1:9100 [--body BYTES] [--tls CERT_PEM_OUT]`
+//! `cargo run --release --example origin -- 127.0.0.1:9100 [--body BYTES] [--tls CERT_PEM_OUT [--h1]]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -16,11 +16,13 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 static TOKENS: AtomicU64 = AtomicU64::new(0);
+static CONNS: AtomicU64 = AtomicU64::new(0);
 
 struct Args {
     addr: String,
     body: Bytes,
     tls_out: Option<String>,
+    h1_only: bool,
 }
 
 fn args() -> Args {
@@ -29,6 +31,7 @@ fn args() -> Args {
         addr: "127.0.0.1:9100".into(),
         body: Bytes::from_static(b"{\"ok\":true}\n"),
         tls_out: None,
+        h1_only: false,
     };
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -37,6 +40,7 @@ fn args() -> Args {
                 a.body = Bytes::from(vec![b'x'; n]);
             }
             "--tls" => a.tls_out = Some(it.next().expect("--tls CERT_PEM_OUT")),
+            "--h1" => a.h1_only = true,
             _ => a.addr = arg,
         }
     }
@@ -44,7 +48,7 @@ fn args() -> Args {
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1, its PEM written to `out`.
-fn tls(out: &str) -> tokio_rustls::TlsAcceptor {
+fn tls(out: &str, h1_only: bool) -> tokio_rustls::TlsAcceptor {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = rcgen::KeyPair::generate().unwrap();
     let params =
@@ -57,7 +61,11 @@ fn tls(out: &str) -> tokio_rustls::TlsAcceptor {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], der)
         .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if h1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
 }
 
@@ -74,6 +82,9 @@ async fn answer(req: Request<hyper::body::Incoming>, body: Bytes) -> Response<Fu
         "/token-count" => Response::new(Full::new(Bytes::from(
             TOKENS.load(Ordering::Relaxed).to_string(),
         ))),
+        "/conn-count" => Response::new(Full::new(Bytes::from(
+            CONNS.load(Ordering::Relaxed).to_string(),
+        ))),
         _ => Response::new(Full::new(body)),
     }
 }
@@ -82,11 +93,12 @@ async fn answer(req: Request<hyper::body::Incoming>, body: Bytes) -> Response<Fu
 async fn main() {
     let a = args();
     let listener = tokio::net::TcpListener::bind(&a.addr).await.expect("bind");
-    let acceptor = a.tls_out.as_deref().map(tls);
+    let acceptor = a.tls_out.as_deref().map(|out| tls(out, a.h1_only));
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     println!("origin on {scheme}://{}", a.addr);
     loop {
         let (stream, _) = listener.accept().await.expect("accept");
+        CONNS.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (body, acceptor) = (a.body.clone(), acceptor.clone());
         tokio::spawn(async move {

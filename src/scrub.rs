@@ -11,6 +11,8 @@ use base64::Engine;
 
 use crate::secret::Secret;
 
+pub mod stream;
+
 /// Forms shorter than this are not searched for: they would blank out ordinary words.
 /// (Secrets sent to token endpoints are at least 8 characters: config load refuses shorter.)
 const MIN_FORM: usize = 4;

@@ -178,6 +178,8 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     /// The credential may travel over plain HTTP (forward routes only).
     pub allow_http: bool,
+    /// `scrub_responses`: echoes of the injected secret are replaced in responses.
+    pub scrub_responses: bool,
 }
 
 /// Where a sidecar route forwards to.

@@ -386,4 +386,8 @@ pub struct RawRoute {
     /// an `http://` upstream) too. Default: false, except for loopback hosts (127.0.0.0/8,
     /// ::1, localhost).
     pub allow_http: Option<bool>,
+    /// Replace the injected secret, should the upstream echo it back (error pages, debug
+    /// endpoints), by its placeholder `credproxy:NAME` in response headers and bodies.
+    /// Asks the upstream for uncompressed answers. Default: false.
+    pub scrub_responses: Option<bool>,
 }

@@ -141,6 +141,12 @@ impl AwsSigV4 {
         }
     }
 
+    /// The session token sent with each request, if any (the only secret a signature carries).
+    pub fn session_token(&self) -> Option<String> {
+        let creds = self.identity.data::<aws_credential_types::Credentials>()?;
+        creds.session_token().map(str::to_string)
+    }
+
     pub fn is_s3(&self) -> bool {
         self.service == "s3" || self.service == "s3-object-lambda"
     }

@@ -497,6 +497,11 @@ impl Injection {
         self.headers.is_empty()
     }
 
+    /// The header values set, secrets in the clear (for response scrubbing).
+    pub fn values(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.headers.iter().map(|(_, v)| v)
+    }
+
     pub fn display(&self) -> &[(String, String)] {
         &self.display
     }

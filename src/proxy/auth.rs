@@ -206,6 +206,22 @@ impl Auth {
         }
     }
 
+    /// The secrets `apply` sends, for response scrubbing: each header value's credential part
+    /// (a signature is no secret; a session token is).
+    pub fn sent_secrets(&self) -> Vec<String> {
+        let values: Vec<&http::HeaderValue> = match self {
+            Auth::Static(inj) => inj.values().collect(),
+            Auth::Token(t) => vec![&t.token.header],
+            Auth::Signed(s) => return s.signer.session_token().into_iter().collect(),
+            Auth::None => Vec::new(),
+        };
+        values
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(crate::scrub::stream::secrets_in_header)
+            .collect()
+    }
+
     /// On an upstream 401: true when the request is replayed once with a new token. Otherwise
     /// the 401 goes to the client and the token is dropped, so the client's own retry gets a
     /// fresh one; a 401 to the replay itself, with a token fetched a moment ago, is the API's

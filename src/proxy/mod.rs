@@ -28,6 +28,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::errors::{self, ProxyError};
 use crate::metrics::{self, Metrics};
+use crate::scrub::stream::ResponseScrubber;
 use auth::{Auth, Prepared};
 pub use destination::{destination, OwnListeners};
 use limits::{BufferBudget, ClientConnections};
@@ -80,6 +81,8 @@ pub struct Ctx {
     form_scan: Option<scope::FormScan>,
     /// Headers the credential's catalog adds unless the client sent its own.
     extra: Option<Arc<crate::credentials::Injection>>,
+    /// `scrub_responses`: echoes of the secret sent are replaced in the answer.
+    scrub: Option<crate::scrub::stream::ResponseScrubber>,
     /// For the access log.
     timing: access::Timing,
     refused: Option<access::Refused>,
@@ -98,6 +101,7 @@ impl Ctx {
             deadline: None,
             form_scan: None,
             extra: None,
+            scrub: None,
             timing: access::Timing::new(),
             refused: None,
         }
@@ -284,6 +288,20 @@ impl CredProxy {
             extra.apply_missing(req)?;
         }
         let applied = ctx.auth.apply(req, plan.target.tls);
+        ctx.scrub = None;
+        if applied.is_ok()
+            && plan
+                .route
+                .is_some_and(|r| ctx.cfg.routes[r].scrub_responses)
+        {
+            // Compressed answers could not be searched: the upstream is asked for plain ones.
+            req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+            let name = plan
+                .credential
+                .map_or("", |c| &*ctx.cfg.credentials[c].name);
+            let placeholder = format!("credproxy:{name}");
+            ctx.scrub = ResponseScrubber::new(&ctx.auth.sent_secrets(), &placeholder);
+        }
         if applied.is_ok() && tracing::enabled!(tracing::Level::DEBUG) {
             let (route, credential) = ctx.names();
             tracing::debug!(route, credential, upstream = %plan.target.authority, "credential applied");
@@ -392,7 +410,7 @@ impl ProxyHttp for CredProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -412,6 +430,16 @@ impl ProxyHttp for CredProxy {
             );
             e.set_retry(true);
             return Err(e);
+        }
+        if let Some(s) = &ctx.scrub {
+            if let Err(e) = scrub_head(s, resp, session) {
+                let host = ctx.plan.as_ref().map(|p| p.target.authority.clone());
+                let e = ProxyError::Upstream(host.unwrap_or_default(), e);
+                return Err(ctx.fail(e, "response cannot be scrubbed"));
+            }
+            if !scrubbable_body(resp) {
+                ctx.scrub = None;
+            }
         }
         Ok(())
     }
@@ -440,11 +468,14 @@ impl ProxyHttp for CredProxy {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         check_deadline(ctx)?;
+        if let Some(s) = &mut ctx.scrub {
+            *body = s.chunk(body.as_deref(), end_of_stream);
+        }
         Ok(None)
     }
 
@@ -580,6 +611,71 @@ fn admit(session: &mut Session, cfg: &Config) -> std::result::Result<(), ProxyEr
         l.max_header_bytes,
     )
     .map_err(ProxyError::HeadersTooLarge)
+}
+
+/// Scrubs a response head: every header value, and the framing made fit for a body whose
+/// length changes. A compressed body could hide an echo, so it is refused (we asked for
+/// `identity`).
+fn scrub_head(
+    s: &ResponseScrubber,
+    resp: &mut ResponseHeader,
+    session: &Session,
+) -> Result<(), String> {
+    if let Some(enc) = resp.headers.get(http::header::CONTENT_ENCODING) {
+        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+            return Err(format!(
+                "answered with Content-Encoding: {} although asked for identity; \
+                 scrub_responses cannot search a compressed body",
+                String::from_utf8_lossy(enc.as_bytes())
+            ));
+        }
+    }
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for (name, value) in resp.headers.iter() {
+        if s.header(value.as_bytes()).is_some() && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    for name in names {
+        let values: Vec<Vec<u8>> = resp
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(|h| {
+                s.header(h.as_bytes())
+                    .unwrap_or_else(|| h.as_bytes().to_vec())
+            })
+            .collect();
+        resp.remove_header(&name);
+        for v in values {
+            let v = http::HeaderValue::from_bytes(&v).map_err(|e| e.to_string())?;
+            resp.append_header(name.clone(), v)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let bodiless = session.req_header().method == http::Method::HEAD
+        || resp.status.is_informational()
+        || resp.status == http::StatusCode::NO_CONTENT
+        || resp.status == http::StatusCode::NOT_MODIFIED;
+    if !bodiless && resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if !session.is_http2() {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a body can be searched and rewritten as a byte stream. WebSocket frames and gRPC
+/// messages carry their own lengths, which a replacement of another length would corrupt:
+/// their heads are scrubbed, their streams pass as they are.
+fn scrubbable_body(resp: &ResponseHeader) -> bool {
+    let grpc = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    resp.status != http::StatusCode::SWITCHING_PROTOCOLS && !grpc
 }
 
 /// Abandons a request past `proxy.timeouts.total`.

@@ -141,6 +141,7 @@ impl Validator<'_> {
             allow_http: r
                 .allow_http
                 .unwrap_or_else(|| matcher.host.as_ref().is_some_and(is_loopback)),
+            scrub_responses: r.scrub_responses.unwrap_or(false),
         };
         Some((route, matcher))
     }
