@@ -51,16 +51,7 @@ struct StreamOrigin {
 
 impl StreamOrigin {
     fn start(tls: Option<Arc<rustls::ServerConfig>>) -> StreamOrigin {
-        // Its own threads: the accept loop runs while the test blocks elsewhere.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (rt, listener, port) = background_listener();
         let gate = Arc::new(Notify::new());
         let g = gate.clone();
         rt.spawn(async move {
@@ -306,4 +297,94 @@ fn a_compressed_answer_on_a_scrubbed_route_is_refused_not_passed() {
     assert_eq!(status, 502, "{body}");
     assert_no_secret("the refusal", &body);
     assert!(body.contains("Content-Encoding: gzip"), "{body}");
+}
+
+/// A self-signed certificate for localhost, written as (cert, key) PEM files.
+fn self_signed_localhost(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_pem, key_pem) = (dir.join("origin.pem"), dir.join("origin.key"));
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    (cert_pem, key_pem)
+}
+
+/// Runs one of the Python checks in tests/; asserts it succeeded and printed no secret.
+fn python(script: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 with its modules (.ci/setup)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_secret(script, &text);
+    assert!(out.status.success(), "{script}: {text}");
+    text
+}
+
+/// Runs tests/websocket_check.py (python websockets, client and server) through credproxy,
+/// interception on, whose route injects `Bearer WS_TOKEN` for localhost: `ws` speaks plain HTTP
+/// inside the CONNECT tunnel, `wss` TLS (to an origin with its own self-signed certificate).
+fn websocket_through(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = self_signed_localhost(dir.path());
+    let extra = ca_config(dir.path(), &cert_pem);
+    let body = "credentials:\n  ws: { type: bearer, token: \"${WS_TOKEN}\" }\nroutes:\n  - { host: localhost, credential: ws }\n";
+    let proxy = Proxy::start_with(&extra, body, &[("WS_TOKEN", KEY)]);
+    let ca = dir.path().join("ca/ca.pem");
+    let url = proxy.url();
+    let args = [
+        mode.as_ref(),
+        url.as_ref(),
+        ca.as_os_str(),
+        cert_pem.as_os_str(),
+        key_pem.as_os_str(),
+    ];
+    let text = python("websocket_check.py", &args, &[("WS_TOKEN", KEY)]);
+    assert!(text.contains("ok"), "{text}\n{}", proxy.log_text());
+}
+
+#[test]
+fn websocket_through_a_tunnel_speaking_plain_http() {
+    websocket_through("ws");
+}
+
+#[test]
+fn websocket_through_interception() {
+    websocket_through("wss");
+}
+
+#[test]
+fn grpc_through_interception_unary_streaming_trailers_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = self_signed_localhost(dir.path());
+    let extra = ca_config(dir.path(), &cert_pem);
+    let body = "credentials:\n  rpc: { type: bearer, token: \"${GRPC_TOKEN}\" }\nroutes:\n  - { host: localhost, credential: rpc }\n";
+    let proxy = Proxy::start_with(&extra, body, &[("GRPC_TOKEN", KEY)]);
+    let ca = dir.path().join("ca/ca.pem");
+    let url = proxy.url();
+    let args = [
+        url.as_ref(),
+        ca.as_os_str(),
+        cert_pem.as_os_str(),
+        key_pem.as_os_str(),
+    ];
+    let text = python("grpc_check.py", &args, &[("GRPC_TOKEN", KEY)]);
+    assert!(text.contains("ok"), "{text}\n{}", proxy.log_text());
+    // The note of issue 18 quotes this line.
+    eprintln!(
+        "{}",
+        text.lines().find(|l| l.starts_with("rate")).unwrap_or("")
+    );
 }

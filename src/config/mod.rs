@@ -180,6 +180,12 @@ pub struct Route {
     pub allow_http: bool,
     /// `scrub_responses`: echoes of the injected secret are replaced in responses.
     pub scrub_responses: bool,
+    /// `require_placeholder`: requests without a placeholder are refused.
+    pub require_placeholder: bool,
+    /// The route's `mtls` credential, presented on its upstream TLS connections alongside
+    /// the header credential (which is then one of `credentials`, never this one unless it
+    /// is the route's only credential).
+    pub client_cert: Option<usize>,
 }
 
 /// Where a sidecar route forwards to.

@@ -390,4 +390,7 @@ pub struct RawRoute {
     /// endpoints), by its placeholder `credproxy:NAME` in response headers and bodies.
     /// Asks the upstream for uncompressed answers. Default: false.
     pub scrub_responses: Option<bool>,
+    /// Refuse (400) requests that do not carry a placeholder `credproxy:NAME` for this
+    /// route's credential (in a header, a Basic password or a query value). Default: false.
+    pub require_placeholder: Option<bool>,
 }

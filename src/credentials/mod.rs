@@ -106,6 +106,7 @@ kinds! {
     salesforce_data360::Data360Kind,
     oauth2_refresh_token::RefreshTokenKind,
     aws_sigv4::SigV4Kind,
+    mtls::MtlsKind,
 }
 
 /// The type called `name`.
@@ -456,6 +457,28 @@ impl BuildCtx<'_> {
 /// Shortest secret credproxy sends to a token endpoint.
 pub const MIN_SENT_SECRET: usize = 8;
 
+/// The secret inside an injected header value: after an auth scheme (`Bearer X`) the
+/// credential, for Basic the password; otherwise (an API-key header) the whole value.
+pub fn secret_of_header(value: &str) -> String {
+    let scheme = value.split_once(' ').filter(|(s, _)| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    let Some((scheme, rest)) = scheme else {
+        return value.to_string();
+    };
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.decode(rest);
+        if let Some(pair) = pair.ok().and_then(|d| String::from_utf8(d).ok()) {
+            if let Some((_, password)) = pair.split_once(':') {
+                return password.to_string();
+            }
+        }
+    }
+    rest.to_string()
+}
+
 /// The headers a credential sets, precomputed and marked sensitive.
 #[derive(Debug, Clone, Default)]
 pub struct Injection {
@@ -522,6 +545,8 @@ pub enum Credential {
     Signed(Arc<aws_sigv4::AwsSigV4>),
     /// Built per request's tenant from its connection (`per_tenant: true`).
     PerTenant(Arc<crate::connections::Template>),
+    /// A client certificate for the upstream TLS connection (`mtls`); sets no header.
+    ClientCert(Arc<mtls::ClientCert>),
 }
 
 impl Credential {
@@ -547,6 +572,7 @@ impl Credential {
                 src.endpoint()
             )],
             Credential::Signed(sig) => vec![sig.describe()],
+            Credential::ClientCert(c) => vec![c.describe()],
             Credential::PerTenant(t) => vec![format!(
                 "per tenant: {} from each tenant's connection (PUT /connections/TENANT/{}{})",
                 t.kind

@@ -90,8 +90,9 @@ pub async fn prepare(
     };
     let max_body = p.max_body;
     match &p.used.credential {
-        // Resolved before this: a per-tenant credential is never used as such.
-        Credential::PerTenant(_) => Ok(Prepared::Ready(Auth::None)),
+        // Resolved before this: a per-tenant credential is never used as such. A client
+        // certificate goes on the upstream connection (`peer`), not on the request.
+        Credential::PerTenant(_) | Credential::ClientCert(_) => Ok(Prepared::Ready(Auth::None)),
         Credential::Static(inj) => Ok(Prepared::Ready(Auth::Static(inj.clone()))),
         Credential::Token(src) => {
             let slot = tokens.slot_for(p.name, p.used.tenant.as_ref(), src, p.host);
@@ -220,6 +221,17 @@ impl Auth {
             .filter_map(|v| v.to_str().ok())
             .flat_map(crate::scrub::stream::secrets_in_header)
             .collect()
+    }
+
+    /// What a placeholder `credproxy:NAME` is replaced by: the secret of the first header the
+    /// credential sets (a token, an API key, a Basic password). None for a signature.
+    pub fn placeholder_value(&self) -> Option<String> {
+        let header = match self {
+            Auth::Static(inj) => inj.values().next()?,
+            Auth::Token(t) => &t.token.header,
+            Auth::Signed(_) | Auth::None => return None,
+        };
+        Some(crate::credentials::secret_of_header(header.to_str().ok()?))
     }
 
     /// On an upstream 401: true when the request is replayed once with a new token. Otherwise

@@ -9,6 +9,7 @@ pub mod connect_head;
 mod destination;
 pub mod intercept;
 pub mod limits;
+pub mod placeholder;
 pub mod plan;
 mod replay;
 pub mod scope;
@@ -241,6 +242,9 @@ impl CredProxy {
         peer.options.read_timeout = Some(wait);
         peer.options.write_timeout = Some(wait);
         peer.options.idle_timeout = Some(to.idle);
+        if let Err(e) = client_cert(&mut peer, cfg, plan) {
+            return Err(ctx.fail(e, "client certificate cannot be presented"));
+        }
         if t.tls {
             // Offer HTTP/2 first; origins without it get HTTP/1.1.
             peer.options.set_http_version(2, 1);
@@ -250,13 +254,39 @@ impl CredProxy {
         Ok(Box::new(peer))
     }
 
+    /// Puts the credential's value in place of the request's placeholders (headers, query);
+    /// returns the path and query to send.
+    fn fill_placeholders(ctx: &mut Ctx, req: &mut RequestHeader) -> Result<String> {
+        let Some(plan) = &ctx.plan else {
+            return Err(Error::explain(ErrorType::InternalError, "no plan"));
+        };
+        let name = plan
+            .credential
+            .map_or("", |c| &*ctx.cfg.credentials[c].name);
+        let value = ctx.auth.placeholder_value();
+        // The client's Authorization is replaced whole by the credential's own.
+        req.remove_header(&http::header::AUTHORIZATION);
+        let filled = placeholder::fill_headers(req, name, value.as_deref())
+            .and_then(|()| placeholder::fill_query(&plan.target.path, name, value.as_deref()));
+        filled.map_err(|e| ctx.fail(e, "placeholder cannot be filled in"))
+    }
+
     /// Rewrites the outgoing request: origin-form for the target, the proxy hop's headers
     /// gone, the framing of a body read ahead, and the credential set.
     fn rewrite(ctx: &mut Ctx, req: &mut RequestHeader) -> Result<()> {
         let Some(plan) = &ctx.plan else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
-        let uri: http::Uri = plan.target.path.parse().map_err(|_| {
+        let filled;
+        let mut path = plan.target.path.as_str();
+        if plan.placeholder {
+            filled = Self::fill_placeholders(ctx, req)?;
+            path = filled.as_str();
+        }
+        let Some(plan) = &ctx.plan else {
+            return Err(Error::explain(ErrorType::InternalError, "no plan"));
+        };
+        let uri: http::Uri = path.parse().map_err(|_| {
             Error::explain(
                 ErrorType::HTTPStatus(400),
                 "request path cannot be forwarded",
@@ -664,6 +694,28 @@ fn scrub_head(
                 .map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// The route's `mtls` certificate on the upstream connection; its own pool group, so a
+/// connection made with one certificate never serves another.
+fn client_cert(peer: &mut HttpPeer, cfg: &Config, plan: &Plan) -> Result<(), ProxyError> {
+    let Some(c) = plan.route.and_then(|r| cfg.routes[r].client_cert) else {
+        return Ok(());
+    };
+    let cert = match &cfg.credentials[c].credential {
+        Ok(crate::credentials::Credential::ClientCert(cert)) => cert,
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(ProxyError::CredentialUnavailable(e.to_string())),
+    };
+    if !plan.target.tls {
+        return Err(ProxyError::BadRequest(format!(
+            "credential `{}` is a client certificate (mtls), which only an https:// upstream can be shown",
+            cfg.credentials[c].name
+        )));
+    }
+    peer.client_cert_key = Some(cert.cert_key.clone());
+    peer.group_key = cert.group_key;
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use base64::Engine;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
-use super::scope;
 use super::tunnel::Tunnel;
+use super::{placeholder, scope};
 use crate::config::{Config, Unmatched, Upstream};
 use crate::errors::ProxyError;
 use crate::routing::split_host_port;
@@ -37,6 +37,8 @@ pub struct Plan {
     /// The tenant whose connection a per-tenant credential uses.
     pub tenant: Option<Arc<str>>,
     pub target: Target,
+    /// The request carries placeholders (`credproxy:NAME`) for its credential, to fill in.
+    pub placeholder: bool,
 }
 
 /// A refusal with whatever was known when it happened, for the error body.
@@ -380,8 +382,17 @@ pub fn route_request(
         }
         (None, RequestTarget::Origin { path, query }) => match_sidecar(cfg, req, path, query)?,
     };
+    let query = target.path.split_once('?').map(|(_, q)| q);
+    let named = placeholder::named(req, query)?;
     let credential = match route {
-        Some(i) => Some(choose_credential(cfg, i, req, client)?),
+        Some(i) => Some(choose_credential(cfg, i, req, client, named.as_deref())?),
+        None if named.is_some() => {
+            return Err(bad(format!(
+                "a placeholder (credproxy:NAME) was sent to {}, which no route covers: refused, never forwarded",
+                target.authority
+            ))
+            .into())
+        }
         None => None,
     };
     let tenant = match (route, credential) {
@@ -400,6 +411,7 @@ pub fn route_request(
         client,
         tenant,
         target,
+        placeholder: named.is_some(),
     })
 }
 
@@ -433,12 +445,14 @@ fn tenant_of(
     )))
 }
 
-/// Picks the route's credential (default or `X-Credproxy-Credential`) and checks it is usable.
+/// Picks the route's credential (default, `X-Credproxy-Credential`, or the one the request's
+/// placeholders name) and checks it is usable.
 fn choose_credential(
     cfg: &Config,
     route: usize,
     req: &RequestHeader,
     client: Option<usize>,
+    placeholder: Option<&str>,
 ) -> Result<usize, Refusal> {
     let r = &cfg.routes[route];
     let refuse = |error, credential| Refusal {
@@ -446,36 +460,66 @@ fn choose_credential(
         route: Some(route),
         credential,
     };
-    let chosen = match req.headers.get(CREDENTIAL_HEADER) {
-        None => r.credentials[0],
-        Some(v) => {
-            let name = v
-                .to_str()
-                .map_err(|_| refuse(bad("X-Credproxy-Credential is not valid text"), None))?;
-            r.credentials
-                .iter()
-                .copied()
-                .find(|&c| &*cfg.credentials[c].name == name)
-                .ok_or_else(|| refuse(ProxyError::CredentialNotOnRoute(name.to_string()), None))?
-        }
+    let on_route = |name: &str| {
+        r.credentials
+            .iter()
+            .copied()
+            .find(|&c| &*cfg.credentials[c].name == name)
     };
-    if let (Some(ci), Some(clients)) = (client, &cfg.clients) {
-        let c = &clients[ci];
-        if !c.credentials.contains(&chosen) {
-            let e = ProxyError::ClientForbidden {
-                client: c.name.clone(),
-                credential: cfg.credentials[chosen].name.to_string(),
-            };
-            return Err(refuse(e, Some(chosen)));
+    let header = req
+        .headers
+        .get(CREDENTIAL_HEADER)
+        .map(|v| v.to_str())
+        .transpose()
+        .map_err(|_| refuse(bad("X-Credproxy-Credential is not valid text"), None))?;
+    let chosen = match (header, placeholder) {
+        (None, None) if r.require_placeholder => {
+            let e = bad(format!(
+                "route `{}` requires a placeholder (credproxy:NAME) for its credential, in a header, a Basic password or a query value",
+                r.name
+            ));
+            return Err(refuse(e, None));
         }
-    }
-    if let Err(e) = &cfg.credentials[chosen].credential {
-        return Err(refuse(
-            ProxyError::CredentialUnavailable(e.to_string()),
-            Some(chosen),
-        ));
+        (None, None) => r.credentials[0],
+        (Some(h), Some(p)) if h != p => {
+            let e = bad(format!(
+                "X-Credproxy-Credential names `{h}` but the placeholder names `{p}`"
+            ));
+            return Err(refuse(e, None));
+        }
+        (_, Some(p)) => on_route(p).ok_or_else(|| {
+            let e = bad(format!(
+                "the placeholder names credential `{p}`, which route `{}` does not use: refused, never forwarded",
+                r.name
+            ));
+            refuse(e, None)
+        })?,
+        (Some(h), None) => on_route(h)
+            .ok_or_else(|| refuse(ProxyError::CredentialNotOnRoute(h.to_string()), None))?,
+    };
+    // The route's client certificate goes with every request on it: the client must be
+    // allowed it too, and it must be there (no connection is made without it).
+    for c in std::iter::once(chosen).chain(r.client_cert.filter(|&c| c != chosen)) {
+        usable(cfg, c, client).map_err(|e| refuse(e, Some(chosen)))?;
     }
     Ok(chosen)
+}
+
+/// Whether `client` may use credential `c`, and it is available.
+fn usable(cfg: &Config, c: usize, client: Option<usize>) -> Result<(), ProxyError> {
+    if let (Some(ci), Some(clients)) = (client, &cfg.clients) {
+        let cl = &clients[ci];
+        if !cl.credentials.contains(&c) {
+            return Err(ProxyError::ClientForbidden {
+                client: cl.name.clone(),
+                credential: cfg.credentials[c].name.to_string(),
+            });
+        }
+    }
+    match &cfg.credentials[c].credential {
+        Err(e) => Err(ProxyError::CredentialUnavailable(e.to_string())),
+        Ok(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -648,6 +648,21 @@ pub fn body_of(resp: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A runtime with a thread of its own (its tasks run while the test blocks elsewhere) and a
+/// loopback listener on a free port, for origins a test writes itself.
+pub fn background_listener() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (rt, listener, port)
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -166,10 +166,15 @@ impl Validator<'_> {
             .collect();
         let implicit = self.catalog_routes(&credentials, &raw_routes);
         raw_routes.extend(implicit);
-        let (routes, matchers) = self.routes(&raw_routes, &names);
+        let (mut routes, matchers) = self.routes(&raw_routes, &names);
+        let kinds: Vec<&str> = credentials.iter().map(|c| c.kind).collect();
+        self.client_certs(&mut routes, &raw_routes, &kinds);
         let clients = raw.clients.map(|cs| self.clients(&cs, &names, strict));
         for (i, c) in credentials.iter().enumerate() {
-            if !routes.iter().any(|r| r.credentials.contains(&i)) {
+            if !routes
+                .iter()
+                .any(|r| r.credentials.contains(&i) || r.client_cert == Some(i))
+            {
                 self.warn(&format!("credentials.{}", c.name), "not used by any route");
             }
         }

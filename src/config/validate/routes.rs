@@ -101,6 +101,34 @@ impl Validator<'_> {
         out
     }
 
+    /// Takes each route's `mtls` credential out of its header credentials: it is presented on
+    /// the connection, alongside whichever header credential the request uses.
+    pub(super) fn client_certs(
+        &mut self,
+        routes: &mut [Route],
+        raw: &[(String, RawRoute)],
+        kinds: &[&str],
+    ) {
+        if routes.len() != raw.len() {
+            return; // some route failed: the config is rejected with its own error
+        }
+        let is_cert = |c: &usize| kinds.get(*c) == Some(&"mtls");
+        for (route, (path, _)) in routes.iter_mut().zip(raw) {
+            let certs: Vec<usize> = route.credentials.iter().copied().filter(is_cert).collect();
+            if certs.len() > 1 {
+                self.err(
+                    &format!("{path}.credentials"),
+                    "at most one `mtls` credential per route: a connection presents one certificate",
+                );
+                continue;
+            }
+            route.client_cert = certs.first().copied();
+            if route.credentials.len() > 1 {
+                route.credentials.retain(|c| !is_cert(c));
+            }
+        }
+    }
+
     fn route(&mut self, path: &str, r: &RawRoute, creds: &[&str]) -> Option<(Route, Matcher)> {
         let errors_before = self.errors.len();
         let (host, port) = self.route_host(path, r);
@@ -142,6 +170,8 @@ impl Validator<'_> {
                 .allow_http
                 .unwrap_or_else(|| matcher.host.as_ref().is_some_and(is_loopback)),
             scrub_responses: r.scrub_responses.unwrap_or(false),
+            require_placeholder: r.require_placeholder.unwrap_or(false),
+            client_cert: None,
         };
         Some((route, matcher))
     }

@@ -824,3 +824,24 @@ fn shared_state_needs_a_redis_url_and_the_state_key() {
     let e = with_key("proxy:\n  shared_state: { redis: \"${REDIS_URL}\" }\n").unwrap_err();
     assert!(e.to_string().contains("REDIS_URL is not set"), "{e}");
 }
+
+#[test]
+fn a_route_presents_at_most_one_client_certificate() {
+    let text = "credentials:\n  a: { type: mtls, cert: \"file:/nonexistent/a.pem\", key: \"file:/nonexistent/a.key\" }\n  b: { type: mtls, cert: \"file:/nonexistent/b.pem\", key: \"file:/nonexistent/b.key\" }\nroutes:\n  - { host: api.example.com, credentials: [a, b] }\n";
+    rejects(
+        text,
+        "routes[0].credentials",
+        5,
+        "at most one `mtls` credential",
+    );
+}
+
+#[test]
+fn a_client_certificate_goes_alongside_the_header_credential() {
+    let text = "credentials:\n  cert: { type: mtls, cert: \"file:/nonexistent/a.pem\", key: \"file:/nonexistent/a.key\" }\n  gh: { type: bearer, token: \"${TOKEN}\" }\nroutes:\n  - { host: api.example.com, credentials: [cert, gh] }\n  - { host: only.example.com, credential: cert }\n";
+    let cfg = load(text).unwrap();
+    assert_eq!(cfg.routes[0].credentials, [1]);
+    assert_eq!(cfg.routes[0].client_cert, Some(0));
+    assert_eq!(cfg.routes[1].credentials, [0]);
+    assert_eq!(cfg.routes[1].client_cert, Some(0));
+}
