@@ -270,7 +270,7 @@ fn schema_types() -> Vec<String> {
 #[test]
 fn unknown_type_error_lists_every_type_the_schema_knows() {
     let types = schema_types();
-    assert_eq!(types.len(), 9, "{types:?}");
+    assert_eq!(types.len(), 10, "{types:?}");
     let dir = tempfile::tempdir().unwrap();
     let f = write(
         &dir,

@@ -220,10 +220,26 @@ fn bodies_that_cannot_be_signed_are_refused_clearly() {
         "PUT",
         &url,
         b"x".to_vec(),
-        &[("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")],
+        &[(
+            "x-amz-content-sha256",
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        )],
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("aws-chunked"), "{body}");
+    // The re-signed variant, with a body that is not aws-chunked at all.
+    let (status, body) = send(
+        &p,
+        "PUT",
+        &url,
+        vec![b'x'; 300],
+        &[("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("aws-chunked body: malformed chunk header"),
+        "{body}"
+    );
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -345,18 +361,18 @@ fn botocore_agrees_with_every_signature() {
     );
 }
 
-/// boto3 (unsigned, HTTP_PROXY) -> credproxy -> a server validating SigV4 with botocore.
-#[test]
-fn boto3_end_to_end_and_signature_mismatch_passes_through() {
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tests/sigv4_server.py on a free port, once it says it is ready.
+fn sigv4_server() -> (KillOnDrop, u16) {
     use std::io::BufRead;
     let port = free_port();
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut server = std::process::Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sigv4_server.py"),
@@ -366,38 +382,120 @@ fn boto3_end_to_end_and_signature_mismatch_passes_through() {
         .spawn()
         .expect("python3 with botocore");
     let stdout = server.stdout.take().unwrap();
-    let _server = KillOnDrop(server);
+    let server = KillOnDrop(server);
     let mut ready = String::new();
     std::io::BufReader::new(stdout)
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
+    (server, port)
+}
+
+/// credproxy signing for S3 at s3.test:PORT with `secret`.
+fn s3_proxy(port: u16, secret: &str, proxy_extra: &str) -> Proxy {
+    s3_proxy_at("s3.test", port, secret, proxy_extra)
+}
+
+fn s3_proxy_at(host: &str, port: u16, secret: &str, proxy_extra: &str) -> Proxy {
+    let body = format!(
+        "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"{host}:{port}\", credential: s3, allow_http: true }}\n"
+    );
+    let extra = format!("dns: {{ overrides: {{ s3.test: 127.0.0.1 }} }}\n{proxy_extra}");
+    Proxy::start_with(&extra, &body, &[("SK", secret)])
+}
+
+/// An aws-chunked body of `payload` in chunks of `chunk` bytes, signed with a key credproxy
+/// does not know (every signature zeros).
+fn aws_chunked(payload: &[u8], chunk: usize) -> Vec<u8> {
+    let zeros = "0".repeat(64);
+    let mut out = Vec::with_capacity(payload.len() + payload.len() / chunk * 100 + 100);
+    for part in payload.chunks(chunk).chain(std::iter::once(&[][..])) {
+        out.extend_from_slice(format!("{:x};chunk-signature={zeros}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// An SDK's streaming upload (aws-chunked, chunk signatures chained from the headers'),
+/// larger than `max_body`: re-signed chunk by chunk as it streams, and verified chunk by chunk
+/// by a server that recomputes every signature.
+#[test]
+fn aws_chunked_uploads_are_resigned_chunk_by_chunk_past_max_body() {
+    let (_server, port) = sigv4_server();
+    let p = s3_proxy(port, SK, "max_body: 16MiB");
+    let payload: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let body = aws_chunked(&payload, 64 << 10);
+    let url = format!("http://s3.test:{port}/bucket/streamed");
+    let headers = [
+        ("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-decoded-content-length", &payload.len().to_string()),
+        ("authorization", "AWS4-HMAC-SHA256 Credential=placeholder/20250101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00"),
+    ];
+    let (status, text) = send(&p, "PUT", &url, body, &headers);
+    assert_eq!(status, 200, "{text}");
+    let (status, got) = runtime().block_on(async {
+        let r = p.client().get(&url).send().await.unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    });
+    assert_eq!(status, 200);
+    assert!(got.len() == payload.len() && sha256_hex(&got) == sha256_hex(&payload));
+
+    // A body that breaks off mid-chunk is stopped, never stored.
+    let mut broken = aws_chunked(b"abc", 2);
+    broken.truncate(40);
+    broken.extend_from_slice(b"not a chunk at all, and long enough to be a header... ......... ......... ......... ......... .........\r\n");
+    let url = format!("http://s3.test:{port}/bucket/broken");
+    let (status, _) = send(&p, "PUT", &url, broken, &headers[..3]);
+    assert_ne!(status, 200);
+    let (status, _) = send(&p, "GET", &url, Vec::new(), &[]);
+    assert_eq!(status, 404);
+}
+
+/// tests/boto3_client.py against `endpoint` through `p` (HTTP_PROXY); its output.
+fn boto3(p: &Proxy, endpoint: &str, mode: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/boto3_client.py"
+        ))
+        .arg(endpoint)
+        .args(mode)
+        .env("HTTP_PROXY", p.url())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .expect("boto3 (.ci/setup installs it)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// boto3 (unsigned, HTTP_PROXY) -> credproxy -> a server validating SigV4 with botocore.
+#[test]
+fn boto3_end_to_end_and_signature_mismatch_passes_through() {
+    let (_server, port) = sigv4_server();
     let run = |secret: &str| {
-        let body = format!(
-            "credentials:\n  s3:\n    type: aws_sigv4\n    access_key_id: {AK}\n    secret_access_key: \"${{SK}}\"\n    service: s3\n    region: us-east-1\nroutes:\n  - {{ host: \"s3.test:{port}\", credential: s3, allow_http: true }}\n"
-        );
-        let p = Proxy::start_with(
-            "dns: { overrides: { s3.test: 127.0.0.1 } }",
-            &body,
-            &[("SK", secret)],
-        );
-        let out = std::process::Command::new("python3")
-            .args([
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/boto3_client.py"),
-                &format!("http://s3.test:{port}"),
-            ])
-            .env("HTTP_PROXY", p.url())
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("NO_PROXY")
-            .env_remove("no_proxy")
-            .output()
-            .expect("boto3 (.ci/setup installs it)");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+        boto3(
+            &s3_proxy(port, secret, ""),
+            &format!("http://s3.test:{port}"),
+            &[],
         )
     };
     assert_eq!(run(SK), "OK");
     assert_eq!(run("not-the-secret"), "SignatureDoesNotMatch");
+}
+
+/// boto3's multipart upload_file and a streaming put_object, through credproxy to moto's S3.
+#[test]
+fn boto3_multipart_and_streaming_uploads_to_moto() {
+    let moto = moto_server();
+    // moto reads a bucket name out of a host like s3.test: an address it takes as path-style.
+    let p = s3_proxy_at("127.0.0.1", moto.port, SK, "max_body: 16MiB");
+    let out = boto3(&p, &format!("http://127.0.0.1:{}", moto.port), &["uploads"]);
+    assert_eq!(out, "OK", "{}", p.log_text());
 }

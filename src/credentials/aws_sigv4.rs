@@ -73,7 +73,12 @@ const UNSIGNED_HEADERS: [&str; 5] = [
 pub enum Payload<'a> {
     Bytes(&'a [u8]),
     Unsigned,
+    /// aws-chunked: the body's chunks are signed as they stream (see `chunked`).
+    Streaming,
 }
+
+/// The payload hash of an aws-chunked body whose chunks are signed.
+pub const STREAMING_PAYLOAD: &str = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD";
 
 pub struct AwsSigV4 {
     pub service: String,
@@ -178,6 +183,51 @@ impl AwsSigV4 {
         payload: Payload<'_>,
         time: SystemTime,
     ) -> Result<(), SignError> {
+        self.sign_returning(req, tls, payload, time).map(|_| ())
+    }
+
+    /// Signs the headers of an aws-chunked upload, and returns the signer of its chunks,
+    /// seeded with the headers' signature.
+    pub fn sign_streaming(
+        &self,
+        req: &mut RequestHeader,
+        tls: bool,
+        time: SystemTime,
+    ) -> Result<chunked::ChunkSigner, SignError> {
+        let seed = self.sign_returning(req, tls, Payload::Streaming, time)?;
+        let timestamp = req
+            .headers
+            .get("x-amz-date")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| SignError("no x-amz-date after signing".into()))?
+            .to_string();
+        let creds = self
+            .identity
+            .data::<aws_credential_types::Credentials>()
+            .ok_or_else(|| SignError("no AWS credentials".into()))?;
+        let key = aws_sigv4::sign::v4::generate_signing_key(
+            creds.secret_access_key(),
+            time,
+            &self.region,
+            &self.service,
+        );
+        Ok(chunked::ChunkSigner::new(
+            key.as_ref(),
+            &timestamp,
+            &self.region,
+            &self.service,
+            &seed,
+        ))
+    }
+
+    /// Signs `req` in place; returns the signature.
+    fn sign_returning(
+        &self,
+        req: &mut RequestHeader,
+        tls: bool,
+        payload: Payload<'_>,
+        time: SystemTime,
+    ) -> Result<String, SignError> {
         for h in CLIENT_SIGNING_HEADERS {
             req.remove_header(h);
         }
@@ -192,6 +242,7 @@ impl AwsSigV4 {
         let body = match payload {
             Payload::Bytes(b) => SignableBody::Bytes(b),
             Payload::Unsigned => SignableBody::UnsignedPayload,
+            Payload::Streaming => SignableBody::Precomputed(STREAMING_PAYLOAD.into()),
         };
         // Borrowed from the request, not copied: the borrow ends before the signature is put on.
         let headers = req
@@ -200,8 +251,9 @@ impl AwsSigV4 {
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
         let signable = SignableRequest::new(req.method.as_str(), url.as_str(), headers, body)
             .map_err(|e| SignError(e.to_string()))?;
-        let instructions = self.instructions(signable, time)?;
-        apply(req, instructions, path_and_query)
+        let (instructions, signature) = self.instructions(signable, time)?;
+        apply(req, instructions, path_and_query)?;
+        Ok(signature)
     }
 
     /// What signing adds to a request: headers, or query parameters.
@@ -209,7 +261,7 @@ impl AwsSigV4 {
         &self,
         signable: SignableRequest<'_>,
         time: SystemTime,
-    ) -> Result<SigningInstructions, SignError> {
+    ) -> Result<(SigningInstructions, String), SignError> {
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&self.identity)
             .region(&self.region)
@@ -219,10 +271,10 @@ impl AwsSigV4 {
             .build()
             .map_err(|e| SignError(e.to_string()))?
             .into();
-        let (instructions, _signature) = sign(signable, &params)
+        let (instructions, signature) = sign(signable, &params)
             .map_err(|e| SignError(e.to_string()))?
             .into_parts();
-        Ok(instructions)
+        Ok((instructions, signature))
     }
 }
 
@@ -345,6 +397,8 @@ impl Kind for SigV4Kind {
         Ok(Credential::Signed(Arc::new(AwsSigV4::build(raw, ctx)?)))
     }
 }
+
+pub mod chunked;
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,8 @@ use pingora::Result;
 use super::limits::Reserved;
 use super::replay::{self, Replay, Reserve, Whole};
 use crate::connections::Use;
-use crate::credentials::aws_sigv4::{AwsSigV4, Payload};
+use crate::credentials::aws_sigv4::chunked::{ChunkError, Resigner};
+use crate::credentials::aws_sigv4::{AwsSigV4, Payload, STREAMING_PAYLOAD};
 use crate::credentials::{Credential, Injection};
 use crate::errors::ProxyError;
 use crate::tokens::{Slot, Token, TokenCache, TokenError};
@@ -60,6 +61,11 @@ enum SignedBody {
     Whole(Bytes),
     /// UNSIGNED-PAYLOAD: the body streams as it comes.
     Unsigned,
+    /// aws-chunked: each chunk re-signed as it streams; set up when the headers are signed.
+    Chunked {
+        resigner: Option<Box<Resigner>>,
+        max_chunk: u64,
+    },
 }
 
 /// How getting the credential ready ended (the client's own failures are the outer `Result`).
@@ -127,12 +133,6 @@ async fn signing(
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_uppercase)
         .unwrap_or_default();
-    if client.starts_with("STREAMING-") {
-        return Ok(Prepared::Refused(ProxyError::BadRequest(format!(
-            "x-amz-content-sha256: {client} (aws-chunked) cannot be re-signed by credproxy; \
-             send single-part uploads, or let the SDK use UNSIGNED-PAYLOAD"
-        ))));
-    }
     let signed = |body, held| {
         Prepared::Ready(Auth::Signed(SignedAuth {
             signer: signer.clone(),
@@ -142,6 +142,21 @@ async fn signing(
     };
     if client == "UNSIGNED-PAYLOAD" && signer.is_s3() {
         return Ok(signed(SignedBody::Unsigned, None));
+    }
+    if client == STREAMING_PAYLOAD && signer.is_s3() {
+        // One chunk is held at a time; a chunk may be as large as a whole signed body.
+        let body = SignedBody::Chunked {
+            resigner: None,
+            max_chunk: max_body,
+        };
+        return Ok(signed(body, None));
+    }
+    if client.starts_with("STREAMING-") {
+        return Ok(Prepared::Refused(ProxyError::BadRequest(format!(
+            "x-amz-content-sha256: {client} (aws-chunked) cannot be re-signed by credproxy: it \
+             re-signs {STREAMING_PAYLOAD} uploads to S3; send those, single-part uploads, or \
+             let the SDK use UNSIGNED-PAYLOAD"
+        ))));
     }
     Ok(
         match replay::prepare_whole(session, max_body, reserve).await? {
@@ -185,8 +200,28 @@ impl Auth {
         Ok(())
     }
 
+    /// The re-signing of an aws-chunked body, once its headers are signed.
+    pub fn chunked_body(&mut self) -> Option<&mut Resigner> {
+        match self {
+            Auth::Signed(SignedAuth {
+                body: SignedBody::Chunked { resigner, .. },
+                ..
+            }) => resigner.as_deref_mut(),
+            _ => None,
+        }
+    }
+
+    /// Passes one piece of an aws-chunked body on, re-signed.
+    pub fn resign_chunk(
+        &mut self,
+        piece: Option<&[u8]>,
+        end: bool,
+    ) -> Option<Result<Option<Bytes>, ChunkError>> {
+        self.chunked_body().map(|r| r.feed(piece, end))
+    }
+
     /// Sets the credential on the outgoing request, whose client `Authorization` is gone.
-    pub fn apply(&self, req: &mut RequestHeader, tls: bool) -> Result<(), ProxyError> {
+    pub fn apply(&mut self, req: &mut RequestHeader, tls: bool) -> Result<(), ProxyError> {
         let header_error =
             |e: Box<pingora::Error>| ProxyError::CredentialUnavailable(e.to_string());
         match self {
@@ -195,13 +230,23 @@ impl Auth {
                 .insert_header(t.token.name.clone(), t.token.header.clone())
                 .map_err(header_error),
             Auth::Signed(s) => {
-                let payload = match &s.body {
+                let now = std::time::SystemTime::now();
+                let failed = |e: crate::credentials::aws_sigv4::SignError| {
+                    ProxyError::CredentialUnavailable(e.to_string())
+                };
+                let payload = match &mut s.body {
                     SignedBody::Whole(b) => Payload::Bytes(b),
                     SignedBody::Unsigned => Payload::Unsigned,
+                    SignedBody::Chunked {
+                        resigner,
+                        max_chunk,
+                    } => {
+                        let chunks = s.signer.sign_streaming(req, tls, now).map_err(failed)?;
+                        *resigner = Some(Box::new(Resigner::new(chunks, *max_chunk)));
+                        return Ok(());
+                    }
                 };
-                s.signer
-                    .sign(req, tls, payload, std::time::SystemTime::now())
-                    .map_err(|e| ProxyError::CredentialUnavailable(e.to_string()))
+                s.signer.sign(req, tls, payload, now).map_err(failed)
             }
             Auth::None => Ok(()),
         }

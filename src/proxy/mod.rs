@@ -486,6 +486,16 @@ impl ProxyHttp for CredProxy {
         if let Some(whole) = ctx.auth.whole_body() {
             *body = end_of_stream.then(|| whole.clone());
         }
+        if let Some(resigned) = ctx.auth.resign_chunk(body.as_deref(), end_of_stream) {
+            match resigned {
+                // Nothing to send yet is an empty piece: pingora takes `None` for the end.
+                Ok(b) => *body = Some(b.unwrap_or_default()),
+                Err(e) => {
+                    let e = ProxyError::BadRequest(e.to_string());
+                    return Err(ctx.fail(e, "aws-chunked body cannot be re-signed"));
+                }
+            }
+        }
         // Before the chunk goes out: a `_method` field stops the request, incomplete.
         if let (Some(scan), Some(chunk)) = (&mut ctx.form_scan, body.as_ref()) {
             if let Err(e) = scan.feed(chunk) {

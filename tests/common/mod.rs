@@ -648,6 +648,51 @@ pub fn body_of(resp: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A child process, killed when dropped, and the port it listens on.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (up to 30 s) until something accepts connections on the loopback `port`.
+pub fn wait_listening(port: u16) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {port}");
+}
+
+/// moto in server mode (real implementations of S3, Secrets Manager, SSM, STS) on a free port.
+pub fn moto_server() -> Server {
+    let port = free_port();
+    let child = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server (pip install 'moto[server]'; .ci/setup does)");
+    wait_listening(port);
+    Server { child, port }
+}
+
 /// A runtime with a thread of its own (its tasks run while the test blocks elsewhere) and a
 /// loopback listener on a free port, for origins a test writes itself.
 pub fn background_listener() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
