@@ -240,6 +240,16 @@ fn bodies_that_cannot_be_signed_are_refused_clearly() {
         body.contains("aws-chunked body: malformed chunk header"),
         "{body}"
     );
+    // A chunked body over max_body.
+    assert_eq!(curl_chunked_put(&p, &url, 3 << 20), "413");
+    assert_eq!(o.count(), 0);
+}
+
+/// curl PUTs `len` bytes with `Transfer-Encoding: chunked` through the proxy; the status.
+fn curl_chunked_put(p: &Proxy, url: &str, len: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body_of_len(len)).unwrap();
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -251,16 +261,73 @@ fn bodies_that_cannot_be_signed_are_refused_clearly() {
             &p.url(),
             "-X",
             "PUT",
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            "hello",
-            &url,
         ])
+        .args(["-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(url)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "411");
-    assert_eq!(o.count(), 0);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn body_of_len(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 253) as u8).collect()
+}
+
+/// Chunked bodies (no length known in advance) are read up to max_body, hashed and sent with
+/// their Content-Length: small and past pingora's 64 KiB retry buffer, to an HTTP/1.1 origin
+/// and (through a sidecar route) to an HTTP/2 one.
+#[test]
+fn chunked_bodies_are_hashed_and_signed_up_to_max_body() {
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    for len in [5, 300 << 10] {
+        let url = format!("http://127.0.0.1:{}/bucket/chunked-{len}", o.port());
+        assert_eq!(curl_chunked_put(&p, &url, len), "200");
+        let seen = o.last();
+        assert_eq!(seen.body, body_of_len(len));
+        assert_eq!(seen.header("content-length"), Some(len.to_string()));
+        assert!(seen.header("transfer-encoding").is_none());
+        assert_eq!(
+            seen.header("x-amz-content-sha256"),
+            Some(sha256_hex(&seen.body))
+        );
+        assert_eq!(
+            seen.header("authorization").unwrap(),
+            expected_authorization(&seen, o.port(), true)
+        );
+    }
+    let tls = test_tls();
+    let h2 = Origin::start_tls(tls.server.clone());
+    let body = format!(
+        "credentials:\n  s3: {{ type: aws_sigv4, access_key_id: \"${{AK}}\", secret_access_key: \"${{SK}}\", service: s3, region: us-east-1 }}\nroutes:\n  - {{ path: /s3/*, upstream: \"https://localhost:{}\", strip_prefix: /s3, credential: s3 }}\n",
+        h2.port()
+    );
+    let extra = format!("max_body: 2MiB\nupstream_ca: {}", tls.ca_pem.display());
+    let p = Proxy::start_with(&extra, &body, &[("AK", AK), ("SK", SK)]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body_of_len(200 << 10)).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .args(["-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}/s3/bucket/h2", p.url()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        p.log_text()
+    );
+    let seen = h2.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.body, body_of_len(200 << 10));
+    assert_eq!(
+        seen.header("x-amz-content-sha256"),
+        Some(sha256_hex(&seen.body))
+    );
 }
 
 #[test]
@@ -498,4 +565,66 @@ fn boto3_multipart_and_streaming_uploads_to_moto() {
     let p = s3_proxy_at("127.0.0.1", moto.port, SK, "max_body: 16MiB");
     let out = boto3(&p, &format!("http://127.0.0.1:{}", moto.port), &["uploads"]);
     assert_eq!(out, "OK", "{}", p.log_text());
+}
+
+/// An HTTP/2 client's body of unknown length (curl `-T -` through HTTPS_PROXY, so no
+/// Content-Length): read inside the intercepted tunnel, hashed and signed like any other.
+#[test]
+fn http2_bodies_of_unknown_length_are_hashed_through_interception() {
+    let tls = test_tls();
+    let origin = Origin::start_tls(tls.server.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = std::process::Command::new(bin())
+        .args(["ca", "init", "--dir"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let extra = format!(
+        "max_body: 2MiB\nca: {{ cert: {0}/ca.pem, key: {0}/ca.key }}\nupstream_ca: {1}",
+        ca.display(),
+        tls.ca_pem.display()
+    );
+    let body = format!(
+        "credentials:\n  s3: {{ type: aws_sigv4, access_key_id: \"${{AK}}\", secret_access_key: \"${{SK}}\", service: s3, region: us-east-1 }}\nroutes:\n  - {{ host: \"localhost:{}\", credential: s3 }}\n",
+        origin.port()
+    );
+    let p = Proxy::start_with(&extra, &body, &[("AK", AK), ("SK", SK)]);
+    let payload = body_of_len(150 << 10);
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["-x", &p.url(), "--cacert"])
+        .arg(ca.join("ca.pem"))
+        .args(["-T", "-"])
+        .arg(format!(
+            "https://localhost:{}/bucket/h2-stream",
+            origin.port()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "{}",
+        p.log_text()
+    );
+    let seen = origin.last();
+    assert_eq!(seen.body, payload);
+    assert_eq!(
+        seen.header("x-amz-content-sha256"),
+        Some(sha256_hex(&payload))
+    );
 }

@@ -104,7 +104,10 @@ class S3(BaseHTTPRequestHandler):
             return self.reply(403, out, "application/xml")
         key = self.path.split("?")[0]
         if headers.get("x-amz-content-sha256") == STREAMING:
-            body = decode_chunks(headers, body)
+            try:
+                body = decode_chunks(headers, body)
+            except ValueError:  # not aws-chunked at all
+                body = None
             if body is None:
                 out = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>A chunk signature does not match.</Message></Error>'
                 return self.reply(403, out, "application/xml")

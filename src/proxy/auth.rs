@@ -159,7 +159,7 @@ async fn signing(
         ))));
     }
     Ok(
-        match replay::prepare_whole(session, max_body, reserve).await? {
+        match replay::prepare_whole(session, max_body, reserve, signer.unsigned_payload).await? {
             Whole::Body(b, held) => signed(SignedBody::Whole(b), Some(held)),
             Whole::Chunked | Whole::TooLarge | Whole::OverBudget(_) if signer.unsigned_payload => {
                 signed(SignedBody::Unsigned, None)

@@ -174,6 +174,18 @@ impl BufferBudget {
     }
 }
 
+impl Reserved {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Takes `more` (reserved for the same client) into this one reservation.
+    pub fn absorb(&mut self, mut more: Reserved) {
+        self.bytes += more.bytes;
+        more.bytes = 0;
+    }
+}
+
 impl Drop for Reserved {
     fn drop(&mut self) {
         let mut held = self

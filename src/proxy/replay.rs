@@ -52,6 +52,17 @@ fn content_length(session: &mut Session) -> Option<u64> {
     }
 }
 
+/// The body is read now, so a client waiting for `100 Continue` is told to send it now; Expect
+/// is not forwarded (the client would otherwise see a second 100).
+async fn expect_continue(session: &mut Session) -> Result<()> {
+    if expects_continue(session) {
+        if let ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.write_continue_response().await?;
+        }
+    }
+    Ok(())
+}
+
 fn expects_continue(session: &Session) -> bool {
     session
         .req_header()
@@ -95,26 +106,58 @@ pub async fn prepare(
 /// What a signer gets: the whole body, or why not.
 pub enum Whole {
     Body(Bytes, Reserved),
-    /// Chunked (no length known in advance).
+    /// Chunked (no length known in advance), and the signer would rather stream it
+    /// unsigned than read it.
     Chunked,
     TooLarge,
     OverBudget(OverBudget),
 }
 
-/// Reads the whole body for signing (any size up to `max_body`), keeping it sendable.
+/// Reads the whole body for signing (any size up to `max_body`), keeping it sendable. A body
+/// of unknown length (chunked, HTTP/2) is read up to `max_body` too, unless `stream_unknown`:
+/// then the signer streams it unsigned.
 pub async fn prepare_whole(
     session: &mut Session,
     max_body: u64,
     reserve: Reserve<'_>,
+    stream_unknown: bool,
 ) -> Result<Whole> {
     match content_length(session) {
-        None => Ok(Whole::Chunked),
+        None if stream_unknown => Ok(Whole::Chunked),
+        None => read_unknown(session, max_body, reserve).await,
         Some(len) if len > max_body => Ok(Whole::TooLarge),
         Some(len) => match reserve(len) {
             Err(e) => Ok(Whole::OverBudget(e)),
             Ok(held) => Ok(Whole::Body(read_whole(session, len).await?, held)),
         },
     }
+}
+
+/// Reads a body of unknown length whole, up to `max_body` (the budget grows with it). Sent as
+/// it was read: pingora calls `request_body_filter` once, at its end (vendor/README.md).
+async fn read_unknown(session: &mut Session, max_body: u64, reserve: Reserve<'_>) -> Result<Whole> {
+    expect_continue(session).await?;
+    let mut body = BytesMut::new();
+    let mut held = match reserve(0) {
+        Ok(h) => h,
+        Err(e) => return Ok(Whole::OverBudget(e)),
+    };
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        let len = body.len() as u64;
+        if len > max_body {
+            return Ok(Whole::TooLarge);
+        }
+        // The budget is taken as the body grows (doubling, within max_body), never ahead of it.
+        if held.bytes() < len {
+            let target = (len * 2).clamp(RETRY_BUFFER, max_body);
+            match reserve(target - held.bytes()) {
+                Ok(more) => held.absorb(more),
+                Err(e) => return Ok(Whole::OverBudget(e)),
+            }
+        }
+    }
+    Ok(Whole::Body(body.freeze(), held))
 }
 
 /// Reads exactly `len` bytes of body, with retry buffering switched on for the last ≤64 KiB so
@@ -124,13 +167,7 @@ async fn read_whole(session: &mut Session, len: u64) -> Result<Bytes> {
         session.enable_retry_buffering();
         return Ok(Bytes::new());
     }
-    if expects_continue(session) {
-        // The body is read now, so the client must be told to send it now; Expect is not
-        // forwarded (the client would otherwise see a second 100).
-        if let ServerSession::H1(h1) = session.as_downstream_mut() {
-            h1.write_continue_response().await?;
-        }
-    }
+    expect_continue(session).await?;
     let len = usize::try_from(len)
         .map_err(|_| Error::explain(ErrorType::HTTPStatus(413), "body too large"))?;
     let mut body = BytesMut::with_capacity(len);

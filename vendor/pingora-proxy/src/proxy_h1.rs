@@ -482,8 +482,10 @@ where
 
         let buffer = session.as_ref().get_retry_buffer();
 
-        // retry, send buffer if it exists or body empty
-        if buffer.is_some() || session.as_mut().is_body_empty() {
+        // retry, send buffer if it exists or body empty; a body already read whole (by
+        // `request_filter`) still gets its one `request_body_filter` call, with end of stream,
+        // so the filter can supply it.
+        if buffer.is_some() || session.as_mut().is_body_empty() || downstream_state.is_done() {
             let send_permit = tx
                 .reserve()
                 .await

@@ -526,11 +526,14 @@ where
 
         let mut downstream_state = DownstreamStateMachine::new(session.as_mut().is_body_done());
 
-        // retry, send buffer if it exists
-        if let Some(buffer) = session.as_mut().get_retry_buffer() {
+        // retry, send buffer if it exists; a body already read whole (by `request_filter`)
+        // still gets its one `request_body_filter` call, with end of stream, so the filter can
+        // supply it.
+        let buffer = session.as_mut().get_retry_buffer();
+        if buffer.is_some() || downstream_state.is_done() && !session.as_mut().is_body_empty() {
             self.send_body_to2(
                 session,
-                Some(buffer),
+                buffer,
                 downstream_state.is_done(),
                 client_body,
                 ctx,
