@@ -91,6 +91,8 @@ pub struct AwsSigV4 {
     /// The keys (access key id, secret, session token) as aws-sigv4 takes them, made once
     /// rather than per request. Not `Debug`-printed: see the impl below.
     identity: Identity,
+    /// The signing key of the current day, for the fast path.
+    keys: fast::KeyCache,
 }
 
 impl std::fmt::Debug for AwsSigV4 {
@@ -133,6 +135,7 @@ impl AwsSigV4 {
             unsigned_payload: raw.unsigned_payload,
             payload_hash_header: raw.service == "s3" || raw.service == "s3-object-lambda",
             identity,
+            keys: fast::KeyCache::default(),
         })
     }
 
@@ -183,7 +186,36 @@ impl AwsSigV4 {
         payload: Payload<'_>,
         time: SystemTime,
     ) -> Result<(), SignError> {
-        self.sign_returning(req, tls, payload, time).map(|_| ())
+        self.sign_returning(req, tls, payload, time, true).map(|_| ())
+    }
+
+    /// The fast path (`fast`): the headers it adds, or None for a request it does not take.
+    fn sign_fast(
+        &self,
+        req: &RequestHeader,
+        path_and_query: &str,
+        payload: &Payload<'_>,
+        time: SystemTime,
+    ) -> Option<Vec<(&'static str, String)>> {
+        let creds = self.identity.data::<aws_credential_types::Credentials>()?;
+        let hash;
+        let payload_hash = match payload {
+            Payload::Bytes(b) => {
+                hash = chunked::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+                hash.as_str()
+            }
+            Payload::Unsigned => "UNSIGNED-PAYLOAD",
+            Payload::Streaming => return None,
+        };
+        let keys = fast::Keys {
+            access_key_id: creds.access_key_id(),
+            secret: creds.secret_access_key(),
+            session_token: creds.session_token(),
+            region: &self.region,
+            service: &self.service,
+            payload_hash_header: self.payload_hash_header,
+        };
+        fast::sign(&self.keys, &keys, req, path_and_query, payload_hash, &UNSIGNED_HEADERS, time)
     }
 
     /// Signs the headers of an aws-chunked upload, and returns the signer of its chunks,
@@ -194,7 +226,7 @@ impl AwsSigV4 {
         tls: bool,
         time: SystemTime,
     ) -> Result<chunked::ChunkSigner, SignError> {
-        let seed = self.sign_returning(req, tls, Payload::Streaming, time)?;
+        let seed = self.sign_returning(req, tls, Payload::Streaming, time, false)?;
         let timestamp = req
             .headers
             .get("x-amz-date")
@@ -220,13 +252,15 @@ impl AwsSigV4 {
         ))
     }
 
-    /// Signs `req` in place; returns the signature.
-    fn sign_returning(
+    /// Signs `req` in place; returns the signature. Without `allow_fast`, always through
+    /// aws-sigv4 (the fast path's oracle in tests).
+    pub(crate) fn sign_returning(
         &self,
         req: &mut RequestHeader,
         tls: bool,
         payload: Payload<'_>,
         time: SystemTime,
+        allow_fast: bool,
     ) -> Result<String, SignError> {
         for h in CLIENT_SIGNING_HEADERS {
             req.remove_header(h);
@@ -238,6 +272,11 @@ impl AwsSigV4 {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .ok_or_else(|| SignError("no Host header".into()))?;
+        if allow_fast && !self.sign_query {
+            if let Some(added) = self.sign_fast(req, &path_and_query, &payload, time) {
+                return apply_fast(req, added, &path_and_query);
+            }
+        }
         let url = format!("{}://{host}{path_and_query}", if tls { "https" } else { "http" });
         let body = match payload {
             Payload::Bytes(b) => SignableBody::Bytes(b),
@@ -276,6 +315,31 @@ impl AwsSigV4 {
             .into_parts();
         Ok((instructions, signature))
     }
+}
+
+/// Puts the fast path's headers on `req` (the credential ones marked sensitive); returns the
+/// signature.
+fn apply_fast(
+    req: &mut RequestHeader,
+    added: Vec<(&'static str, String)>,
+    path_and_query: &str,
+) -> Result<String, SignError> {
+    let mut signature = String::new();
+    for (name, value) in added {
+        let mut v = http::HeaderValue::from_str(&value)
+            .map_err(|_| SignError("bad header value".into()))?;
+        v.set_sensitive(name == "authorization" || name == "x-amz-security-token");
+        if name == "authorization" {
+            signature = value.rsplit("Signature=").next().unwrap_or("").to_string();
+        }
+        req.insert_header(name, v)
+            .map_err(|e| SignError(e.to_string()))?;
+    }
+    let uri = path_and_query
+        .parse::<http::Uri>()
+        .map_err(|e| SignError(e.to_string()))?;
+    req.set_uri(uri);
+    Ok(signature)
 }
 
 /// Puts the signature's headers (marked sensitive) or query parameters on `req`.
@@ -399,6 +463,7 @@ impl Kind for SigV4Kind {
 }
 
 pub mod chunked;
+mod fast;
 
 #[cfg(test)]
 mod tests;

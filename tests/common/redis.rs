@@ -213,6 +213,23 @@ impl RedisCluster {
         c
     }
 
+    /// Whether the cluster, asked through `live`, has marked `dead` as failed (not merely
+    /// suspected) and serves every slot again: its replica took over.
+    pub fn failed_over(&self, live: usize, dead: usize) -> bool {
+        let port = format!(":{}@", self.nodes[dead].port);
+        let nodes = self.nodes[live].cli(&["CLUSTER", "NODES"]);
+        let marked = nodes.lines().any(|l| {
+            l.contains(&port)
+                && l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.split(',').any(|x| x == "fail"))
+        });
+        marked
+            && self.nodes[live]
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+    }
+
     /// The seed URLs, as a YAML list.
     pub fn yaml_urls(&self) -> String {
         let urls: Vec<String> = self

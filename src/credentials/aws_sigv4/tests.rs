@@ -76,6 +76,7 @@ fn load(name: &str) -> Vector {
         expires: Duration::from_secs(ctx["expiration_in_seconds"].as_u64().unwrap_or(3600)),
         unsigned_payload: false,
         payload_hash_header: ctx["sign_body"].as_bool().unwrap_or(false),
+        keys: Default::default(),
     };
     Vector {
         req,
@@ -244,4 +245,90 @@ fn s3_uses_single_encoding_and_a_payload_header() {
         e.req.headers.get("x-amz-content-sha256").unwrap(),
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
+}
+
+mod fast_path {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn signer(service: &str, token: Option<&str>) -> AwsSigV4 {
+        AwsSigV4 {
+            identity: aws_credential_types::Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                token.map(str::to_string),
+                None,
+                "test",
+            )
+            .into(),
+            service: service.into(),
+            region: "us-east-1".into(),
+            sign_query: false,
+            expires: Duration::from_secs(300),
+            unsigned_payload: false,
+            payload_hash_header: service == "s3",
+            keys: Default::default(),
+        }
+    }
+
+    fn request(method: &str, path: &str, headers: &[(String, String)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        r.insert_header("host", "api.example.com:8443").unwrap();
+        for (k, v) in headers {
+            r.append_header(k.clone(), v.as_str()).unwrap();
+        }
+        r
+    }
+
+    fn signed(r: &RequestHeader) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v.push(("uri".into(), r.uri.to_string()));
+        v
+    }
+
+    proptest! {
+        /// Any request: both paths give the same headers and URI, byte for byte (the fast
+        /// path declines what it does not take, and aws-sigv4 signs it).
+        #[test]
+        fn the_fast_path_signs_exactly_like_aws_sigv4(
+            method in prop::sample::select(vec!["GET", "PUT", "POST", "DELETE"]),
+            segments in prop::collection::vec("[a-zA-Z0-9._~%+ -]{0,8}", 1..4),
+            query in prop::collection::vec(("[a-zA-Z0-9._~-]{0,5}", "[a-zA-Z0-9._~%+-]{0,5}"), 0..4),
+            headers in prop::collection::vec((
+                prop::sample::select(vec!["content-type", "x-amz-meta-a", "x-custom", "accept", "user-agent", "x-amz-target"]),
+                "[ a-zA-Z0-9/=;,.-]{0,12}",
+            ), 0..4),
+            body in prop::collection::vec(any::<u8>(), 0..64),
+            s3 in any::<bool>(),
+            token in prop::option::of("[A-Za-z0-9]{8}"),
+            secs in 1_600_000_000u64..1_900_000_000,
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            let q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let pq = if q.is_empty() { path } else { format!("{path}?{}", q.join("&")) };
+            let Ok(_) = pq.parse::<http::Uri>() else { return Ok(()) };
+            let headers: Vec<(String, String)> =
+                headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let s = signer(if s3 { "s3" } else { "execute-api" }, token.as_deref());
+            let time = UNIX_EPOCH + Duration::from_secs(secs);
+            let (mut fast, mut slow) = (request(method, &pq, &headers), request(method, &pq, &headers));
+            s.sign(&mut fast, true, Payload::Bytes(&body), time).unwrap();
+            s.sign_returning(&mut slow, true, Payload::Bytes(&body), time, false).unwrap();
+            prop_assert_eq!(signed(&fast), signed(&slow));
+        }
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_usual_request() {
+        let s = signer("s3", None);
+        let r = request("GET", "/bucket/key.bin?x-id=GetObject", &[]);
+        let time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(s.sign_fast(&r, "/bucket/key.bin?x-id=GetObject", &Payload::Unsigned, time).is_some());
+        assert!(s.sign_fast(&r, "/bucket/a%20b", &Payload::Unsigned, time).is_none());
+    }
 }
