@@ -217,6 +217,12 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
     fn fleet_shared(&self) -> bool {
         true
     }
+    /// Whether each fetch spends what it was fetched with (a rotating refresh token): then it
+    /// is never fetched without the fleet's lease, since two replicas redeeming the same
+    /// token fork the chain and providers revoke the family.
+    fn rotates(&self) -> bool {
+        false
+    }
     /// The time one request to the token endpoint may take.
     fn timeout(&self) -> Duration {
         Duration::from_secs(10)

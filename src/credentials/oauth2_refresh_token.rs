@@ -382,6 +382,9 @@ impl TokenSource for RefreshToken {
         v
     }
 
+    fn rotates(&self) -> bool {
+        true
+    }
     fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -115,6 +115,11 @@ impl TokenCache {
         after_reject: bool,
         e: &StoreError,
     ) -> Result<Arc<Token>, TokenError> {
+        if slot.source.rotates() {
+            return Err(TokenError::SharedState(format!(
+                "{e}; a rotating refresh token is redeemed only under the fleet's lease"
+            )));
+        }
         tracing::debug!(credential = &*slot.name, "fetching without the fleet: {e}");
         self.fetch(slot.source.as_ref(), after_reject).await
     }
