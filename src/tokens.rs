@@ -46,6 +46,9 @@ pub enum TokenError {
     SharedState(String),
 }
 
+/// How long a failure of the fleet's shared state is remembered (see `Slot::record`).
+const SHARED_STATE_NEGATIVE_TTL: Duration = Duration::from_millis(200);
+
 /// Longest endpoint-supplied text kept in an error.
 const MAX_DETAIL: usize = 300;
 
@@ -330,8 +333,14 @@ impl Slot {
             }
             Err(e) => {
                 self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                let ttl = match e {
+                    // Nothing was asked of the endpoint, and the store comes back on its own
+                    // (a failover, a restart): remembered only long enough to spare it a storm.
+                    TokenError::SharedState(_) => negative_ttl.min(SHARED_STATE_NEGATIVE_TTL),
+                    _ => negative_ttl,
+                };
                 if let Ok(mut f) = self.failure.lock() {
-                    *f = Some((e.clone(), Instant::now() + negative_ttl));
+                    *f = Some((e.clone(), Instant::now() + ttl));
                 }
                 if let Ok(mut l) = self.last_error.lock() {
                     *l = Some(e.to_string());

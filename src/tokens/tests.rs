@@ -238,6 +238,21 @@ async fn negative_cache_spares_a_dead_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shared_state_failure_is_retried_soon_after() {
+    let down = TokenError::SharedState("shared state (Redis) is unreachable".into());
+    let s = Script::new(vec![Err(down), Ok(60)], Duration::ZERO);
+    let src: Arc<dyn TokenSource> = s.clone();
+    let c = cache();
+    assert!(c.get(&name(), &src).await.is_err());
+    assert!(c.get(&name(), &src).await.is_err(), "a storm is spared");
+    assert_eq!(s.calls(), 1);
+    // Well inside the 2 s negative TTL: a store that failed over is used again at once.
+    tokio::time::advance(Duration::from_millis(300)).await;
+    assert!(c.get(&name(), &src).await.is_ok());
+    assert_eq!(s.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn refresh_drops_and_refetches() {
     let s = Script::new(vec![Ok(3600)], Duration::ZERO);
     let src: Arc<dyn TokenSource> = s.clone();

@@ -99,7 +99,10 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"]);
+            // A replica may take over however long it was cut off: on a loaded test machine
+            // the default data-age rule can leave a dead master's slots unserved.
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-replica-validity-factor", "0"]);
         }
         self.child = Some(cmd.spawn().expect("redis-server is installed (.ci/setup)"));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,7 +213,39 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "the cluster did not form");
             std::thread::sleep(Duration::from_millis(100));
         }
+        c.wait_replicas_synced(deadline);
         c
+    }
+
+    /// Waits until every replica has finished its initial sync: a master killed before that
+    /// has no replica able to take over.
+    fn wait_replicas_synced(&self, deadline: Instant) {
+        for n in &self.nodes {
+            loop {
+                let info = n.cli(&["INFO", "replication"]);
+                let replica = info.contains("role:slave");
+                if !replica || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "a replica did not sync: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(n.dir.path().join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!("--- node :{} ---\n", n.port));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Whether the cluster, asked through `live`, has marked `dead` as failed (not merely
