@@ -220,6 +220,14 @@ impl Admin {
                 [(vec![], i64::from(h == "up"))],
             );
         }
+        if let Some(f) = &self.app.fleet {
+            s.counters(
+                "credproxy_shared_state_unreplicated_writes_total",
+                "Rotations and connection writes no replica acknowledged in time (a failover then could lose them).",
+                &[],
+                [(vec![], f.unreplicated_writes())],
+            );
+        }
         if let Some(i) = &self.app.config().proxy.interceptor {
             s.counters(
                 "credproxy_tls_leaf_mints_total",

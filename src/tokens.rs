@@ -180,6 +180,8 @@ impl Policy {
 pub struct FetchCx<'a> {
     pub http: &'a reqwest::Client,
     pub shared: &'a dyn SharedState,
+    /// The fleet lease this fetch runs under (token and fencing number), if any.
+    pub lease: Option<(&'a TokenId, u64)>,
 }
 
 impl<'a> FetchCx<'a> {
@@ -190,6 +192,27 @@ impl<'a> FetchCx<'a> {
         FetchCx {
             http,
             shared: &*EMBEDDED,
+            lease: None,
+        }
+    }
+
+    /// Before an act another replica must never repeat (redeeming a refresh token): the
+    /// fleet's lease is still this fetch's, and is extended for the act. A lease lost (its
+    /// renewals failed and it expired) or unconfirmable fails closed.
+    pub async fn confirm_lease(&self) -> Result<(), TokenError> {
+        let Some((id, fence)) = self.lease else {
+            return Ok(());
+        };
+        match self.shared.renew(id, fence, fleet::LEASE_TTL).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TokenError::SharedState(
+                "the fleet's lease expired before the refresh token was redeemed; \
+                 another replica holds it now"
+                    .into(),
+            )),
+            Err(e) => Err(TokenError::SharedState(format!(
+                "the fleet's lease could not be confirmed before redeeming: {e}"
+            ))),
         }
     }
 }
@@ -687,6 +710,7 @@ impl TokenCache {
         &self,
         src: &dyn TokenSource,
         after_reject: bool,
+        lease: Option<(&TokenId, u64)>,
     ) -> Result<Arc<Token>, TokenError> {
         let mut attempt = 0;
         loop {
@@ -694,6 +718,7 @@ impl TokenCache {
             let cx = FetchCx {
                 http: &self.http,
                 shared: self.shared.as_ref(),
+                lease,
             };
             match src
                 .fetch(&cx)

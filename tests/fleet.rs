@@ -368,6 +368,13 @@ fn a_cluster_losing_a_master_loses_no_rotation() {
         p.metrics_with(&["credproxy_shared_state_up 1"]);
     }
     let mut statuses = steady_load(&ps, &origin, 4, None);
+    for p in &ps {
+        let m = p.metrics();
+        assert!(
+            m.contains("credproxy_shared_state_unreplicated_writes_total 0"),
+            "every rotation reached a replica before it was used:\n{m}"
+        );
+    }
     let master = cluster.master_of("{hub|-}");
     let before = provider.rotations();
     cluster.nodes[master].kill();
@@ -690,4 +697,41 @@ fn connections_and_connect_links_are_the_fleets() {
     }
     assert_eq!(s, 200, "{b}");
     assert_no_secret_in(&redis.dump());
+}
+
+#[test]
+fn a_rotation_no_replica_acknowledged_is_counted_and_still_served() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::start();
+    let provider = RotatingProvider::start(2);
+    let env = [("CS", CLIENT_SECRET), ("SEED", SEED)];
+    let ps = replicas(2, &cluster.yaml_urls(), &provider.body(&origin), &env);
+    for p in &ps {
+        p.metrics_with(&["credproxy_shared_state_up 1"]);
+    }
+    let master = cluster.master_of("{hub|-}");
+    let replica = cluster.replica_of(master);
+    cluster.nodes[replica].signal("-STOP");
+    // The master keeps serving; its replica neither acknowledges nor is dropped (seconds).
+    let statuses = steady_load(&ps, &origin, 4, None);
+    cluster.nodes[replica].signal("-CONT");
+    assert_all_ok(&ps, &statuses);
+    assert!(provider.rotations() >= 1, "a rotation fell due");
+    let counted: u64 = ps
+        .iter()
+        .map(|p| {
+            let m = p.metrics();
+            m.lines()
+                .find_map(|l| l.strip_prefix("credproxy_shared_state_unreplicated_writes_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(counted >= 1, "an unacknowledged rotation is counted");
+    assert!(!provider.revoked());
+    let logs: String = ps.iter().map(|p| p.log_text()).collect();
+    assert!(
+        logs.contains("was not acknowledged by a replica"),
+        "and logged"
+    );
 }

@@ -340,6 +340,7 @@ impl TokenSource for RefreshToken {
             .clone();
         let _file = lock.lock().await;
         let link = chain.link_to_redeem(cx.shared, self.timeout).await?;
+        cx.confirm_lease().await?;
         let (status, body) = exchange(self.request(cx.http, &link.refresh_token), &self.endpoint).await?;
         let a = self.read_answer(status, &body)?;
         // Keep a rotated refresh token before anything else, even if the rest is unusable.

@@ -30,7 +30,7 @@ impl TokenCache {
         stale: Option<&Token>,
     ) -> Result<Arc<Token>, TokenError> {
         if !self.shared.shared() || !slot.source.fleet_shared() {
-            return self.fetch(slot.source.as_ref(), after_reject).await;
+            return self.fetch(slot.source.as_ref(), after_reject, None).await;
         }
         let budget = slot.source.timeout() * self.retry.attempts + LEASE_TTL;
         let deadline = Instant::now() + budget;
@@ -90,7 +90,7 @@ impl TokenCache {
             std::future::pending::<()>().await
         };
         let result = tokio::select! {
-            r = self.fetch(slot.source.as_ref(), after_reject) => r,
+            r = self.fetch(slot.source.as_ref(), after_reject, Some((&slot.id, fence))) => r,
             _ = renew => unreachable!("renew never completes"),
         };
         let shared = match &result {
@@ -121,7 +121,7 @@ impl TokenCache {
             )));
         }
         tracing::debug!(credential = &*slot.name, "fetching without the fleet: {e}");
-        self.fetch(slot.source.as_ref(), after_reject).await
+        self.fetch(slot.source.as_ref(), after_reject, None).await
     }
 
     /// Acts on another replica's event: an admin refresh elsewhere drops this replica's

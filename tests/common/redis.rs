@@ -128,6 +128,13 @@ impl RedisServer {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the server: a replica that stops acknowledging.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-p", &self.port.to_string()]);
@@ -302,6 +309,22 @@ impl RedisCluster {
             }
         }
         panic!("no master for slot {slot}:\n{nodes}");
+    }
+
+    /// The node replicating master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.nodes[master].cli(&["CLUSTER", "MYID"]);
+        let id = id.trim();
+        self.nodes
+            .iter()
+            .position(|n| {
+                let role = n.cli(&["CLUSTER", "NODES"]);
+                role.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[2].contains("myself") && f[2].contains("slave") && f[3] == id
+                })
+            })
+            .expect("every master has a replica")
     }
 
     pub fn dump(&self) -> Vec<(String, Vec<u8>)> {

@@ -17,7 +17,7 @@
 //! copied to another key does not open.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// After Redis lost its data, chains wait this long for every replica to restore what it
 /// holds before any is redeemed again.
 const RESTORE_GRACE: Duration = Duration::from_secs(3);
+/// How long a write that must survive a failover waits for a replica's acknowledgement.
+const WAIT_REPLICA: Duration = Duration::from_millis(100);
+
 /// A lease waiter re-checks at least this often (pub/sub usually wakes it sooner).
 const POLL: Duration = Duration::from_millis(100);
 
@@ -96,26 +99,31 @@ impl Conn {
         .await
     }
 
-    /// Waits until a write to `key` reached a replica (Cluster with replicas), so a failover
-    /// cannot lose a committed rotation. Best effort: a Cluster without replicas answers 0.
-    async fn wait_replicated(&self, key: &str) {
-        let Conn::Cluster(c) = self else { return };
-        let slot = hash_slot(key.as_bytes());
+    /// Whether a write to `key` reached a replica (Cluster), so a failover cannot lose it;
+    /// `None` when there is nothing to wait for (one server; a master without replicas).
+    /// WAIT holds this connection, which every request to that master shares, so it is asked
+    /// only of a master with replicas and for at most `WAIT_REPLICA`.
+    async fn wait_replicated(&self, key: &str) -> Option<bool> {
+        let Conn::Cluster(c) = self else { return None };
         let route = redis::cluster_routing::RoutingInfo::SingleNode(
             redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
-                redis::cluster_routing::Route::new(slot, redis::cluster_routing::SlotAddr::Master),
+                redis::cluster_routing::Route::new(
+                    hash_slot(key.as_bytes()),
+                    redis::cluster_routing::SlotAddr::Master,
+                ),
             ),
         );
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(1).arg(500);
         let mut c = c.clone();
-        let done = tokio::time::timeout(COMMAND_TIMEOUT, c.route_command(wait, route)).await;
-        if !matches!(done, Ok(Ok(redis::Value::Int(n))) if n >= 1) {
-            tracing::debug!(
-                key,
-                "a committed rotation was not yet acknowledged by a replica"
-            );
+        let role = bounded(c.route_command(redis::cmd("ROLE"), route.clone())).await;
+        if let Ok(redis::Value::Array(v)) = &role {
+            if matches!(v.get(2), Some(redis::Value::Array(r)) if r.is_empty()) {
+                return None;
+            }
         }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(WAIT_REPLICA.as_millis() as u64);
+        let acked = bounded(c.route_command(wait, route)).await;
+        Some(matches!(acked, Ok(redis::Value::Int(n)) if n >= 1))
     }
 }
 
@@ -194,6 +202,8 @@ pub struct RedisState {
     state_dir: PathBuf,
     conn: ArcSwapOption<Conn>,
     up: AtomicBool,
+    /// Writes a replica did not acknowledge (see `Conn::wait_replicated`).
+    unreplicated: AtomicU64,
     /// The dataset marker this replica saw, and when Redis was last found to have lost data.
     epoch: Mutex<(Option<String>, Option<Instant>)>,
     events: broadcast::Sender<Event>,
@@ -251,6 +261,7 @@ impl RedisState {
             state_dir,
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            unreplicated: AtomicU64::new(0),
             epoch: Mutex::new((None, None)),
             events: broadcast::channel(256).0,
             published: broadcast::channel(256).0,
@@ -362,6 +373,25 @@ impl RedisState {
         self.conn
             .load_full()
             .ok_or_else(|| StoreError::Unreachable("not connected yet".into()))
+    }
+
+    /// Writes since start that a replica of their master did not acknowledge in time: each
+    /// could be lost if that master failed over at once (metric
+    /// `credproxy_shared_state_unreplicated_writes_total`).
+    pub fn unreplicated_writes(&self) -> u64 {
+        self.unreplicated.load(Ordering::Relaxed)
+    }
+
+    async fn replicated(&self, conn: &Conn, key: &str) {
+        if conn.wait_replicated(key).await == Some(false) {
+            self.unreplicated.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                key,
+                "a write that must survive a failover (a rotated refresh token, a connection) \
+                 was not acknowledged by a replica within {} ms",
+                WAIT_REPLICA.as_millis()
+            );
+        }
     }
 
     /// Maps a Redis failure, marking the state unreachable until the next good ping.
@@ -581,7 +611,7 @@ impl SharedState for RedisState {
                 current: u64::try_from(r).unwrap_or(0),
             });
         }
-        conn.wait_replicated(&key).await;
+        self.replicated(&conn, &key).await;
         Ok(Commit::Done)
     }
 
@@ -595,7 +625,7 @@ impl SharedState for RedisState {
             .await
             .map_err(|e| self.fail(e))?;
         if u64::try_from(v).is_ok_and(|v| v == link.version) {
-            conn.wait_replicated(&key).await;
+            self.replicated(&conn, &key).await;
             return Ok(Some(link.clone()));
         }
         self.chain(id).await
@@ -700,7 +730,7 @@ impl RedisState {
             .await
             .map_err(|e| self.fail(e))?;
         if set == 1 {
-            conn.wait_replicated(&key).await;
+            self.replicated(&conn, &key).await;
             self.send(&Message::Connection {
                 credential: c.credential.clone(),
                 tenant: c.tenant.clone(),
@@ -729,7 +759,7 @@ impl RedisState {
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64);
         conn.query::<String>(&set).await.map_err(|e| self.fail(e))?;
-        conn.wait_replicated(&key).await;
+        self.replicated(&conn, &key).await;
         Ok(())
     }
 
