@@ -235,8 +235,12 @@ impl Policy {
         let host_allowed = self
             .allow
             .iter()
-            .any(|a| a.port_ok(port) && a.target == AllowTarget::Host(host.to_string()));
-        if !self.deny_private || host_allowed {
+            .any(|a| a.port_ok(port) && matches!(&a.target, AllowTarget::Host(h) if h == host));
+        // Nearly every request: nothing refused, and the resolved list is passed on as it is.
+        if !self.deny_private
+            || host_allowed
+            || addrs.iter().all(|&ip| self.refusal(ip, port).is_none())
+        {
             return Ok(addrs);
         }
         let mut first_denied = None;

@@ -66,6 +66,14 @@ fn replace<'a>(text: &'a str, name: &str, value: &str) -> Cow<'a, str> {
     Cow::Owned(out)
 }
 
+/// Whether `bytes` may hold a placeholder: one vectorised pass, so that the headers of a
+/// request without any (nearly all) are not decoded and searched again.
+fn may_hold(bytes: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(PREFIX.as_bytes()));
+    FINDER.find(bytes).is_some()
+}
+
 /// Headers a placeholder is looked for in: all but the proxy hop's own.
 fn searched(name: &http::HeaderName) -> bool {
     name != http::header::PROXY_AUTHORIZATION && !name.as_str().starts_with("x-credproxy-")
@@ -124,8 +132,9 @@ pub fn named(req: &RequestHeader, query: Option<&str>) -> Result<Option<String>,
         }
     };
     for (name, value) in req.headers.iter().filter(|(n, _)| searched(n)) {
-        let text = String::from_utf8_lossy(value.as_bytes());
-        note(&text);
+        if may_hold(value.as_bytes()) {
+            note(&String::from_utf8_lossy(value.as_bytes()));
+        }
         if name == http::header::AUTHORIZATION {
             if let Some(pair) = basic_pair(value.as_bytes()) {
                 note(&pair);
