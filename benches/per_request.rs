@@ -42,6 +42,26 @@ fn origin() -> SocketAddr {
     addr
 }
 
+/// A token endpoint: every request gets one bearer token valid for an hour (the bench's
+/// requests then use the cached token).
+fn token_endpoint() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let json =
+            r#"{"access_token":"bench-oauth-token-0001","token_type":"Bearer","expires_in":3600}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        let resp: &'static [u8] = resp.into_bytes().leak();
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || serve(s, resp));
+        }
+    });
+    addr
+}
+
 /// Answers every `\r\n\r\n` (bodiless requests) with `resp`.
 fn serve(mut s: TcpStream, resp: &[u8]) {
     let _ = s.set_nodelay(true);
@@ -125,13 +145,16 @@ fn start(which: &str, origin: SocketAddr) -> (SocketAddr, Vec<u8>) {
     let admin = free_addr();
     let route = match which {
         "sigv4" => "aws",
+        "oauth" => "oauth",
         _ => "tok",
     };
+    let token_url = format!("http://{}/token", token_endpoint());
     let yaml = format!(
         r#"proxy: {{ listen: "{listen}", admin: "{admin}", threads: 1, egress: {{ allow: [127.0.0.0/8] }} }}
 credentials:
   tok: {{ type: bearer, token: bench-static-token-0001 }}
   aws: {{ type: aws_sigv4, access_key_id: AKIDEXAMPLE, secret_access_key: wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY, service: s3, region: us-east-1 }}
+  oauth: {{ type: oauth2_client_credentials, token_url: "{token_url}", client_id: bench, client_secret: bench-client-secret-0001 }}
 routes:
   - {{ host: "{origin}", credential: {route} }}
 "#
@@ -188,7 +211,7 @@ fn main() {
     println!("| proxy | allocations | bytes allocated | CPU µs (process) | req/s |");
     println!("|---|---|---|---|---|");
     let mut rows = Vec::new();
-    for which in ["bare", "bearer", "sigv4"] {
+    for which in ["bare", "bearer", "sigv4", "oauth"] {
         let out = std::process::Command::new(&exe)
             .args(["--child", which, &n.to_string(), &conns.to_string()])
             .env("RUST_LOG", "warn")
@@ -206,8 +229,9 @@ fn main() {
         rows.push(f[4].parse::<f64>().unwrap());
     }
     println!(
-        "CPU per request, credproxy bearer / bare pingora: {:.2}; SigV4 / bearer: {:.2}",
+        "CPU per request, credproxy bearer / bare pingora: {:.2}; SigV4 / bearer: {:.2}; cached OAuth / bearer: {:.2}",
         rows[1] / rows[0],
-        rows[2] / rows[1]
+        rows[2] / rows[1],
+        rows[3] / rows[1]
     );
 }

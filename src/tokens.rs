@@ -239,6 +239,10 @@ pub trait TokenSource: Send + Sync + std::fmt::Debug {
             self.prefix()
         )
     }
+    /// `identity()` hashed (sources built once keep it in an `IdentityMemo`).
+    fn identity_digest(&self) -> [u8; 32] {
+        digest_identity(&self.identity())
+    }
     /// Whether replicas share this source's tokens; local signers make their own.
     fn fleet_shared(&self) -> bool {
         true
@@ -443,10 +447,27 @@ fn jitter(base: Duration) -> Duration {
 }
 
 fn identity_digest(src: &dyn TokenSource) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, src.identity().as_bytes());
+    src.identity_digest()
+}
+
+/// SHA-256 of a source's `identity()`: the cache key of its token.
+pub fn digest_identity(identity: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
+}
+
+/// A source's identity digest, made once: a source is immutable once built, and the cache
+/// looks its slot up by this digest on every request (formatting and hashing the identity
+/// each time cost the cached-token route a few thousand instructions per request).
+#[derive(Debug, Default)]
+pub struct IdentityMemo(std::sync::OnceLock<[u8; 32]>);
+
+impl IdentityMemo {
+    pub fn get(&self, identity: impl FnOnce() -> String) -> [u8; 32] {
+        *self.0.get_or_init(|| digest_identity(&identity()))
+    }
 }
 
 fn new_slot(

@@ -46,7 +46,8 @@ pub struct OAuth2ClientCredentials {
     params: Vec<(String, String)>,
     auth_method: AuthMethod,
     policy: Policy,
-    timeout: Duration,
+    timeout: Duration,    /// `identity()` hashed, once.
+    digest: crate::tokens::IdentityMemo,
 }
 
 /// Checks a token endpoint URL: https, or http only to a loopback address (tests, local
@@ -114,6 +115,7 @@ impl OAuth2ClientCredentials {
         let client_id = ctx.identifier("client_id", &raw.client_id)?;
         let client_secret = ctx.sent_secret("client_secret", &raw.client_secret)?;
         Ok(OAuth2ClientCredentials {
+            digest: crate::tokens::IdentityMemo::default(),
             url,
             endpoint,
             client_id,
@@ -320,6 +322,10 @@ pub fn transport_error(endpoint: &str, e: &reqwest::Error) -> TokenError {
 
 #[async_trait]
 impl TokenSource for OAuth2ClientCredentials {
+    fn identity_digest(&self) -> [u8; 32] {
+        self.digest.get(|| self.identity())
+    }
+
     async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         let http = cx.http;
         let (status, body) = exchange(self.request(http), &self.endpoint).await?;
@@ -387,6 +393,18 @@ mod tests {
             cache: None,
             timeout: None,
         }
+    }
+
+    #[test]
+    fn the_remembered_identity_digest_is_the_identity_hashed_and_tells_secrets_apart() {
+        let c = OAuth2ClientCredentials::build(&raw(None), &mut ctx()).unwrap();
+        let expected = crate::tokens::digest_identity(&c.identity());
+        assert_eq!(c.identity_digest(), expected);
+        assert_eq!(c.identity_digest(), expected, "and stays it");
+        let mut other = raw(None);
+        other.client_secret = "rotated-secret-0001".into();
+        let d = OAuth2ClientCredentials::build(&other, &mut ctx()).unwrap();
+        assert_ne!(d.identity_digest(), expected);
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub struct RefreshToken {
     initial_used: AtomicBool,
     reconnect: AtomicBool,
     /// Seconds since the epoch of the last successful refresh (0: none yet).
-    last_refresh: AtomicU64,
+    last_refresh: AtomicU64,    /// `identity()` hashed, once.
+    digest: crate::tokens::IdentityMemo,
 }
 
 /// One refresh at a time per state file, across config generations (an old and a new config
@@ -193,6 +194,7 @@ impl RefreshToken {
         let chain = seed.map(|s| Chain::open(ctx, s, seed_expires, &endpoint)).transpose()?;
         let scope = raw.scopes.join(raw.scope_separator.as_deref().unwrap_or(" "));
         Ok(RefreshToken {
+            digest: crate::tokens::IdentityMemo::default(),
             url,
             endpoint,
             client_id,
@@ -324,6 +326,10 @@ fn is_invalid_grant(body: &[u8]) -> bool {
 
 #[async_trait]
 impl TokenSource for RefreshToken {
+    fn identity_digest(&self) -> [u8; 32] {
+        self.digest.get(|| self.identity())
+    }
+
     async fn fetch(&self, cx: &FetchCx<'_>) -> Result<Fetched, TokenError> {
         if self.reconnect.load(Ordering::Relaxed) {
             return Err(self.bad("needs reconnect: the provider refused the refresh token (invalid_grant); connect again, or configure a new refresh_token seed".into()));
