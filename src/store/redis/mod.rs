@@ -77,26 +77,32 @@ impl Conn {
         .await
     }
 
+    /// Runs a Lua script by its SHA-1, sending its text only when the server does not have
+    /// it. Not redis-rs's `Script::invoke`: on a Cluster that loads a missing script with
+    /// SCRIPT LOAD on every node, replicas included, so one stalled replica held each first
+    /// use of a script for the whole command timeout. EVAL goes to the key's master only.
     async fn script<T: FromRedisValue>(
         &self,
-        script: &Script,
+        code: &str,
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> redis::RedisResult<T> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(a.as_slice());
-        }
-        bounded(async {
-            match self.clone() {
-                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
-                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
+        let call = |verb: &str, first: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(first).arg(keys.len());
+            for k in keys {
+                cmd.arg(*k);
             }
-        })
-        .await
+            for a in args {
+                cmd.arg(a.as_slice());
+            }
+            cmd
+        };
+        let sha = Script::new(code).get_hash().to_string();
+        match self.query(&call("EVALSHA", &sha)).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => self.query(&call("EVAL", code)).await,
+            other => other,
+        }
     }
 
     /// Whether a write to `key` reached a replica (Cluster), so a failover cannot lose it;
@@ -212,13 +218,14 @@ pub struct RedisState {
     scripts: Scripts,
 }
 
+/// The Lua scripts' text (see `Conn::script`).
 struct Scripts {
-    release: Script,
-    renew: Script,
-    publish: Script,
-    commit: Script,
-    seed: Script,
-    put_connection: Script,
+    release: &'static str,
+    renew: &'static str,
+    publish: &'static str,
+    commit: &'static str,
+    seed: &'static str,
+    put_connection: &'static str,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -266,12 +273,12 @@ impl RedisState {
             events: broadcast::channel(256).0,
             published: broadcast::channel(256).0,
             scripts: Scripts {
-                release: Script::new(RELEASE),
-                renew: Script::new(RENEW),
-                publish: Script::new(PUBLISH),
-                commit: Script::new(COMMIT),
-                seed: Script::new(SEED),
-                put_connection: Script::new(PUT_CONNECTION),
+                release: RELEASE,
+                renew: RENEW,
+                publish: PUBLISH,
+                commit: COMMIT,
+                seed: SEED,
+                put_connection: PUT_CONNECTION,
             },
         })
     }
@@ -479,7 +486,7 @@ impl SharedState for RedisState {
             (ttl.as_millis() as u64).to_string().into_bytes(),
         ];
         let n: i64 = conn
-            .script(&self.scripts.renew, &[&lease], &args)
+            .script(self.scripts.renew, &[&lease], &args)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(n == 1)
@@ -517,7 +524,7 @@ impl SharedState for RedisState {
             (ttl.as_millis().max(1) as u64).to_string().into_bytes(),
             fence.to_string().into_bytes(),
         ];
-        conn.script::<i64>(&self.scripts.publish, &[&key, &lease], &args)
+        conn.script::<i64>(self.scripts.publish, &[&key, &lease], &args)
             .await
             .map_err(|e| self.fail(e))?;
         self.send(&Message::Published { key }).await;
@@ -528,7 +535,7 @@ impl SharedState for RedisState {
         let conn = self.conn()?;
         let (_, lease, _) = self.token_keys(id);
         conn.script::<i64>(
-            &self.scripts.release,
+            self.scripts.release,
             &[&lease],
             &[fence.to_string().into_bytes()],
         )
@@ -603,7 +610,7 @@ impl SharedState for RedisState {
             sealed,
         ];
         let r: i64 = conn
-            .script(&self.scripts.commit, &[&key], &args)
+            .script(self.scripts.commit, &[&key], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if r >= 0 {
@@ -621,7 +628,7 @@ impl SharedState for RedisState {
         let sealed = self.seal_link(id, &key, link)?;
         let args = [link.version.to_string().into_bytes(), sealed];
         let v: i64 = conn
-            .script(&self.scripts.seed, &[&key], &args)
+            .script(self.scripts.seed, &[&key], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if u64::try_from(v).is_ok_and(|v| v == link.version) {
@@ -726,7 +733,7 @@ impl RedisState {
             c.revision.to_string().into_bytes(),
         ];
         let set: i64 = conn
-            .script(&self.scripts.put_connection, &[&key, &rev], &args)
+            .script(self.scripts.put_connection, &[&key, &rev], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if set == 1 {
