@@ -446,10 +446,6 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(f64::from(nanos % 1000) / 1000.0)
 }
 
-fn identity_digest(src: &dyn TokenSource) -> [u8; 32] {
-    src.identity_digest()
-}
-
 /// SHA-256 of a source's `identity()`: the cache key of its token.
 pub fn digest_identity(identity: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
@@ -478,7 +474,7 @@ fn new_slot(
 ) -> Arc<Slot> {
     let id = TokenId {
         credential: name.clone(),
-        identity: identity_digest(source.as_ref()),
+        identity: source.identity_digest(),
         tenant: tenant.cloned(),
         target: target.map(Arc::from),
     };
@@ -536,7 +532,7 @@ impl TokenCache {
         tenant: Option<&Arc<str>>,
         src: &Arc<dyn TokenSource>,
     ) -> Arc<Slot> {
-        let key = (name.clone(), tenant.cloned(), identity_digest(src.as_ref()));
+        let key = (name.clone(), tenant.cloned(), src.identity_digest());
         if let Some(s) = self.slots.get(&key) {
             return s.clone();
         }
@@ -770,7 +766,7 @@ impl TokenCache {
         if src.per_target() {
             return self.targets_status(src);
         }
-        let key = (name.clone(), tenant.cloned(), identity_digest(src.as_ref()));
+        let key = (name.clone(), tenant.cloned(), src.identity_digest());
         let Some(slot) = self.slots.get(&key) else {
             return SlotStatus::default();
         };

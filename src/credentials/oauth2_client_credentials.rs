@@ -46,7 +46,8 @@ pub struct OAuth2ClientCredentials {
     params: Vec<(String, String)>,
     auth_method: AuthMethod,
     policy: Policy,
-    timeout: Duration,    /// `identity()` hashed, once.
+    timeout: Duration,
+    /// `identity()` hashed, once.
     digest: crate::tokens::IdentityMemo,
 }
 

@@ -84,7 +84,8 @@ pub struct RefreshToken {
     initial_used: AtomicBool,
     reconnect: AtomicBool,
     /// Seconds since the epoch of the last successful refresh (0: none yet).
-    last_refresh: AtomicU64,    /// `identity()` hashed, once.
+    last_refresh: AtomicU64,
+    /// `identity()` hashed, once.
     digest: crate::tokens::IdentityMemo,
 }
 

@@ -83,7 +83,7 @@ impl Conn {
     /// use of a script for the whole command timeout. EVAL goes to the key's master only.
     async fn script<T: FromRedisValue>(
         &self,
-        code: &str,
+        lua: &Lua,
         keys: &[&str],
         args: &[Vec<u8>],
     ) -> redis::RedisResult<T> {
@@ -98,9 +98,8 @@ impl Conn {
             }
             cmd
         };
-        let sha = Script::new(code).get_hash().to_string();
-        match self.query(&call("EVALSHA", &sha)).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => self.query(&call("EVAL", code)).await,
+        match self.query(&call("EVALSHA", &lua.sha)).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => self.query(&call("EVAL", lua.code)).await,
             other => other,
         }
     }
@@ -218,14 +217,26 @@ pub struct RedisState {
     scripts: Scripts,
 }
 
-/// The Lua scripts' text (see `Conn::script`).
+/// A Lua script's text and its SHA-1, made once (see `Conn::script`).
+struct Lua {
+    code: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        let sha = Script::new(code).get_hash().to_string();
+        Lua { code, sha }
+    }
+}
+
 struct Scripts {
-    release: &'static str,
-    renew: &'static str,
-    publish: &'static str,
-    commit: &'static str,
-    seed: &'static str,
-    put_connection: &'static str,
+    release: Lua,
+    renew: Lua,
+    publish: Lua,
+    commit: Lua,
+    seed: Lua,
+    put_connection: Lua,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -273,12 +284,12 @@ impl RedisState {
             events: broadcast::channel(256).0,
             published: broadcast::channel(256).0,
             scripts: Scripts {
-                release: RELEASE,
-                renew: RENEW,
-                publish: PUBLISH,
-                commit: COMMIT,
-                seed: SEED,
-                put_connection: PUT_CONNECTION,
+                release: Lua::new(RELEASE),
+                renew: Lua::new(RENEW),
+                publish: Lua::new(PUBLISH),
+                commit: Lua::new(COMMIT),
+                seed: Lua::new(SEED),
+                put_connection: Lua::new(PUT_CONNECTION),
             },
         })
     }
@@ -486,7 +497,7 @@ impl SharedState for RedisState {
             (ttl.as_millis() as u64).to_string().into_bytes(),
         ];
         let n: i64 = conn
-            .script(self.scripts.renew, &[&lease], &args)
+            .script(&self.scripts.renew, &[&lease], &args)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(n == 1)
@@ -524,7 +535,7 @@ impl SharedState for RedisState {
             (ttl.as_millis().max(1) as u64).to_string().into_bytes(),
             fence.to_string().into_bytes(),
         ];
-        conn.script::<i64>(self.scripts.publish, &[&key, &lease], &args)
+        conn.script::<i64>(&self.scripts.publish, &[&key, &lease], &args)
             .await
             .map_err(|e| self.fail(e))?;
         self.send(&Message::Published { key }).await;
@@ -535,7 +546,7 @@ impl SharedState for RedisState {
         let conn = self.conn()?;
         let (_, lease, _) = self.token_keys(id);
         conn.script::<i64>(
-            self.scripts.release,
+            &self.scripts.release,
             &[&lease],
             &[fence.to_string().into_bytes()],
         )
@@ -610,7 +621,7 @@ impl SharedState for RedisState {
             sealed,
         ];
         let r: i64 = conn
-            .script(self.scripts.commit, &[&key], &args)
+            .script(&self.scripts.commit, &[&key], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if r >= 0 {
@@ -628,7 +639,7 @@ impl SharedState for RedisState {
         let sealed = self.seal_link(id, &key, link)?;
         let args = [link.version.to_string().into_bytes(), sealed];
         let v: i64 = conn
-            .script(self.scripts.seed, &[&key], &args)
+            .script(&self.scripts.seed, &[&key], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if u64::try_from(v).is_ok_and(|v| v == link.version) {
@@ -733,7 +744,7 @@ impl RedisState {
             c.revision.to_string().into_bytes(),
         ];
         let set: i64 = conn
-            .script(self.scripts.put_connection, &[&key, &rev], &args)
+            .script(&self.scripts.put_connection, &[&key, &rev], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if set == 1 {
