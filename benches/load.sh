@@ -40,7 +40,8 @@ need mitmdump || python3 -m pip install -q mitmproxy
 export PATH="$HOME/.cargo/bin:$PATH"
 need oha || cargo install -q --locked oha
 say "building (release)"
-cargo build --release --quiet --bin credproxy --example origin --example bare_pingora
+cargo build --release --quiet --bin credproxy --example origin --example bare_pingora \
+  --example bare_pingora_mimalloc
 
 say "starting origins and proxies"
 # --- processes -----------------------------------------------------------------------------
@@ -70,6 +71,8 @@ for p in $O $OO $OS $OT $T $TU; do wait_port $p; done
 
 BP=$(port)
 $bin/examples/bare_pingora 127.0.0.1:$BP 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare.log" &
+BM=$(port)
+$bin/examples/bare_pingora_mimalloc 127.0.0.1:$BM 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare_mi.log" &
 
 NG=$(port); mkdir -p "$tmp/nginx"
 cat > "$tmp/nginx/nginx.conf" <<NGINX
@@ -174,7 +177,7 @@ routes:
   - { host: "127.0.0.1:$OT", credential: byok }
 YAML
 $bin/credproxy run -c "$tmp/tenants.yaml" 2>"$tmp/tenants.log" &
-for p in $BP $NG $SQ $MP $P $PT; do wait_port $p; done
+for p in $BP $BM $NG $SQ $MP $P $PT; do wait_port $p; done
 for a in $A $AT; do
   for _ in $(seq 100); do curl -sf "127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
 done
@@ -231,12 +234,12 @@ oha_cell() { # conns url [proxy]
 }
 
 declare -A L
-L[nginx]=$(lua nginx $O); L[bare]=$(lua bare $O x); L[bearer]=$(lua bearer $O x)
+L[nginx]=$(lua nginx $O); L[bare]=$(lua bare $O x); L[bare_mi]=$(lua bare_mi $O x); L[bearer]=$(lua bearer $O x)
 L[oauth]=$(lua oauth $OO x); L[sigv4]=$(lua sigv4 $OS x); L[sigv4b]=$(lua sigv4b $OS body)
 L[tenant]=$(lua tenant $OT tenant); L[squid]=$(lua squid $O x); L[mitm]=$(lua mitm $O x)
 L[direct]=$(lua direct $O)
 
-http_rows=(direct nginx bare bearer oauth sigv4 sigv4b tenant squid mitm)
+http_rows=(direct nginx bare bare_mi bearer oauth sigv4 sigv4b tenant squid mitm)
 https_rows=(https_direct intercept tunnel squid_tunnel mitm_intercept)
 if [ -n "${ROWS:-}" ]; then # a subset, e.g. ROWS="bare bearer"
   keep() { local out=() r; for r in "$@"; do [[ " $ROWS " == *" $r "* ]] && out+=("$r"); done; echo "${out[@]:-}"; }
@@ -244,7 +247,7 @@ if [ -n "${ROWS:-}" ]; then # a subset, e.g. ROWS="bare bearer"
   read -ra https_rows <<< "$(keep "${https_rows[@]}")"
 fi
 declare -A NAME=(
-  [direct]="direct (no proxy)" [nginx]="nginx reverse+header" [bare]="bare pingora +header"
+  [direct]="direct (no proxy)" [nginx]="nginx reverse+header" [bare]="bare pingora +header" [bare_mi]="bare pingora +header, mimalloc"
   [bearer]="credproxy static bearer" [oauth]="credproxy cached OAuth token"
   [sigv4]="credproxy SigV4, empty body" [sigv4b]="credproxy SigV4, 64 KiB PUT"
   [tenant]="credproxy per-tenant connection" [squid]="squid pass-through"
@@ -259,6 +262,7 @@ run_cell() { # row conns
     direct) wrk_cell "$c" "http://127.0.0.1:$O" "${L[direct]}" ;;
     nginx) wrk_cell "$c" "http://127.0.0.1:$NG" "${L[nginx]}" ;;
     bare) wrk_cell "$c" "http://127.0.0.1:$BP" "${L[bare]}" ;;
+    bare_mi) wrk_cell "$c" "http://127.0.0.1:$BM" "${L[bare_mi]}" ;;
     bearer | oauth | sigv4 | sigv4b) wrk_cell "$c" "http://127.0.0.1:$P" "${L[$1]}" ;;
     tenant) wrk_cell "$c" "http://127.0.0.1:$PT" "${L[tenant]}" ;;
     squid) wrk_cell "$c" "http://127.0.0.1:$SQ" "${L[squid]}" ;;

@@ -32,10 +32,9 @@ fn origin() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
-        resp.extend(std::iter::repeat_n(b'x', BODY));
-        let resp: &'static [u8] = resp.leak();
+        let resp = response();
         for s in l.incoming().flatten() {
+            let _ = s.set_nodelay(true);
             std::thread::spawn(move || serve(s, resp));
         }
     });
@@ -62,9 +61,51 @@ fn token_endpoint() -> SocketAddr {
     addr
 }
 
+/// An origin like [`origin`] behind TLS (HTTP/1.1) with a self-signed certificate for
+/// 127.0.0.1; returns its address and the certificate's PEM file.
+fn origin_tls(dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let pem = dir.join("origin.pem");
+    std::fs::write(&pem, cert.pem()).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = std::sync::Arc::new(cfg);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let resp = response();
+        for s in l.incoming().flatten() {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                serve(rustls::StreamOwned::new(conn, s), resp);
+            });
+        }
+    });
+    (addr, pem)
+}
+
+fn response() -> &'static [u8] {
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+    resp.extend(std::iter::repeat_n(b'x', BODY));
+    resp.leak()
+}
+
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Answers every `\r\n\r\n` (bodiless requests) with `resp`.
-fn serve(mut s: TcpStream, resp: &[u8]) {
-    let _ = s.set_nodelay(true);
+fn serve<S: Read + Write>(mut s: S, resp: &[u8]) {
     let (mut buf, mut tail) = ([0u8; 16384], 0u32);
     while let Ok(n) = s.read(&mut buf) {
         if n == 0 {
@@ -81,8 +122,49 @@ fn serve(mut s: TcpStream, resp: &[u8]) {
 
 /// Sends `n` requests on one connection, each read to the end of its 1 KiB body.
 fn client(proxy: SocketAddr, req: &[u8], n: usize) {
-    let mut s = TcpStream::connect(proxy).unwrap();
+    let s = TcpStream::connect(proxy).unwrap();
     s.set_nodelay(true).unwrap();
+    exchange(s, req, n);
+}
+
+/// Like [`client`] over HTTPS to `origin` with `roots` trusted: through `proxy`'s CONNECT
+/// tunnel, or straight to the origin without one.
+fn client_tls(proxy: Option<SocketAddr>, origin: SocketAddr, roots: &[u8], req: &[u8], n: usize) {
+    let mut s = TcpStream::connect(proxy.unwrap_or(origin)).unwrap();
+    s.set_nodelay(true).unwrap();
+    if proxy.is_some() {
+        write!(s, "CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).unwrap(), 1, "proxy closed the tunnel");
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "CONNECT refused");
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(roots) {
+        store.add(c).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::from(origin.ip());
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    exchange(rustls::StreamOwned::new(conn, s), req, n);
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn exchange<S: Read + Write>(mut s: S, req: &[u8], n: usize) {
     let mut buf = [0u8; 16384];
     for _ in 0..n {
         s.write_all(req).unwrap();
@@ -129,18 +211,24 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Starts the named proxy in this process; returns its address and the request to send.
-fn start(which: &str, origin: SocketAddr) -> (SocketAddr, Vec<u8>) {
+/// Starts the named proxy in this process (`tls_direct` starts none); returns its address.
+/// `intercept` has credproxy mint leaves from a CA in `dir` and trust the origin's `pem`.
+fn start(
+    which: &str,
+    origin: SocketAddr,
+    dir: &std::path::Path,
+    pem: &std::path::Path,
+) -> SocketAddr {
     let listen = free_addr();
-    let abs = format!(
-        "GET http://{origin}/bench HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: bench\r\n\r\n"
-    );
-    if which == "bare" {
-        std::thread::spawn(move || bare::serve(&listen.to_string(), origin, 1));
-        return (listen, abs.into_bytes());
+    match which {
+        "bare" => {
+            std::thread::spawn(move || bare::serve(&listen.to_string(), origin, 1));
+            wait_listening(listen);
+            return listen;
+        }
+        "tls_direct" => return origin,
+        _ => {}
     }
-    let dir = std::env::temp_dir().join(format!("credproxy-per-request-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.yaml");
     let admin = free_addr();
     let route = match which {
@@ -148,9 +236,20 @@ fn start(which: &str, origin: SocketAddr) -> (SocketAddr, Vec<u8>) {
         "oauth" => "oauth",
         _ => "tok",
     };
+    let tls = if which == "intercept" {
+        let ca = credproxy::tls::ca::init(&dir.join("ca"), true).unwrap();
+        format!(
+            r#", ca: {{ cert: "{}", key: "{}" }}, upstream_ca: "{}""#,
+            ca.cert.display(),
+            ca.key.display(),
+            pem.display()
+        )
+    } else {
+        String::new()
+    };
     let token_url = format!("http://{}/token", token_endpoint());
     let yaml = format!(
-        r#"proxy: {{ listen: "{listen}", admin: "{admin}", threads: 1, egress: {{ allow: [127.0.0.0/8] }} }}
+        r#"proxy: {{ listen: "{listen}", admin: "{admin}", threads: 1, egress: {{ allow: [127.0.0.0/8] }}{tls} }}
 credentials:
   tok: {{ type: bearer, token: bench-static-token-0001 }}
   aws: {{ type: aws_sigv4, access_key_id: AKIDEXAMPLE, secret_access_key: wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY, service: s3, region: us-east-1 }}
@@ -164,25 +263,48 @@ routes:
     let sources = credproxy::sources::Sources::default();
     let cfg = credproxy::config::load_with(&path, &sources).unwrap();
     std::thread::spawn(move || credproxy::server::run(cfg, path, sources));
-    (listen, abs.into_bytes())
+    wait_listening(listen);
+    listen
 }
 
 /// Child: one proxy, warm, then `n` requests over `conns` connections; prints one line.
+/// `intercept` and `tls_direct` speak HTTPS to a TLS origin (through a CONNECT tunnel or
+/// straight); the others send absolute-form HTTP requests to a plain origin.
 fn child(which: &str, n: usize, conns: usize) {
-    let origin = origin();
-    let (proxy, req) = start(which, origin);
-    wait_listening(proxy);
-    client(proxy, &req, 2000);
+    let dir = std::env::temp_dir().join(format!("credproxy-per-request-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let https = matches!(which, "intercept" | "tls_direct");
+    let (origin, pem) = if https {
+        origin_tls(&dir)
+    } else {
+        (origin(), dir.join("none"))
+    };
+    let proxy = start(which, origin, &dir, &pem);
+    let req = if https {
+        format!("GET /bench HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: bench\r\n\r\n")
+    } else {
+        format!("GET http://{origin}/bench HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: bench\r\n\r\n")
+    };
+    let roots = match which {
+        "intercept" => std::fs::read(dir.join("ca/ca.pem")).unwrap(),
+        "tls_direct" => std::fs::read(&pem).unwrap(),
+        _ => Vec::new(),
+    };
+    let via = (which == "intercept").then_some(proxy);
+    let run = move |n: usize| {
+        if https {
+            client_tls(via, origin, &roots, req.as_bytes(), n);
+        } else {
+            client(proxy, req.as_bytes(), n);
+        }
+    };
+    run(2000);
     let (region, cpu0, t0) = (Region::new(GLOBAL), cpu(), Instant::now());
-    let threads: Vec<_> = (0..conns)
-        .map(|_| {
-            let req = req.clone();
-            std::thread::spawn(move || client(proxy, &req, n / conns))
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    std::thread::scope(|s| {
+        for _ in 0..conns {
+            s.spawn(|| run(n / conns));
+        }
+    });
     let (stats, cpu1, wall) = (region.change(), cpu(), t0.elapsed());
     let done = (n / conns * conns) as f64;
     println!(
@@ -192,6 +314,7 @@ fn child(which: &str, n: usize, conns: usize) {
         (cpu1 - cpu0).as_secs_f64() * 1e6 / done,
         done / wall.as_secs_f64(),
     );
+    let _ = std::fs::remove_dir_all(&dir);
     std::process::exit(0);
 }
 
@@ -211,7 +334,14 @@ fn main() {
     println!("| proxy | allocations | bytes allocated | CPU µs (process) | req/s |");
     println!("|---|---|---|---|---|");
     let mut rows = Vec::new();
-    for which in ["bare", "bearer", "sigv4", "oauth"] {
+    for which in [
+        "bare",
+        "bearer",
+        "sigv4",
+        "oauth",
+        "tls_direct",
+        "intercept",
+    ] {
         let out = std::process::Command::new(&exe)
             .args(["--child", which, &n.to_string(), &conns.to_string()])
             .env("RUST_LOG", "warn")
@@ -229,9 +359,10 @@ fn main() {
         rows.push(f[4].parse::<f64>().unwrap());
     }
     println!(
-        "CPU per request, credproxy bearer / bare pingora: {:.2}; SigV4 / bearer: {:.2}; cached OAuth / bearer: {:.2}",
+        "CPU per request, credproxy bearer / bare pingora: {:.2}; SigV4 / bearer: {:.2}; cached OAuth / bearer: {:.2}; intercept / HTTPS direct: {:.2}",
         rows[1] / rows[0],
         rows[2] / rows[1],
-        rows[3] / rows[1]
+        rows[3] / rows[1],
+        rows[5] / rows[4]
     );
 }

@@ -34,7 +34,7 @@ impl ProxyHttp for Bare {
     }
 }
 
-fn main() {
+pub fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:9200".into());
     let origin = args.next().unwrap_or_else(|| "127.0.0.1:9100".into());
