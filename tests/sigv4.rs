@@ -177,7 +177,11 @@ fn s3_put_and_get_are_signed_with_the_real_payload_hash() {
         seen.header("authorization").unwrap(),
         expected_authorization(&seen, o.port(), true)
     );
-    assert!(!p.log_text().contains(SK));
+    let log = p.log_text();
+    assert!(!log.contains(SK));
+    // An empty body read whole for its hash is not handed back to pingora as an empty piece
+    // (it warned "Upstream body is already finished" on every bodiless signed request).
+    assert!(!log.contains("already finished"), "{log}");
 }
 
 #[test]

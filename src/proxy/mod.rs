@@ -483,8 +483,10 @@ impl ProxyHttp for CredProxy {
     ) -> Result<()> {
         check_deadline(ctx)?;
         // pingora holds only the tail of a pre-read body; send the whole of it, once per attempt.
+        // An empty one stays `None`: pingora writes any `Some`, and an upstream request without
+        // a body takes no write (it logged a warning per request).
         if let Some(whole) = ctx.auth.whole_body() {
-            *body = end_of_stream.then(|| whole.clone());
+            *body = (end_of_stream && !whole.is_empty()).then(|| whole.clone());
         }
         if let Some(resigned) = ctx.auth.resign_chunk(body.as_deref(), end_of_stream) {
             match resigned {
