@@ -127,9 +127,15 @@ fn client(proxy: SocketAddr, req: &[u8], n: usize) {
     exchange(s, req, n);
 }
 
-/// Like [`client`] over HTTPS to `origin` with `roots` trusted: through `proxy`'s CONNECT
+/// Like [`client`] over HTTPS to `origin` with `tls` (its roots): through `proxy`'s CONNECT
 /// tunnel, or straight to the origin without one.
-fn client_tls(proxy: Option<SocketAddr>, origin: SocketAddr, roots: &[u8], req: &[u8], n: usize) {
+fn client_tls(
+    proxy: Option<SocketAddr>,
+    origin: SocketAddr,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    req: &[u8],
+    n: usize,
+) {
     let mut s = TcpStream::connect(proxy.unwrap_or(origin)).unwrap();
     s.set_nodelay(true).unwrap();
     if proxy.is_some() {
@@ -142,9 +148,18 @@ fn client_tls(proxy: Option<SocketAddr>, origin: SocketAddr, roots: &[u8], req: 
         }
         assert!(head.starts_with(b"HTTP/1.1 200"), "CONNECT refused");
     }
+    let name = rustls::pki_types::ServerName::from(origin.ip());
+    let conn = rustls::ClientConnection::new(tls.clone(), name).unwrap();
+    exchange(rustls::StreamOwned::new(conn, s), req, n);
+}
+
+/// The clients' TLS configuration (HTTP/1.1), trusting the certificates in `roots` (PEM);
+/// made once per child, outside the measured requests.
+fn client_config(roots: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
     let mut store = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(roots) {
-        store.add(c).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(roots) {
+        store.add(c.unwrap()).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -152,16 +167,7 @@ fn client_tls(proxy: Option<SocketAddr>, origin: SocketAddr, roots: &[u8], req: 
         .with_root_certificates(store)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let name = rustls::pki_types::ServerName::from(origin.ip());
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
-    exchange(rustls::StreamOwned::new(conn, s), req, n);
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .map(Result::unwrap)
-        .collect()
+    std::sync::Arc::new(cfg)
 }
 
 fn exchange<S: Read + Write>(mut s: S, req: &[u8], n: usize) {
@@ -285,18 +291,18 @@ fn child(which: &str, n: usize, conns: usize) {
     } else {
         format!("GET http://{origin}/bench HTTP/1.1\r\nHost: {origin}\r\nUser-Agent: bench\r\n\r\n")
     };
-    let roots = match which {
-        "intercept" => std::fs::read(dir.join("ca/ca.pem")).unwrap(),
-        "tls_direct" => std::fs::read(&pem).unwrap(),
-        _ => Vec::new(),
-    };
-    let via = (which == "intercept").then_some(proxy);
-    let run = move |n: usize| {
-        if https {
-            client_tls(via, origin, &roots, req.as_bytes(), n);
+    let tls = https.then(|| {
+        let roots = if which == "intercept" {
+            dir.join("ca/ca.pem")
         } else {
-            client(proxy, req.as_bytes(), n);
-        }
+            pem.clone()
+        };
+        client_config(&std::fs::read(roots).unwrap())
+    });
+    let via = (which == "intercept").then_some(proxy);
+    let run = move |n: usize| match &tls {
+        Some(tls) => client_tls(via, origin, tls, req.as_bytes(), n),
+        None => client(proxy, req.as_bytes(), n),
     };
     run(2000);
     let (region, cpu0, t0) = (Region::new(GLOBAL), cpu(), Instant::now());

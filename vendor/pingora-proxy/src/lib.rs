@@ -1619,7 +1619,7 @@ where
     C: custom::Connector,
 {
     // Written out rather than left to `async_trait`: its `Box::pin(async move { .. })` made
-    // the whole request future (tens of KiB: every hook's state inline) on the stack and
+    // the whole request future (~15 KB: every hook's state inline) on the stack and
     // then copied it into the box, once per request. `Box::new_uninit` allocates first, so
     // the future is written into the box where it stays (credproxy's vendor/README.md).
     fn process_new_http<'life0, 'life1, 'async_trait>(
