@@ -791,3 +791,62 @@ fn connect_after_another_request_on_a_connection_is_explained() {
     assert!(header_of(&second, "proxy-status").is_some(), "{second}");
     assert_eq!(o.count(), 1);
 }
+
+/// Drives a rustls client over a blocking socket by hand, so the test decides which bytes go
+/// out in one write.
+fn pump(conn: &mut rustls::ClientConnection, sock: &mut std::net::TcpStream) {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    sock.write_all(&out).unwrap();
+}
+
+#[test]
+fn request_in_the_same_segment_as_the_client_finished_is_served() {
+    // A client that queues its request before the handshake ends sends TLS Finished and the
+    // first application record in one segment: the server must read the request out of the
+    // handshake's last read, not wait for more bytes (a busy machine coalesces them too).
+    let s = setup();
+    let authority = format!("localhost:{}", s.origin.port());
+    let mut sock = connect_tunnel(s.proxy.addr, &authority);
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(s.ca_pem()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let request =
+        format!("GET /coalesced HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    // Held in rustls until the handshake completes, then written right after Finished.
+    conn.writer().write_all(request.as_bytes()).unwrap();
+    pump(&mut conn, &mut sock);
+    while conn.is_handshaking() {
+        conn.read_tls(&mut sock).unwrap();
+        conn.process_new_packets().unwrap();
+        if !conn.is_handshaking() {
+            break;
+        }
+        pump(&mut conn, &mut sock);
+    }
+    pump(&mut conn, &mut sock); // Finished and the request: one write
+    let mut resp = Vec::new();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let err = tls.read_to_end(&mut resp).err();
+    let text = String::from_utf8_lossy(&resp);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{err:?} {text}\n{}",
+        s.proxy.log_text()
+    );
+    assert_eq!(s.origin.last().uri, "/coalesced");
+    assert_eq!(
+        s.origin.last().all("authorization"),
+        vec![format!("Bearer {TOKEN}")]
+    );
+}

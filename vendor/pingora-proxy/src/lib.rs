@@ -94,8 +94,10 @@ mod proxy_h1;
 mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
+mod sticky;
 pub mod subrequest;
 
+use sticky::{Carried, StickyUpstream, Take};
 use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
@@ -416,15 +418,25 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        let client_session = self.client_upstream.get_http_session(&*peer).await;
+        let kept = match session.sticky_upstream.take() {
+            Some(sticky) => self.take_sticky(sticky, &peer).await,
+            None => None,
+        };
+        let client_session = match kept {
+            Some(h1) => Ok((ClientSession::H1(h1), true)),
+            None => self.client_upstream.get_http_session(&*peer).await,
+        };
         match client_session {
             Ok((client_session, client_reused)) => {
+                let mut stick = None;
                 let (server_reused, error) = match client_session {
                     ClientSession::H1(mut h1) => {
                         let (server_reused, client_reuse, error) = self
                             .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
                             .await;
-                        if client_reuse {
+                        if client_reuse && server_reused && may_stick(session) {
+                            stick = Some(h1);
+                        } else if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
                                 .release_http_session(session, &*peer, peer.idle_timeout())
@@ -472,18 +484,77 @@ where
                         (server_reused, error)
                     }
                 };
-                (
-                    server_reused,
-                    error.map(|e| {
-                        self.inner
-                            .error_while_proxy(&peer, session, e, ctx, client_reused)
-                    }),
-                )
+                let error = error.map(|e| {
+                    self.inner
+                        .error_while_proxy(&peer, session, e, ctx, client_reused)
+                });
+                if let Some(h1) = stick {
+                    session.sticky_upstream = Some(StickyUpstream::new(h1, peer));
+                }
+                (server_reused, error)
             }
             Err(mut e) => {
                 e.as_up();
                 let new_err = self.inner.fail_to_connect(session, &peer, ctx, e);
                 (false, Some(new_err.into_up()))
+            }
+        }
+    }
+
+    /// The kept upstream session if it can carry a request to `peer`; one kept for another
+    /// peer goes back to the shared pool.
+    async fn take_sticky(&self, sticky: StickyUpstream, peer: &HttpPeer) -> Option<HttpSessionV1> {
+        match sticky.take_for(peer).await {
+            Take::Use(h1) => Some(h1),
+            Take::Release(sticky) => {
+                self.release_sticky(sticky).await;
+                None
+            }
+            Take::Gone => None,
+        }
+    }
+
+    async fn release_sticky(&self, sticky: StickyUpstream) {
+        if sticky.expired() {
+            return; // dropped: closed
+        }
+        let (h1, peer) = sticky.into_parts();
+        self.client_upstream
+            .release_http_session(ClientSession::H1(h1), &*peer, peer.idle_timeout())
+            .await;
+    }
+
+    /// Ends the request on the downstream connection and, when the connection is kept alive,
+    /// carries the adopter's context and the sticky upstream to its next request; otherwise the
+    /// sticky upstream goes back to the shared pool.
+    async fn finish_downstream(
+        &self,
+        mut session: Session,
+        ctx: &SV::CTX,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // TODO: log error
+        let mut persistent_settings = HttpPersistentSettings::for_session(&session);
+        let user = self.inner.persist_connection_context(&session, ctx);
+        let upstream = session.sticky_upstream.take();
+        match session.downstream_session.finish().await.ok().flatten() {
+            Some(s) => {
+                if user.is_some() || upstream.is_some() {
+                    persistent_settings.set_user_context(Box::new(Carried::new(user, upstream)));
+                }
+                Some(ReusedHttpStream::from_reusable_stream(
+                    s,
+                    persistent_settings,
+                ))
+            }
+            None => {
+                if let Some(sticky) = upstream {
+                    self.release_sticky(sticky).await;
+                }
+                None
             }
         }
     }
@@ -542,19 +613,11 @@ where
         }
 
         if reuse {
-            // TODO: log error
-            let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-            if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
-                persistent_settings.set_user_context(uc);
-            }
-            session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
+            self.finish_downstream(session, ctx).await
         } else {
+            if let Some(sticky) = session.sticky_upstream.take() {
+                self.release_sticky(sticky).await;
+            }
             None
         }
     }
@@ -611,6 +674,8 @@ pub struct Session {
     upstream_write_pending_time: Duration,
     /// Flag that is set when the shutdown process has begun.
     shutdown_flag: Arc<AtomicBool>,
+    /// The upstream connection kept with this downstream connection (see `sticky`).
+    sticky_upstream: Option<StickyUpstream>,
 }
 
 impl Session {
@@ -638,6 +703,7 @@ impl Session {
             downstream_task_seen_upgraded: false,
             upstream_write_pending_time: Duration::ZERO,
             shutdown_flag,
+            sticky_upstream: None,
         }
     }
 
@@ -1196,17 +1262,7 @@ where
                     // TODO: log error
                     self.inner.logging(&mut session, None, &mut ctx).await;
                     self.cleanup_sub_req(&mut session);
-                    let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-                    if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
-                        persistent_settings.set_user_context(uc);
-                    }
-                    return session
-                        .downstream_session
-                        .finish()
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings));
+                    return self.finish_downstream(session, &ctx).await;
                 }
                 /* else continue */
             }
@@ -1394,18 +1450,11 @@ where
         session.downstream_session.on_proxy_failure(e);
 
         if res.can_reuse_downstream {
-            let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-            if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
-                persistent_settings.set_user_context(uc);
-            }
-            session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
+            self.finish_downstream(session, ctx).await
         } else {
+            if let Some(sticky) = session.sticky_upstream.take() {
+                self.release_sticky(sticky).await;
+            }
             None
         }
     }
@@ -1554,6 +1603,12 @@ impl SubrequestSpawner {
     }
 }
 
+/// Only a plain HTTP/1 downstream connection runs its requests one after another; an HTTP/2
+/// one multiplexes, and a subrequest shares its parent's connection.
+fn may_stick(session: &Session) -> bool {
+    !session.downstream_session.is_http2() && !session.downstream_session.is_subrequest()
+}
+
 /// Allocates the box before the future is made, so that the future is written into it
 /// instead of being built on the stack and copied (what `Box::pin(f())` compiles to when the
 /// future is large).
@@ -1578,7 +1633,7 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
+        let (prev_user_ctx, sticky) = Carried::split(session.take_connection_user_context());
 
         let session = Box::new(session);
 
@@ -1591,8 +1646,15 @@ where
                 &self.upstream_modules,
                 self.shutdown_flag.clone(),
             ),
-            None => return None, // bad request
+            None => {
+                // closed, timed out or a bad request: the kept upstream is still good for others
+                if let Some(sticky) = sticky {
+                    self.release_sticky(sticky).await;
+                }
+                return None;
+            }
         };
+        session.sticky_upstream = sticky;
 
         if *shutdown.borrow() {
             // stop downstream from reusing if this service is shutting down soon
