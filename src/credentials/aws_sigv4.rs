@@ -50,6 +50,9 @@ const CLIENT_SIGNING_HEADERS: [&str; 4] = [
     "x-amz-security-token",
     "x-amz-content-sha256",
 ];
+/// SHA-256 of nothing: the payload hash of every bodiless request.
+const EMPTY_PAYLOAD_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// Presign parameters a client may have put in the query; always removed.
 const PRESIGN_PARAMS: [&str; 7] = [
     "x-amz-algorithm",
@@ -196,10 +199,11 @@ impl AwsSigV4 {
         path_and_query: &str,
         payload: &Payload<'_>,
         time: SystemTime,
-    ) -> Option<Vec<(&'static str, String)>> {
+    ) -> Option<Vec<(http::HeaderName, String)>> {
         let creds = self.identity.data::<aws_credential_types::Credentials>()?;
         let hash;
         let payload_hash = match payload {
+            Payload::Bytes([]) => EMPTY_PAYLOAD_SHA256,
             Payload::Bytes(b) => {
                 hash = chunked::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
                 hash.as_str()
@@ -262,8 +266,16 @@ impl AwsSigV4 {
         time: SystemTime,
         allow_fast: bool,
     ) -> Result<String, SignError> {
-        for h in CLIENT_SIGNING_HEADERS {
-            req.remove_header(h);
+        // One pass over the names first: most requests carry none, and each removal by name
+        // parses it again.
+        if req
+            .headers
+            .keys()
+            .any(|k| CLIENT_SIGNING_HEADERS.contains(&k.as_str()))
+        {
+            for h in CLIENT_SIGNING_HEADERS {
+                req.remove_header(h);
+            }
         }
         let path_and_query =
             strip_presign_params(req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
@@ -321,24 +333,27 @@ impl AwsSigV4 {
 /// signature.
 fn apply_fast(
     req: &mut RequestHeader,
-    added: Vec<(&'static str, String)>,
+    added: Vec<(http::HeaderName, String)>,
     path_and_query: &str,
 ) -> Result<String, SignError> {
     let mut signature = String::new();
     for (name, value) in added {
-        let mut v = http::HeaderValue::from_str(&value)
-            .map_err(|_| SignError("bad header value".into()))?;
-        v.set_sensitive(name == "authorization" || name == "x-amz-security-token");
-        if name == "authorization" {
+        if name == http::header::AUTHORIZATION {
             signature = value.rsplit("Signature=").next().unwrap_or("").to_string();
         }
+        let mut v = http::HeaderValue::try_from(value)
+            .map_err(|_| SignError("bad header value".into()))?;
+        v.set_sensitive(name == http::header::AUTHORIZATION || name == fast::X_AMZ_SECURITY_TOKEN);
         req.insert_header(name, v)
             .map_err(|e| SignError(e.to_string()))?;
     }
-    let uri = path_and_query
-        .parse::<http::Uri>()
-        .map_err(|e| SignError(e.to_string()))?;
-    req.set_uri(uri);
+    // Already in origin form without presign parameters (the common case): nothing to parse.
+    if req.uri != *path_and_query {
+        let uri = path_and_query
+            .parse::<http::Uri>()
+            .map_err(|e| SignError(e.to_string()))?;
+        req.set_uri(uri);
+    }
     Ok(signature)
 }
 

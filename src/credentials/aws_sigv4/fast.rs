@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
+use http::header::{HeaderName, AUTHORIZATION};
 use pingora::http::RequestHeader;
 use ring::{digest, hmac};
 
@@ -81,12 +82,42 @@ fn plain_query(query: Option<&str>) -> Option<String> {
     Some(out)
 }
 
+pub const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+pub const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
+pub const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+
+/// Appends `n` in decimal, zero-padded to `width` digits (`format!` costs more than the
+/// rest of the timestamp).
+fn push_padded(out: &mut String, n: u32, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (n / 10u32.pow(i)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
+}
+
 /// `20150830T123600Z` and `20150830`.
 fn timestamp(time: SystemTime) -> (String, String) {
     let t = time::OffsetDateTime::from(time);
-    let day = format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day());
-    let full = format!("{day}T{:02}{:02}{:02}Z", t.hour(), t.minute(), t.second());
+    let mut full = String::with_capacity(16);
+    push_padded(&mut full, u32::try_from(t.year()).unwrap_or(0), 4);
+    push_padded(&mut full, u32::from(u8::from(t.month())), 2);
+    push_padded(&mut full, u32::from(t.day()), 2);
+    let day = full.clone();
+    full.push('T');
+    for part in [t.hour(), t.minute(), t.second()] {
+        push_padded(&mut full, u32::from(part), 2);
+    }
+    full.push('Z');
     (full, day)
+}
+
+/// Concatenates `parts` into one string allocated once.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }
 
 /// The headers to sign, sorted, as (name, value); None when one needs canonicalising.
@@ -124,7 +155,7 @@ pub fn sign(
     payload_hash: &str,
     excluded: &[&str],
     time: SystemTime,
-) -> Option<Vec<(&'static str, String)>> {
+) -> Option<Vec<(HeaderName, String)>> {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -164,25 +195,30 @@ pub fn sign(
     creq.push_str(&names);
     creq.push('\n');
     creq.push_str(payload_hash);
-    let scope = format!("{day}/{}/{}/aws4_request", keys.region, keys.service);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{date_time}\n{scope}\n{}",
-        hex(digest::digest(&digest::SHA256, creq.as_bytes()).as_ref())
-    );
+    let scope = concat(&[&day, "/", keys.region, "/", keys.service, "/aws4_request"]);
+    let creq_hash = hex(digest::digest(&digest::SHA256, creq.as_bytes()).as_ref());
+    let to_sign = concat(&["AWS4-HMAC-SHA256\n", &date_time, "\n", &scope, "\n", &creq_hash]);
     let key = cache.key(keys, &day, time);
     let signature = hex(hmac::sign(&key.1, to_sign.as_bytes()).as_ref());
-    let authorization = format!(
-        "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={names}, Signature={signature}",
-        keys.access_key_id
-    );
-    let mut out = vec![("x-amz-date", date_time.clone())];
+    let authorization = concat(&[
+        "AWS4-HMAC-SHA256 Credential=",
+        keys.access_key_id,
+        "/",
+        &scope,
+        ", SignedHeaders=",
+        &names,
+        ", Signature=",
+        &signature,
+    ]);
+    let mut out = Vec::with_capacity(4);
+    out.push((X_AMZ_DATE, date_time));
     if keys.payload_hash_header {
-        out.push(("x-amz-content-sha256", payload_hash.to_string()));
+        out.push((X_AMZ_CONTENT_SHA256, payload_hash.to_string()));
     }
     if let Some(t) = keys.session_token {
-        out.push(("x-amz-security-token", t.to_string()));
+        out.push((X_AMZ_SECURITY_TOKEN, t.to_string()));
     }
-    out.push(("authorization", authorization));
+    out.push((AUTHORIZATION, authorization));
     Some(out)
 }
 

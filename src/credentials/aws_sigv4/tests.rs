@@ -331,4 +331,17 @@ mod fast_path {
         assert!(s.sign_fast(&r, "/bucket/key.bin?x-id=GetObject", &Payload::Unsigned, time).is_some());
         assert!(s.sign_fast(&r, "/bucket/a%20b", &Payload::Unsigned, time).is_none());
     }
+
+    #[test]
+    fn a_bodiless_request_is_signed_with_the_hash_of_nothing() {
+        let empty = ring::digest::digest(&ring::digest::SHA256, b"");
+        assert_eq!(EMPTY_PAYLOAD_SHA256, chunked::hex(empty.as_ref()));
+        let s = signer("s3", None);
+        let time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (mut fast, mut slow) = (request("GET", "/b/k", &[]), request("GET", "/b/k", &[]));
+        s.sign(&mut fast, true, Payload::Bytes(&[]), time).unwrap();
+        s.sign_returning(&mut slow, true, Payload::Bytes(&[]), time, false).unwrap();
+        assert_eq!(signed(&fast), signed(&slow));
+        assert_eq!(fast.headers["x-amz-content-sha256"], EMPTY_PAYLOAD_SHA256);
+    }
 }
