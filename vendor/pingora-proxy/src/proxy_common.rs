@@ -175,6 +175,19 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one that the sanitizer below may remove: a hop-by-hop header, or
+/// `Connection` itself (whose nominations are only found through it).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::UPGRADE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || [KEEP_ALIVE, PROXY_CONNECTION, HTTP2_SETTINGS].contains(&name.as_str())
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
@@ -334,6 +347,11 @@ pub(crate) fn sanitize_h1_upstream_request(
     downstream_is_http11: bool,
 ) -> Result<()> {
     if policy == HttpUpstreamRequestPolicy::preserve() {
+        return Ok(());
+    }
+    // Most requests carry none of the headers below: one pass over the names instead of a
+    // dozen lookups and removals by name (~3k instructions per request).
+    if !req.headers.keys().any(is_hop_by_hop) {
         return Ok(());
     }
 
