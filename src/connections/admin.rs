@@ -213,8 +213,8 @@ async fn put(
 /// Stores a checked record and answers with its status (201 new, 200 replaced).
 pub async fn store(app: &App, cfg: &Config, record: Record, actor: &Actor) -> Response<Vec<u8>> {
     let (tenant, name) = (record.tenant.clone(), record.credential.clone());
-    let created = match app.connections.put(record).await {
-        Ok(c) => c,
+    let (created, stored) = match app.connections.put(record).await {
+        Ok(v) => v,
         Err(e) => return store_error(&e),
     };
     audit(
@@ -224,15 +224,12 @@ pub async fn store(app: &App, cfg: &Config, record: Record, actor: &Actor) -> Re
         &name,
         "ok",
     );
-    let Some(e) = app.connections.get(&name, &tenant) else {
-        return missing(&tenant, &name);
-    };
     let code = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    reply(code, &status(app, cfg, &e))
+    reply(code, &status(app, cfg, &stored))
 }
 
 fn store_error(e: &ConnError) -> Response<Vec<u8>> {

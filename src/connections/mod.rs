@@ -229,18 +229,19 @@ impl Connections {
         self.by_credential.get(credential).map_or(0, |t| t.len())
     }
 
-    /// Creates or replaces a connection (fleet first, then this replica's file); true when
-    /// it is new.
-    pub async fn put(&self, record: Record) -> Result<bool, ConnError> {
+    /// Creates or replaces a connection (fleet first, then this replica's file): whether it is
+    /// new, and the entry stored (a concurrent delete may already have removed it from the
+    /// map, so a caller answering for this store must not look it up again).
+    pub async fn put(&self, record: Record) -> Result<(bool, Arc<Entry>), ConnError> {
         let files = self.files.as_ref().ok_or(ConnError::NoKey)?;
         // Judged before sharing: this replica hears its own change from the fleet too, and
         // may install it before we do.
         let created = self.get(&record.credential, &record.tenant).is_none();
         self.share(&Doc::Live(record.clone())).await?;
         files.save(&record)?;
-        self.install(record.clone());
+        let entry = self.install(record.clone());
         self.tokens.forget(&record.credential, &record.tenant);
-        Ok(created)
+        Ok((created, entry))
     }
 
     /// Deletes a connection; false when there was none.
@@ -298,20 +299,20 @@ impl Connections {
         }
     }
 
-    fn install(&self, record: Record) -> Option<Arc<Entry>> {
+    /// Installs `record`; returns the entry installed.
+    fn install(&self, record: Record) -> Arc<Entry> {
         let tenants = self
             .by_credential
             .entry(record.credential.as_str().into())
             .or_default()
             .clone();
         let tenant: Arc<str> = record.tenant.as_str().into();
-        tenants.insert(
-            tenant,
-            Arc::new(Entry {
-                record,
-                built: ArcSwapOption::empty(),
-            }),
-        )
+        let entry = Arc::new(Entry {
+            record,
+            built: ArcSwapOption::empty(),
+        });
+        tenants.insert(tenant, entry.clone());
+        entry
     }
 
     fn uninstall(&self, credential: &str, tenant: &str) {
