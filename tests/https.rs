@@ -442,18 +442,23 @@ async fn tunnel(
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca))
         .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
+}
+
+/// The certificates in the PEM file `ca`, as trust roots.
+fn roots(ca: &Path) -> rustls::RootCertStore {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
 }
 
 fn leaf_sans(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<String> {
@@ -810,13 +815,8 @@ fn request_in_the_same_segment_as_the_client_finished_is_served() {
     let s = setup();
     let authority = format!("localhost:{}", s.origin.port());
     let mut sock = connect_tunnel(s.proxy.addr, &authority);
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(s.ca_pem()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let mut cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(&s.ca_pem()))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

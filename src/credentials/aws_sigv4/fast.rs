@@ -111,15 +111,6 @@ fn timestamp(time: SystemTime) -> (String, String) {
     (full, day)
 }
 
-/// Concatenates `parts` into one string allocated once.
-fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.push_str(p);
-    }
-    out
-}
-
 /// The headers to sign, sorted, as (name, value); None when one needs canonicalising.
 fn signed_headers<'a>(
     req: &'a RequestHeader,
@@ -195,12 +186,12 @@ pub fn sign(
     creq.push_str(&names);
     creq.push('\n');
     creq.push_str(payload_hash);
-    let scope = concat(&[&day, "/", keys.region, "/", keys.service, "/aws4_request"]);
+    let scope = [&day, "/", keys.region, "/", keys.service, "/aws4_request"].concat();
     let creq_hash = hex(digest::digest(&digest::SHA256, creq.as_bytes()).as_ref());
-    let to_sign = concat(&["AWS4-HMAC-SHA256\n", &date_time, "\n", &scope, "\n", &creq_hash]);
+    let to_sign = ["AWS4-HMAC-SHA256\n", &date_time, "\n", &scope, "\n", &creq_hash].concat();
     let key = cache.key(keys, &day, time);
     let signature = hex(hmac::sign(&key.1, to_sign.as_bytes()).as_ref());
-    let authorization = concat(&[
+    let authorization = [
         "AWS4-HMAC-SHA256 Credential=",
         keys.access_key_id,
         "/",
@@ -209,7 +200,8 @@ pub fn sign(
         &names,
         ", Signature=",
         &signature,
-    ]);
+    ]
+    .concat();
     let mut out = Vec::with_capacity(4);
     out.push((X_AMZ_DATE, date_time));
     if keys.payload_hash_header {

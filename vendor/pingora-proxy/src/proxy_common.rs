@@ -175,30 +175,24 @@ impl ConnectionNominations {
     }
 }
 
-/// Whether `name` is one that the sanitizer below may remove: a hop-by-hop header, or
-/// `Connection` itself (whose nominations are only found through it).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == header::CONNECTION
-        || *name == header::UPGRADE
-        || *name == header::TRANSFER_ENCODING
-        || *name == header::TE
-        || *name == header::TRAILER
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::PROXY_AUTHENTICATE
-        || [KEEP_ALIVE, PROXY_CONNECTION, HTTP2_SETTINGS].contains(&name.as_str())
-}
+/// The hop-by-hop headers removed before an HTTP/1 upstream request.
+const HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -349,9 +343,10 @@ pub(crate) fn sanitize_h1_upstream_request(
     if policy == HttpUpstreamRequestPolicy::preserve() {
         return Ok(());
     }
-    // Most requests carry none of the headers below: one pass over the names instead of a
-    // dozen lookups and removals by name (~3k instructions per request).
-    if !req.headers.keys().any(is_hop_by_hop) {
+    // Most requests carry no hop-by-hop header (nominated ones are found through
+    // `Connection`, one of them): one pass over the names instead of a dozen lookups and
+    // removals by name (~3k instructions per request).
+    if !req.headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
         return Ok(());
     }
 
