@@ -179,7 +179,8 @@ impl Policy {
 /// (a rotating refresh token is committed there before its access token is used).
 pub struct FetchCx<'a> {
     pub http: &'a reqwest::Client,
-    pub shared: &'a dyn SharedState,
+    /// An `Arc`: a rotation whose commit failed keeps trying in a task of its own.
+    pub shared: &'a Arc<dyn SharedState>,
     /// The fleet lease this fetch runs under (token and fencing number), if any.
     pub lease: Option<(&'a TokenId, u64)>,
 }
@@ -187,11 +188,11 @@ pub struct FetchCx<'a> {
 impl<'a> FetchCx<'a> {
     /// A fetch by a single process (`check`, tests).
     pub fn local(http: &'a reqwest::Client) -> Self {
-        static EMBEDDED: std::sync::LazyLock<Embedded> =
-            std::sync::LazyLock::new(Embedded::default);
+        static EMBEDDED: std::sync::LazyLock<Arc<dyn SharedState>> =
+            std::sync::LazyLock::new(|| Arc::new(Embedded::default()));
         FetchCx {
             http,
-            shared: &*EMBEDDED,
+            shared: &EMBEDDED,
             lease: None,
         }
     }
@@ -734,7 +735,7 @@ impl TokenCache {
             attempt += 1;
             let cx = FetchCx {
                 http: &self.http,
-                shared: self.shared.as_ref(),
+                shared: &self.shared,
                 lease,
             };
             match src

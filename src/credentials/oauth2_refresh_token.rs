@@ -274,6 +274,14 @@ impl RefreshToken {
 
     /// How the provider's answer ended the refresh: an error (and `invalid_grant` marks the
     /// credential for reconnection), or the answer's JSON.
+    /// Redeems `link` under the fleet's lease (confirmed just before): the status and answer.
+    async fn redeem(&self, cx: &FetchCx<'_>, link: &crate::store::Link) -> Result<(u16, Answer), TokenError> {
+        cx.confirm_lease().await?;
+        let (status, body) =
+            exchange(self.request(cx.http, &link.refresh_token), &self.endpoint).await?;
+        Ok((status, self.read_answer(status, &body)?))
+    }
+
     fn read_answer(&self, status: u16, body: &[u8]) -> Result<Answer, TokenError> {
         if !(200..300).contains(&status) {
             if matches!(status, 400 | 401) && is_invalid_grant(body) {
@@ -346,20 +354,23 @@ impl TokenSource for RefreshToken {
             .or_default()
             .clone();
         let _file = lock.lock().await;
-        let link = chain.link_to_redeem(cx.shared, self.timeout).await?;
-        cx.confirm_lease().await?;
-        let (status, body) = exchange(self.request(cx.http, &link.refresh_token), &self.endpoint).await?;
-        let a = self.read_answer(status, &body)?;
+        let claimed = chain.claim(cx.shared.as_ref(), self.timeout).await?;
+        let answer = self.redeem(cx, &claimed.link).await;
+        let rotated = match &answer {
+            Ok((_, a)) => a.refresh_token.clone().filter(|n| !n.is_empty() && n != claimed.link.refresh_token.expose()),
+            Err(_) => None,
+        };
+        if rotated.is_none() {
+            chain.unclaim(cx.shared.as_ref(), &claimed).await;
+        }
+        let (status, a) = answer?;
         // Keep a rotated refresh token before anything else, even if the rest is unusable.
         if let Some(at) = a.refresh_expires_at() {
             chain.set_expires_at(Some(at));
         }
-        if let Some(new) = a
-            .refresh_token
-            .filter(|n| !n.is_empty() && n != link.refresh_token.expose())
-        {
+        if let Some(new) = rotated {
             let started = std::time::Instant::now();
-            let rotated = chain.rotate(cx.shared, &link, new).await;
+            let rotated = chain.rotate(cx.shared, &claimed.link, new).await;
             let (name, tenant) = (&chain.id.credential, chain.id.tenant.as_deref());
             crate::audit::token(name, tenant, TokenEvent::Rotation, started.elapsed(), rotated.as_ref().err());
             rotated?;

@@ -87,6 +87,18 @@ pub enum Commit {
     },
 }
 
+/// Whether this replica may redeem a chain's link now (a redemption intent, see
+/// `SharedState::claim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours, until a commit ends it, `unclaim` drops it, or its time-to-live passes.
+    Mine,
+    /// Another replica is redeeming this link and has not committed what it got.
+    Busy,
+    /// The chain is not at that version (it moved on, or is gone): read it again.
+    Stale,
+}
+
 /// Whether shared state is in use and reachable, for `/credentials` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -172,6 +184,19 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
     /// Puts `link` in place if the fleet has no link or an older one (a first use, or a
     /// restore after Redis lost its data); returns the fleet's link afterwards.
     async fn seed(&self, id: &ChainId, link: &Link) -> Result<Option<Link>, StoreError>;
+    /// Marks the chain's link `version` as being redeemed by `owner` for at most `ttl`, unless
+    /// another owner's mark is live. A commit, or a seed of a newer link, ends the mark: a
+    /// replica whose commit failed after the provider rotated keeps the others off the old
+    /// token until its commit lands.
+    async fn claim(
+        &self,
+        id: &ChainId,
+        version: u64,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError>;
+    /// Drops `owner`'s mark: its redemption rotated nothing.
+    async fn unclaim(&self, id: &ChainId, owner: &str) -> Result<(), StoreError>;
     /// Forgets a chain (its connection was deleted or replaced).
     async fn drop_chain(&self, id: &ChainId) -> Result<(), StoreError>;
     /// Every connection document the fleet holds; None: this backend holds none (one
@@ -263,6 +288,12 @@ impl SharedState for Embedded {
     }
     async fn seed(&self, _: &ChainId, link: &Link) -> Result<Option<Link>, StoreError> {
         Ok(Some(link.clone()))
+    }
+    async fn claim(&self, _: &ChainId, _: u64, _: &str, _: Duration) -> Result<Claim, StoreError> {
+        Ok(Claim::Mine)
+    }
+    async fn unclaim(&self, _: &ChainId, _: &str) -> Result<(), StoreError> {
+        Ok(())
     }
     async fn drop_chain(&self, _: &ChainId) -> Result<(), StoreError> {
         Ok(())

@@ -1,18 +1,33 @@
 //! A refresh-token chain: the token to redeem next, kept in memory, in the fleet (committed
 //! with compare-and-swap before its access token is used) and in a sealed file (the crash
-//! record), so a rotated token is never lost and never redeemed twice.
+//! record), so a rotated token is never lost and never redeemed twice: a replica claims a
+//! link before redeeming it, and the claim holds the others off until its commit lands.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::credentials::{BuildCtx, BuildError};
 use crate::secret::{Secret, SecretError};
 use crate::store::sealed_file::{parse_key, Saved, SealError, SealedFile, KEY_ENV};
-use crate::store::{ChainId, Commit, Link, SharedState, StoreError};
+use crate::store::{ChainId, Claim, Commit, Link, SharedState, StoreError};
 use crate::tokens::TokenError;
 
 /// How often shared state is asked again while it is unreachable.
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a claim keeps the other replicas off a link when its holder goes silent before
+/// committing: longer than Redis stalls and failovers last. A holder that died mid-redemption
+/// holds the fleet's rotation back this long at most (the access tokens in hand keep serving).
+pub const CLAIM_TTL: Duration = Duration::from_secs(120);
+
+/// A link this replica claimed for redemption (see `SharedState::claim`).
+pub struct Claimed {
+    pub link: Link,
+    owner: String,
+}
 
 pub struct Chain {
     pub(super) file: SealedFile,
@@ -160,7 +175,7 @@ impl Chain {
     pub async fn link_to_redeem(
         &self,
         shared: &dyn SharedState,
-        wait: std::time::Duration,
+        wait: Duration,
     ) -> Result<Link, TokenError> {
         let mut link = self.current()?;
         if self.unsaved.load(Ordering::SeqCst) {
@@ -194,7 +209,7 @@ impl Chain {
         &self,
         shared: &dyn SharedState,
         link: &Link,
-        wait: std::time::Duration,
+        wait: Duration,
     ) -> Result<Option<Link>, TokenError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -214,11 +229,53 @@ impl Chain {
         }
     }
 
-    /// Keeps a rotated token: memory first (never lost while running), then the fleet
-    /// (compare-and-swap on the version, before the access token is used), then the file.
-    pub async fn rotate(
+    /// The link to redeem, claimed for this replica. While another replica's claim on it is
+    /// live (it redeemed, and its commit has not landed) this waits, at most `wait`: redeeming
+    /// the same token again would fork the chain.
+    pub async fn claim(
         &self,
         shared: &dyn SharedState,
+        wait: Duration,
+    ) -> Result<Claimed, TokenError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let link = self.link_to_redeem(shared, wait).await?;
+            let owner = crate::credentials::jwt_key_pair::random_id();
+            let claim = shared
+                .claim(&self.id, link.version, &owner, CLAIM_TTL)
+                .await
+                .map_err(shared_error)?;
+            if claim == Claim::Mine {
+                return Ok(Claimed { link, owner });
+            }
+            if Instant::now() + RETRY_EVERY >= deadline {
+                return Err(TokenError::SharedState(format!(
+                    "another replica redeemed refresh token version {} and has not committed \
+                     the rotated one yet",
+                    link.version
+                )));
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+
+    /// Ends a claim whose redemption rotated nothing (best effort: it lapses anyway).
+    pub async fn unclaim(&self, shared: &dyn SharedState, claimed: &Claimed) {
+        if let Err(e) = shared.unclaim(&self.id, &claimed.owner).await {
+            tracing::debug!(
+                credential = &*self.id.credential,
+                "redemption claim left to lapse: {e}"
+            );
+        }
+    }
+
+    /// Keeps a rotated token: memory first (never lost while running), then the fleet
+    /// (compare-and-swap on the version, before the access token is used), then the file.
+    /// A commit shared state did not take is retried in the background; the claim on `prev`
+    /// keeps the other replicas off it meanwhile.
+    pub async fn rotate(
+        &self,
+        shared: &Arc<dyn SharedState>,
         prev: &Link,
         new: String,
     ) -> Result<(), TokenError> {
@@ -241,13 +298,68 @@ impl Chain {
                 );
                 return Err(self.bad("another replica rotated this refresh token first".into()));
             }
-            // Redeemed but not committed: kept here and on disk, restored into the fleet when
-            // it is back (a fleet behind this replica gets its link).
-            Err(e) => tracing::warn!(
-                credential = &*self.id.credential,
-                "rotated refresh token not yet in shared state: {e}"
-            ),
+            // Redeemed but not committed: kept here and on disk, committed in the background.
+            Err(e) => {
+                tracing::warn!(
+                    credential = &*self.id.credential,
+                    "rotated refresh token not yet in shared state, retrying: {e}"
+                );
+                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone());
+            }
         }
         self.save(&next)
+    }
+}
+
+/// Commits a rotation until shared state takes it. Past `CLAIM_TTL` the claim on the old
+/// link has lapsed, and this replica's next redemption restores its link instead.
+fn keep_committing(shared: Arc<dyn SharedState>, id: ChainId, prev: u64, next: Link) {
+    tokio::spawn(async move {
+        let until = Instant::now() + CLAIM_TTL;
+        while Instant::now() < until {
+            tokio::time::sleep(RETRY_EVERY).await;
+            match shared.commit(&id, prev, &next).await {
+                Ok(Commit::Done) => {
+                    tracing::info!(
+                        credential = &*id.credential,
+                        "rotated refresh token committed to shared state"
+                    );
+                    return;
+                }
+                Ok(Commit::Stale { current }) => return stale_after_retry(&*shared, &id, &next, current).await,
+                Err(_) => {}
+            }
+        }
+        tracing::error!(
+            credential = &*id.credential,
+            "rotated refresh token still not in shared state after {CLAIM_TTL:?}: its claim \
+             has lapsed; it is restored at this replica's next redemption"
+        );
+    });
+}
+
+/// A retried commit found the chain moved: by this replica's own restore (fine), or by
+/// another replica after the claim lapsed (a fork).
+async fn stale_after_retry(shared: &dyn SharedState, id: &ChainId, next: &Link, current: u64) {
+    let theirs = match shared.chain(id).await {
+        Ok(Some(l)) if l.version == next.version => {
+            !l.refresh_token.ct_eq(next.refresh_token.expose().as_bytes())
+        }
+        _ => false,
+    };
+    if theirs {
+        tracing::error!(
+            credential = &*id.credential,
+            tenant = id.tenant.as_deref(),
+            version = next.version,
+            "another replica rotated this refresh token first: the chain forked; the provider \
+             may revoke it"
+        );
+    } else {
+        tracing::info!(
+            credential = &*id.credential,
+            current,
+            "rotated refresh token already in shared state"
+        );
     }
 }

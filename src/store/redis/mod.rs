@@ -6,6 +6,8 @@
 //! - `{prefix}:{cred|tenant}:token:<digest>`  a sealed token, expiring with it;
 //! - `...:lease:<digest>` / `...:fence:<digest>`  who fetches it now, and its fencing number;
 //! - `...:chain:<digest>`  a refresh-token chain: `v` (version, clear) and `d` (sealed link);
+//!   `...:chain:<digest>:redeeming`  who is redeeming its link now (a random owner id, with
+//!   a time-to-live; a commit ends it);
 //! - `{prefix}:{connections}`  tenants' connections, field `credential|tenant`, value sealed;
 //!   `...:rev` the revision of each (a change older than the fleet's is not applied);
 //! - `{prefix}:once:<kind>:<digest>`  connect links and OAuth states, taken once (GETDEL);
@@ -32,7 +34,7 @@ use tokio::time::Instant;
 
 use super::seal::Sealer;
 use super::{
-    ChainId, Commit, Event, Health, Lease, Link, SharedState, SharedToken, StoreError,
+    ChainId, Claim, Commit, Event, Health, Lease, Link, SharedState, SharedToken, StoreError,
     StoredConnection, TokenId,
 };
 use crate::config::SharedStateSettings;
@@ -191,11 +193,17 @@ const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.
 /// Sets the token (expiring with it) and releases the lease if it is still ours.
 const PUBLISH: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end return 1";
 /// Compare-and-swap on the chain's version: -1 when committed, else the current version.
-const COMMIT: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') if v ~= tonumber(ARGV[1]) then return v end redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) return -1";
+/// The commit ends the redemption intent (`KEYS[2]`) of the link it replaces.
+const COMMIT: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') if v ~= tonumber(ARGV[1]) then return v end redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) redis.call('DEL', KEYS[2]) return -1";
+/// A redemption intent on the chain's link `ARGV[1]` for owner `ARGV[2]`, `ARGV[3]` ms:
+/// 2 when taken (or already ours), 1 when another owner's is live, 0 when the chain is not
+/// at that version.
+const CLAIM: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') if v ~= tonumber(ARGV[1]) then return 0 end local o = redis.call('GET', KEYS[2]) if o and o ~= ARGV[2] then return 1 end redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 2";
 /// Sets a connection unless the fleet's revision is as new or newer: 1 when set.
 const PUT_CONNECTION: &str = "local r = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1') if r >= tonumber(ARGV[3]) then return 0 end redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) return 1";
 /// Sets the chain if absent or older (a restore after Redis lost data); returns the version.
-const SEED: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2]) return tonumber(ARGV[1]) end return v";
+/// A newer link ends the intent on the older one.
+const SEED: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '-1') if v < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2]) redis.call('DEL', KEYS[2]) return tonumber(ARGV[1]) end return v";
 
 /// The fleet's shared state in Redis.
 pub struct RedisState {
@@ -235,6 +243,7 @@ struct Scripts {
     renew: Lua,
     publish: Lua,
     commit: Lua,
+    claim: Lua,
     seed: Lua,
     put_connection: Lua,
 }
@@ -288,6 +297,7 @@ impl RedisState {
                 renew: Lua::new(RENEW),
                 publish: Lua::new(PUBLISH),
                 commit: Lua::new(COMMIT),
+                claim: Lua::new(CLAIM),
                 seed: Lua::new(SEED),
                 put_connection: Lua::new(PUT_CONNECTION),
             },
@@ -329,6 +339,11 @@ impl RedisState {
             "{}:chain:{d}",
             self.tag(&id.credential, id.tenant.as_deref())
         )
+    }
+
+    /// The chain's redemption intent (same hash tag: one slot with the chain).
+    fn intent_key(chain_key: &str) -> String {
+        format!("{chain_key}:redeeming")
     }
 
     fn aad(&self, kind: &str, credential: &str, tenant: Option<&str>, key: &str) -> Vec<u8> {
@@ -621,7 +636,11 @@ impl SharedState for RedisState {
             sealed,
         ];
         let r: i64 = conn
-            .script(&self.scripts.commit, &[&key], &args)
+            .script(
+                &self.scripts.commit,
+                &[&key, &Self::intent_key(&key)],
+                &args,
+            )
             .await
             .map_err(|e| self.fail(e))?;
         if r >= 0 {
@@ -639,7 +658,7 @@ impl SharedState for RedisState {
         let sealed = self.seal_link(id, &key, link)?;
         let args = [link.version.to_string().into_bytes(), sealed];
         let v: i64 = conn
-            .script(&self.scripts.seed, &[&key], &args)
+            .script(&self.scripts.seed, &[&key, &Self::intent_key(&key)], &args)
             .await
             .map_err(|e| self.fail(e))?;
         if u64::try_from(v).is_ok_and(|v| v == link.version) {
@@ -647,6 +666,44 @@ impl SharedState for RedisState {
             return Ok(Some(link.clone()));
         }
         self.chain(id).await
+    }
+
+    async fn claim(
+        &self,
+        id: &ChainId,
+        version: u64,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let conn = self.conn()?;
+        let key = self.chain_key(id);
+        let args = [
+            version.to_string().into_bytes(),
+            owner.as_bytes().to_vec(),
+            ttl.as_millis().to_string().into_bytes(),
+        ];
+        let r: i64 = conn
+            .script(&self.scripts.claim, &[&key, &Self::intent_key(&key)], &args)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(match r {
+            2 => Claim::Mine,
+            1 => Claim::Busy,
+            _ => Claim::Stale,
+        })
+    }
+
+    async fn unclaim(&self, id: &ChainId, owner: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let intent = Self::intent_key(&self.chain_key(id));
+        conn.script::<i64>(
+            &self.scripts.release,
+            &[&intent],
+            &[owner.as_bytes().to_vec()],
+        )
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
     }
 
     async fn drop_chain(&self, id: &ChainId) -> Result<(), StoreError> {
@@ -687,8 +744,9 @@ impl SharedState for RedisState {
 impl RedisState {
     pub(super) async fn drop_chain_key(&self, id: &ChainId) -> Result<(), StoreError> {
         let conn = self.conn()?;
+        let key = self.chain_key(id);
         let mut del = redis::cmd("DEL");
-        del.arg(self.chain_key(id));
+        del.arg(&key).arg(Self::intent_key(&key));
         conn.query::<i64>(&del).await.map_err(|e| self.fail(e))?;
         Ok(())
     }
