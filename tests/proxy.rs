@@ -457,34 +457,10 @@ fn sidecar_https_upstream_verifies_and_speaks_h2() {
 fn keep_alive_on_both_sides() {
     let o = Origin::start();
     let p = start(&o, "  - { host: \"127.0.0.1:PORT\", credential: gh }\n");
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut c = KeepAliveClient::new(p.addr);
     for i in 0..5 {
-        write!(
-            s,
-            "GET http://127.0.0.1:{0}/k{i} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n",
-            o.port()
-        )
-        .unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
+        let (status, _) = c.get(o.port(), &format!("/k{i}"));
+        assert_eq!(status, 200);
     }
     assert_eq!(o.count(), 5);
     assert_eq!(

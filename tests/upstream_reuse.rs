@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,46 +14,6 @@ use std::time::Duration;
 use common::*;
 
 /// One client keep-alive connection to the proxy, sending absolute-form GETs one at a time.
-struct Client {
-    s: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn new(proxy: SocketAddr) -> Client {
-        let s = TcpStream::connect(proxy).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let r = BufReader::new(s.try_clone().unwrap());
-        Client { s, r }
-    }
-
-    /// (status, body) of one request, the connection kept open.
-    fn get(&mut self, port: u16, path: &str) -> (u16, String) {
-        write!(
-            self.s,
-            "GET http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-        )
-        .unwrap();
-        let mut line = String::new();
-        self.r.read_line(&mut line).unwrap();
-        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            self.r.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        self.r.read_exact(&mut body).unwrap();
-        (status, String::from_utf8(body).unwrap())
-    }
-}
-
 fn proxy_for(ports: &[u16], proxy_extra: &str) -> Proxy {
     let mut body =
         "credentials:\n  gh: { type: bearer, token: \"${GH_TOKEN}\" }\nroutes:\n".to_string();
@@ -71,7 +29,7 @@ fn proxy_for(ports: &[u16], proxy_extra: &str) -> Proxy {
 fn a_client_keeps_one_upstream_and_the_next_client_gets_it_after_a_close() {
     let o = Origin::start();
     let p = proxy_for(&[o.port()], "");
-    let mut a = Client::new(p.addr);
+    let mut a = KeepAliveClient::new(p.addr);
     for i in 0..3 {
         assert_eq!(a.get(o.port(), &format!("/a{i}")).0, 200);
     }
@@ -82,7 +40,7 @@ fn a_client_keeps_one_upstream_and_the_next_client_gets_it_after_a_close() {
     drop(a);
     // The proxy sees the close when it waits for a's next request, then pools the upstream.
     std::thread::sleep(Duration::from_millis(200));
-    let mut b = Client::new(p.addr);
+    let mut b = KeepAliveClient::new(p.addr);
     for i in 0..3 {
         assert_eq!(b.get(o.port(), &format!("/b{i}")).0, 200);
     }
@@ -94,7 +52,7 @@ fn a_client_keeps_one_upstream_and_the_next_client_gets_it_after_a_close() {
 fn concurrent_clients_each_hold_their_own_upstream() {
     let o = Origin::start();
     let p = proxy_for(&[o.port()], "");
-    let (mut a, mut b) = (Client::new(p.addr), Client::new(p.addr));
+    let (mut a, mut b) = (KeepAliveClient::new(p.addr), KeepAliveClient::new(p.addr));
     for i in 0..3 {
         assert_eq!(a.get(o.port(), &format!("/a{i}")).0, 200);
         assert_eq!(b.get(o.port(), &format!("/b{i}")).0, 200);
@@ -107,11 +65,11 @@ fn concurrent_clients_each_hold_their_own_upstream() {
 fn a_client_moving_to_another_host_hands_its_upstream_back() {
     let (o1, o2) = (Origin::start(), Origin::start());
     let p = proxy_for(&[o1.port(), o2.port()], "");
-    let mut a = Client::new(p.addr);
+    let mut a = KeepAliveClient::new(p.addr);
     assert_eq!(a.get(o1.port(), "/first").0, 200);
     assert_eq!(a.get(o2.port(), "/second").0, 200);
     // a still holds its o2 upstream; its o1 upstream went back to the pool for b.
-    let mut b = Client::new(p.addr);
+    let mut b = KeepAliveClient::new(p.addr);
     assert_eq!(b.get(o1.port(), "/third").0, 200);
     assert_eq!(a.get(o1.port(), "/fourth").0, 200);
     assert_eq!(
@@ -160,7 +118,7 @@ fn closing_origin(linger: Duration) -> (u16, Arc<AtomicUsize>, tokio::runtime::R
 fn an_upstream_the_origin_closed_while_kept_is_replaced_not_failed() {
     let (port, accepted, _rt) = closing_origin(Duration::from_millis(50));
     let p = proxy_for(&[port], "");
-    let mut a = Client::new(p.addr);
+    let mut a = KeepAliveClient::new(p.addr);
     for i in 0..3 {
         assert_eq!(
             a.get(port, &format!("/r{i}")),
@@ -178,7 +136,7 @@ fn an_upstream_the_origin_closed_while_kept_is_replaced_not_failed() {
 fn a_kept_upstream_idle_longer_than_timeouts_idle_is_neither_used_nor_pooled() {
     let o = Origin::start();
     let p = proxy_for(&[o.port()], "timeouts: { idle: 1s }\n");
-    let mut a = Client::new(p.addr);
+    let mut a = KeepAliveClient::new(p.addr);
     assert_eq!(a.get(o.port(), "/before").0, 200);
     std::thread::sleep(Duration::from_millis(1300));
     assert_eq!(a.get(o.port(), "/after").0, 200);
@@ -189,7 +147,7 @@ fn a_kept_upstream_idle_longer_than_timeouts_idle_is_neither_used_nor_pooled() {
     std::thread::sleep(Duration::from_millis(1300));
     drop(a);
     std::thread::sleep(Duration::from_millis(200));
-    let mut b = Client::new(p.addr);
+    let mut b = KeepAliveClient::new(p.addr);
     assert_eq!(b.get(o.port(), "/b").0, 200);
     assert_eq!(o.connections(), 3);
     assert_eq!(o.count(), 4);

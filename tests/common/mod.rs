@@ -837,3 +837,45 @@ pub fn query_value(url: &str, key: &str) -> String {
         .1
         .to_string()
 }
+
+/// A raw HTTP/1.1 client on one keep-alive connection to the proxy (forward-proxy form).
+pub struct KeepAliveClient {
+    s: TcpStream,
+    r: std::io::BufReader<TcpStream>,
+}
+
+impl KeepAliveClient {
+    pub fn new(proxy: SocketAddr) -> KeepAliveClient {
+        let s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = std::io::BufReader::new(s.try_clone().unwrap());
+        KeepAliveClient { s, r }
+    }
+
+    /// (status, body) of one GET to the origin on `port`, the connection kept open.
+    pub fn get(&mut self, port: u16, path: &str) -> (u16, String) {
+        use std::io::BufRead;
+        write!(
+            self.s,
+            "GET http://127.0.0.1:{port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            self.r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        self.r.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+}

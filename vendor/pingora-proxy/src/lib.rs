@@ -422,8 +422,9 @@ where
             Some(sticky) => self.take_sticky(sticky, &peer).await,
             None => None,
         };
+        let key = kept.as_ref().map(|(_, key)| *key);
         let client_session = match kept {
-            Some(h1) => Ok((ClientSession::H1(h1), true)),
+            Some((h1, _)) => Ok((ClientSession::H1(h1), true)),
             None => self.client_upstream.get_http_session(&*peer).await,
         };
         match client_session {
@@ -489,7 +490,7 @@ where
                         .error_while_proxy(&peer, session, e, ctx, client_reused)
                 });
                 if let Some(h1) = stick {
-                    session.sticky_upstream = Some(StickyUpstream::new(h1, peer));
+                    session.sticky_upstream = Some(StickyUpstream::new(h1, peer, key));
                 }
                 (server_reused, error)
             }
@@ -501,11 +502,15 @@ where
         }
     }
 
-    /// The kept upstream session if it can carry a request to `peer`; one kept for another
-    /// peer goes back to the shared pool.
-    async fn take_sticky(&self, sticky: StickyUpstream, peer: &HttpPeer) -> Option<HttpSessionV1> {
+    /// The kept upstream session (and the peer's key) if it can carry a request to `peer`;
+    /// one kept for another peer goes back to the shared pool.
+    async fn take_sticky(
+        &self,
+        sticky: StickyUpstream,
+        peer: &HttpPeer,
+    ) -> Option<(HttpSessionV1, u64)> {
         match sticky.take_for(peer).await {
-            Take::Use(h1) => Some(h1),
+            Take::Use(h1, key) => Some((h1, key)),
             Take::Release(sticky) => {
                 self.release_sticky(sticky).await;
                 None

@@ -25,8 +25,10 @@ pub(crate) struct StickyUpstream {
 }
 
 impl StickyUpstream {
-    pub(crate) fn new(h1: HttpSessionV1, peer: Box<HttpPeer>) -> Self {
-        let key = peer.reuse_hash();
+    /// `key`: the peer's `reuse_hash`, when the request already computed it (it was carried
+    /// on this connection's kept upstream).
+    pub(crate) fn new(h1: HttpSessionV1, peer: Box<HttpPeer>, key: Option<u64>) -> Self {
+        let key = key.unwrap_or_else(|| peer.reuse_hash());
         StickyUpstream {
             h1,
             peer,
@@ -83,8 +85,8 @@ impl Carried {
 
 /// What to do with a sticky upstream when a request needs `peer`.
 pub(crate) enum Take {
-    /// A fresh session on the kept connection, ready for a request.
-    Use(HttpSessionV1),
+    /// A fresh session on the kept connection, ready for a request, and the peer's key.
+    Use(HttpSessionV1, u64),
     /// Kept for another peer: give it back to the shared pool.
     Release(StickyUpstream),
     /// Closed, idle too long, or not reusable: already dropped.
@@ -107,7 +109,7 @@ impl StickyUpstream {
         if !still_idle(&mut stream) {
             return Take::Gone;
         }
-        Take::Use(HttpSessionV1::new_with_options(stream, peer))
+        Take::Use(HttpSessionV1::new_with_options(stream, peer), self.key)
     }
 }
 
