@@ -329,7 +329,11 @@ fn a_partition_right_after_a_rotation_does_not_fork() {
     assert!(!logs.contains("forked"), "{logs}");
     assert!(
         logs.contains("not yet in shared state") && logs.contains("committed to shared state"),
-        "the rotation's commit met the partition, and landed after it"
+        "the rotation's commit met the partition, and landed after it:\n{logs}"
+    );
+    assert!(
+        logs.contains("waiting for its commit"),
+        "the other replica found the link claimed:\n{logs}"
     );
     assert_all_ok(&both, &after);
     assert_eq!(

@@ -272,16 +272,20 @@ impl RefreshToken {
         })
     }
 
-    /// How the provider's answer ended the refresh: an error (and `invalid_grant` marks the
-    /// credential for reconnection), or the answer's JSON.
     /// Redeems `link` under the fleet's lease (confirmed just before): the status and answer.
-    async fn redeem(&self, cx: &FetchCx<'_>, link: &crate::store::Link) -> Result<(u16, Answer), TokenError> {
+    async fn redeem(
+        &self,
+        cx: &FetchCx<'_>,
+        link: &crate::store::Link,
+    ) -> Result<(u16, Answer), TokenError> {
         cx.confirm_lease().await?;
         let (status, body) =
             exchange(self.request(cx.http, &link.refresh_token), &self.endpoint).await?;
         Ok((status, self.read_answer(status, &body)?))
     }
 
+    /// How the provider's answer ended the refresh: an error (and `invalid_grant` marks the
+    /// credential for reconnection), or the answer's JSON.
     fn read_answer(&self, status: u16, body: &[u8]) -> Result<Answer, TokenError> {
         if !(200..300).contains(&status) {
             if matches!(status, 400 | 401) && is_invalid_grant(body) {
@@ -354,14 +358,15 @@ impl TokenSource for RefreshToken {
             .or_default()
             .clone();
         let _file = lock.lock().await;
-        let claimed = chain.claim(cx.shared.as_ref(), self.timeout).await?;
-        let answer = self.redeem(cx, &claimed.link).await;
+        let link = chain.claim(cx.shared.as_ref(), self.timeout).await?;
+        let answer = self.redeem(cx, &link).await;
         let rotated = match &answer {
-            Ok((_, a)) => a.refresh_token.clone().filter(|n| !n.is_empty() && n != claimed.link.refresh_token.expose()),
+            Ok((_, a)) => a.refresh_token.clone(),
             Err(_) => None,
-        };
+        }
+        .filter(|n| !n.is_empty() && n != link.refresh_token.expose());
         if rotated.is_none() {
-            chain.unclaim(cx.shared.as_ref(), &claimed).await;
+            chain.unclaim(cx.shared.as_ref()).await;
         }
         let (status, a) = answer?;
         // Keep a rotated refresh token before anything else, even if the rest is unusable.
@@ -370,7 +375,7 @@ impl TokenSource for RefreshToken {
         }
         if let Some(new) = rotated {
             let started = std::time::Instant::now();
-            let rotated = chain.rotate(cx.shared, &claimed.link, new).await;
+            let rotated = chain.rotate(cx.shared, &link, new).await;
             let (name, tenant) = (&chain.id.credential, chain.id.tenant.as_deref());
             crate::audit::token(name, tenant, TokenEvent::Rotation, started.elapsed(), rotated.as_ref().err());
             rotated?;

@@ -28,7 +28,11 @@ impl Relay {
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((client, _)) if !c.load(Ordering::Relaxed) => relay(client, to, &c),
+                    Ok((client, _)) if !c.load(Ordering::Relaxed) => {
+                        // Accepted sockets inherit non-blocking mode on some systems.
+                        let _ = client.set_nonblocking(false);
+                        relay(client, to, &c)
+                    }
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -45,6 +49,8 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
+        // Cutting ends the pumps too (they check it every 20 ms).
+        self.cut.store(true, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
     }
 }

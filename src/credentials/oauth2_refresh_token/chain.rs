@@ -23,11 +23,6 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// holds the fleet's rotation back this long at most (the access tokens in hand keep serving).
 pub const CLAIM_TTL: Duration = Duration::from_secs(120);
 
-/// A link this replica claimed for redemption (see `SharedState::claim`).
-pub struct Claimed {
-    pub link: Link,
-    owner: String,
-}
 
 pub struct Chain {
     pub(super) file: SealedFile,
@@ -40,6 +35,8 @@ pub struct Chain {
     /// When the provider said the current refresh token expires.
     expires_at: Mutex<Option<u64>>,
     endpoint: String,
+    /// Held while this chain is in use: a background commit stops when it is gone.
+    alive: Arc<()>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -116,6 +113,7 @@ impl Chain {
             unsaved: AtomicBool::new(false),
             expires_at: Mutex::new(expires_at),
             endpoint: endpoint.to_string(),
+            alive: Arc::new(()),
         })
     }
 
@@ -229,39 +227,55 @@ impl Chain {
         }
     }
 
-    /// The link to redeem, claimed for this replica. While another replica's claim on it is
-    /// live (it redeemed, and its commit has not landed) this waits, at most `wait`: redeeming
-    /// the same token again would fork the chain.
+    /// The link to redeem, claimed for this replica (see `SharedState::claim`). While another
+    /// replica's claim on it is live (it redeemed, and its commit has not landed) this waits,
+    /// at most `wait`: redeeming the same token again would fork the chain.
     pub async fn claim(
         &self,
         shared: &dyn SharedState,
         wait: Duration,
-    ) -> Result<Claimed, TokenError> {
+    ) -> Result<Link, TokenError> {
         let deadline = Instant::now() + wait;
+        let mut waited = false;
         loop {
-            let link = self.link_to_redeem(shared, wait).await?;
-            let owner = crate::credentials::jwt_key_pair::random_id();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let link = self.link_to_redeem(shared, left).await?;
             let claim = shared
-                .claim(&self.id, link.version, &owner, CLAIM_TTL)
+                .claim(&self.id, link.version, owner(), CLAIM_TTL)
                 .await
                 .map_err(shared_error)?;
-            if claim == Claim::Mine {
-                return Ok(Claimed { link, owner });
-            }
+            let why = match claim {
+                Claim::Mine => return Ok(link),
+                // The chain moved between our read and the claim: read it again at once.
+                Claim::Stale if !waited => {
+                    waited = true;
+                    continue;
+                }
+                Claim::Stale => "the chain kept moving while this replica tried to claim it",
+                Claim::Busy => {
+                    if !waited {
+                        tracing::info!(
+                            credential = &*self.id.credential,
+                            version = link.version,
+                            "another replica is redeeming this refresh token: waiting for its commit"
+                        );
+                    }
+                    "another replica redeemed this refresh token and has not committed the \
+                     rotated one yet"
+                }
+            };
+            waited = true;
             if Instant::now() + RETRY_EVERY >= deadline {
-                return Err(TokenError::SharedState(format!(
-                    "another replica redeemed refresh token version {} and has not committed \
-                     the rotated one yet",
-                    link.version
-                )));
+                return Err(TokenError::SharedState(format!("{why} (version {})", link.version)));
             }
             tokio::time::sleep(RETRY_EVERY).await;
         }
     }
 
-    /// Ends a claim whose redemption rotated nothing (best effort: it lapses anyway).
-    pub async fn unclaim(&self, shared: &dyn SharedState, claimed: &Claimed) {
-        if let Err(e) = shared.unclaim(&self.id, &claimed.owner).await {
+    /// Ends a claim whose redemption rotated nothing (best effort: it lapses anyway, and this
+    /// replica may take its own claim again meanwhile).
+    pub async fn unclaim(&self, shared: &dyn SharedState) {
+        if let Err(e) = shared.unclaim(&self.id, owner()).await {
             tracing::debug!(
                 credential = &*self.id.credential,
                 "redemption claim left to lapse: {e}"
@@ -285,17 +299,10 @@ impl Chain {
         };
         self.set_current(next.clone());
         self.unsaved.store(true, Ordering::SeqCst);
-        match shared.commit(&self.id, prev.version, &next).await {
-            Ok(Commit::Done) => {}
-            Ok(Commit::Stale { current }) => {
-                tracing::error!(
-                    credential = &*self.id.credential,
-                    tenant = self.id.tenant.as_deref(),
-                    version = prev.version,
-                    current,
-                    "another replica rotated this refresh token first: the chain forked; the \
-                     provider may revoke it"
-                );
+        match settle(&**shared, &self.id, prev.version, &next).await {
+            Ok(Settled::Committed) => {}
+            Ok(Settled::Forked { current }) => {
+                forked(&self.id, next.version, current);
                 return Err(self.bad("another replica rotated this refresh token first".into()));
             }
             // Redeemed but not committed: kept here and on disk, committed in the background.
@@ -304,62 +311,93 @@ impl Chain {
                     credential = &*self.id.credential,
                     "rotated refresh token not yet in shared state, retrying: {e}"
                 );
-                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone());
+                let alive = Arc::downgrade(&self.alive);
+                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone(), alive);
             }
         }
         self.save(&next)
     }
 }
 
-/// Commits a rotation until shared state takes it. Past `CLAIM_TTL` the claim on the old
-/// link has lapsed, and this replica's next redemption restores its link instead.
-fn keep_committing(shared: Arc<dyn SharedState>, id: ChainId, prev: u64, next: Link) {
+/// This process's name in redemption claims: one for its lifetime, so a claim it left behind
+/// (its unclaim failed) is its own to take again rather than a wait for everyone.
+fn owner() -> &'static str {
+    static OWNER: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(crate::credentials::jwt_key_pair::random_id);
+    &OWNER
+}
+
+/// Where a rotation ended up in the fleet.
+enum Settled {
+    /// Committed, or found already there, or restored into a chain Redis had lost.
+    Committed,
+    /// Another replica's link holds that version or a later one.
+    Forked { current: u64 },
+}
+
+/// Commits `next` over `prev`; a chain that is gone (Redis lost its data) or older gets
+/// `next` put back; one already holding `next` counts as committed.
+async fn settle(
+    shared: &dyn SharedState,
+    id: &ChainId,
+    prev: u64,
+    next: &Link,
+) -> Result<Settled, StoreError> {
+    if shared.commit(id, prev, next).await? == Commit::Done {
+        return Ok(Settled::Committed);
+    }
+    let theirs = match shared.chain(id).await? {
+        Some(l) if l.version >= next.version => l,
+        // Gone or behind: ours is the newest link anywhere.
+        _ => shared.seed(id, next).await?.unwrap_or_else(|| next.clone()),
+    };
+    let same = |l: &Link| l.refresh_token.ct_eq(next.refresh_token.expose().as_bytes());
+    if theirs.version == next.version && same(&theirs) {
+        return Ok(Settled::Committed);
+    }
+    Ok(Settled::Forked {
+        current: theirs.version,
+    })
+}
+
+fn forked(id: &ChainId, version: u64, current: u64) {
+    tracing::error!(
+        credential = &*id.credential,
+        tenant = id.tenant.as_deref(),
+        version,
+        current,
+        "another replica rotated this refresh token first: the chain may have forked; the \
+         provider may revoke it"
+    );
+}
+
+/// How long the background commit waits at most between attempts.
+const RETRY_AT_MOST: Duration = Duration::from_secs(5);
+
+/// Commits a rotation until shared state takes it (backing off to `RETRY_AT_MOST`), for as
+/// long as its chain is in use (`alive`: a deleted connection's chain is not put back).
+fn keep_committing(
+    shared: Arc<dyn SharedState>,
+    id: ChainId,
+    prev: u64,
+    next: Link,
+    alive: std::sync::Weak<()>,
+) {
     tokio::spawn(async move {
-        let until = Instant::now() + CLAIM_TTL;
-        while Instant::now() < until {
-            tokio::time::sleep(RETRY_EVERY).await;
-            match shared.commit(&id, prev, &next).await {
-                Ok(Commit::Done) => {
-                    tracing::info!(
+        let mut pause = RETRY_EVERY;
+        while alive.strong_count() > 0 {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_AT_MOST);
+            match settle(&*shared, &id, prev, &next).await {
+                Ok(Settled::Committed) => {
+                    return tracing::info!(
                         credential = &*id.credential,
                         "rotated refresh token committed to shared state"
                     );
-                    return;
                 }
-                Ok(Commit::Stale { current }) => return stale_after_retry(&*shared, &id, &next, current).await,
+                Ok(Settled::Forked { current }) => return forked(&id, next.version, current),
                 Err(_) => {}
             }
         }
-        tracing::error!(
-            credential = &*id.credential,
-            "rotated refresh token still not in shared state after {CLAIM_TTL:?}: its claim \
-             has lapsed; it is restored at this replica's next redemption"
-        );
     });
-}
-
-/// A retried commit found the chain moved: by this replica's own restore (fine), or by
-/// another replica after the claim lapsed (a fork).
-async fn stale_after_retry(shared: &dyn SharedState, id: &ChainId, next: &Link, current: u64) {
-    let theirs = match shared.chain(id).await {
-        Ok(Some(l)) if l.version == next.version => {
-            !l.refresh_token.ct_eq(next.refresh_token.expose().as_bytes())
-        }
-        _ => false,
-    };
-    if theirs {
-        tracing::error!(
-            credential = &*id.credential,
-            tenant = id.tenant.as_deref(),
-            version = next.version,
-            "another replica rotated this refresh token first: the chain forked; the provider \
-             may revoke it"
-        );
-    } else {
-        tracing::info!(
-            credential = &*id.credential,
-            current,
-            "rotated refresh token already in shared state"
-        );
-    }
 }

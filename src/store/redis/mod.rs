@@ -682,12 +682,17 @@ impl SharedState for RedisState {
             owner.as_bytes().to_vec(),
             ttl.as_millis().to_string().into_bytes(),
         ];
+        let intent = Self::intent_key(&key);
         let r: i64 = conn
-            .script(&self.scripts.claim, &[&key, &Self::intent_key(&key)], &args)
+            .script(&self.scripts.claim, &[&key, &intent], &args)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(match r {
-            2 => Claim::Mine,
+            2 => {
+                // A failover must not lose the claim any more than the commit it guards.
+                self.replicated(&conn, &intent).await;
+                Claim::Mine
+            }
             1 => Claim::Busy,
             _ => Claim::Stale,
         })
