@@ -227,6 +227,12 @@ impl Admin {
                 &[],
                 [(vec![], f.unreplicated_writes())],
             );
+            s.counters(
+                "credproxy_shared_state_claims_refused_total",
+                "Redemption claims refused because another replica was redeeming the same refresh token and had not committed (counted per 250 ms poll; 0 unless a rotation's commit was lost or delayed).",
+                &[],
+                [(vec![], f.claims_refused())],
+            );
         }
         if let Some(i) = &self.app.config().proxy.interceptor {
             s.counters(

@@ -335,6 +335,12 @@ fn a_partition_right_after_a_rotation_does_not_fork() {
         logs.contains("waiting for its commit"),
         "the other replica found the link claimed:\n{logs}"
     );
+    let refused = both[1]
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("credproxy_shared_state_claims_refused_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1), "counted: {refused:?}");
     assert_all_ok(&both, &after);
     assert_eq!(
         provider.redemptions.load(Ordering::SeqCst),

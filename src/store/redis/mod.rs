@@ -217,6 +217,8 @@ pub struct RedisState {
     up: AtomicBool,
     /// Writes a replica did not acknowledge (see `Conn::wait_replicated`).
     unreplicated: AtomicU64,
+    /// Redemption claims refused because another replica holds the link (see `claim`).
+    claims_refused: AtomicU64,
     /// The dataset marker this replica saw, and when Redis was last found to have lost data.
     epoch: Mutex<(Option<String>, Option<Instant>)>,
     events: broadcast::Sender<Event>,
@@ -289,6 +291,7 @@ impl RedisState {
             conn: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             unreplicated: AtomicU64::new(0),
+            claims_refused: AtomicU64::new(0),
             epoch: Mutex::new((None, None)),
             events: broadcast::channel(256).0,
             published: broadcast::channel(256).0,
@@ -413,6 +416,12 @@ impl RedisState {
     /// `credproxy_shared_state_unreplicated_writes_total`).
     pub fn unreplicated_writes(&self) -> u64 {
         self.unreplicated.load(Ordering::Relaxed)
+    }
+
+    /// Claims refused because another replica was redeeming the same link (one per 250 ms
+    /// poll while waiting; `credproxy_shared_state_claims_refused_total`).
+    pub fn claims_refused(&self) -> u64 {
+        self.claims_refused.load(Ordering::Relaxed)
     }
 
     async fn replicated(&self, conn: &Conn, key: &str) {
@@ -693,7 +702,10 @@ impl SharedState for RedisState {
                 self.replicated(&conn, &intent).await;
                 Claim::Mine
             }
-            1 => Claim::Busy,
+            1 => {
+                self.claims_refused.fetch_add(1, Ordering::Relaxed);
+                Claim::Busy
+            }
             _ => Claim::Stale,
         })
     }
