@@ -3,7 +3,7 @@
 //! record), so a rotated token is never lost and never redeemed twice: a replica claims a
 //! link before redeeming it, and the claim holds the others off until its commit lands.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +20,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// How long a claim keeps the other replicas off a link when its holder goes silent before
 /// committing: longer than Redis stalls and failovers last. A holder that died mid-redemption
-/// holds the fleet's rotation back this long at most (the access tokens in hand keep serving).
+/// holds the fleet's rotation back this long at most (access tokens that outlive it keep
+/// serving).
 pub const CLAIM_TTL: Duration = Duration::from_secs(120);
-
 
 pub struct Chain {
     pub(super) file: SealedFile,
@@ -35,8 +35,9 @@ pub struct Chain {
     /// When the provider said the current refresh token expires.
     expires_at: Mutex<Option<u64>>,
     endpoint: String,
-    /// Held while this chain is in use: a background commit stops when it is gone.
-    alive: Arc<()>,
+    /// The version of `current`, for a background commit: it stops once this chain moved past
+    /// its link (which the fleet then had) or the chain is gone.
+    version: Arc<AtomicU64>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -102,6 +103,7 @@ impl Chain {
             )),
             None => {}
         }
+        let version = Arc::new(AtomicU64::new(current.version));
         Ok(Chain {
             file,
             id: ChainId {
@@ -113,7 +115,7 @@ impl Chain {
             unsaved: AtomicBool::new(false),
             expires_at: Mutex::new(expires_at),
             endpoint: endpoint.to_string(),
-            alive: Arc::new(()),
+            version,
         })
     }
 
@@ -125,6 +127,7 @@ impl Chain {
     }
 
     fn set_current(&self, link: Link) {
+        self.version.store(link.version, Ordering::SeqCst);
         if let Ok(mut c) = self.current.lock() {
             *c = link;
         }
@@ -311,8 +314,8 @@ impl Chain {
                     credential = &*self.id.credential,
                     "rotated refresh token not yet in shared state, retrying: {e}"
                 );
-                let alive = Arc::downgrade(&self.alive);
-                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone(), alive);
+                let version = Arc::downgrade(&self.version);
+                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone(), version);
             }
         }
         self.save(&next)
@@ -374,20 +377,25 @@ fn forked(id: &ChainId, version: u64, current: u64) {
 /// How long the background commit waits at most between attempts.
 const RETRY_AT_MOST: Duration = Duration::from_secs(5);
 
-/// Commits a rotation until shared state takes it (backing off to `RETRY_AT_MOST`), for as
-/// long as its chain is in use (`alive`: a deleted connection's chain is not put back).
+/// Commits a rotation until shared state takes it (backing off to `RETRY_AT_MOST`), while
+/// its chain is in use (`version`: a deleted connection's chain is not put back) and has not
+/// moved past it (this replica redeems a later link only once the fleet holds this one).
 fn keep_committing(
     shared: Arc<dyn SharedState>,
     id: ChainId,
     prev: u64,
     next: Link,
-    alive: std::sync::Weak<()>,
+    version: std::sync::Weak<AtomicU64>,
 ) {
     tokio::spawn(async move {
         let mut pause = RETRY_EVERY;
-        while alive.strong_count() > 0 {
+        loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_AT_MOST);
+            match version.upgrade() {
+                Some(v) if v.load(Ordering::SeqCst) <= next.version => {}
+                _ => return,
+            }
             match settle(&*shared, &id, prev, &next).await {
                 Ok(Settled::Committed) => {
                     return tracing::info!(
