@@ -409,3 +409,6 @@ fn keep_committing(
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
