@@ -3,7 +3,7 @@
 //! record), so a rotated token is never lost and never redeemed twice: a replica claims a
 //! link before redeeming it, and the claim holds the others off until its commit lands.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,16 +28,15 @@ pub struct Chain {
     pub(super) file: SealedFile,
     /// The chain's name in the fleet.
     pub(super) id: ChainId,
-    /// The refresh token in use (the seed, or the latest rotated one) and its version.
-    current: Mutex<Link>,
+    /// The refresh token in use (the seed, or the latest rotated one) and its version. An
+    /// `Arc`: a background commit watches it, and stops once this chain moved past its link
+    /// (which the fleet then had) or the chain is gone.
+    current: Arc<Mutex<Link>>,
     /// Memory holds a newer token than the state file (a save failed): never adopt the file.
     unsaved: AtomicBool,
     /// When the provider said the current refresh token expires.
     expires_at: Mutex<Option<u64>>,
     endpoint: String,
-    /// The version of `current`, for a background commit: it stops once this chain moved past
-    /// its link (which the fleet then had) or the chain is gone.
-    version: Arc<AtomicU64>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -103,7 +102,6 @@ impl Chain {
             )),
             None => {}
         }
-        let version = Arc::new(AtomicU64::new(current.version));
         Ok(Chain {
             file,
             id: ChainId {
@@ -111,11 +109,10 @@ impl Chain {
                 tenant: ctx.tenant.map(Into::into),
                 seed_sha256,
             },
-            current: Mutex::new(current),
+            current: Arc::new(Mutex::new(current)),
             unsaved: AtomicBool::new(false),
             expires_at: Mutex::new(expires_at),
             endpoint: endpoint.to_string(),
-            version,
         })
     }
 
@@ -127,7 +124,6 @@ impl Chain {
     }
 
     fn set_current(&self, link: Link) {
-        self.version.store(link.version, Ordering::SeqCst);
         if let Ok(mut c) = self.current.lock() {
             *c = link;
         }
@@ -212,7 +208,7 @@ impl Chain {
         link: &Link,
         wait: Duration,
     ) -> Result<Option<Link>, TokenError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         loop {
             let r = match shared.chain(&self.id).await {
                 Ok(Some(f)) if f.version >= link.version => Ok(Some(f)),
@@ -222,7 +218,7 @@ impl Chain {
             };
             match r {
                 Ok(f) => return Ok(f),
-                Err(_) if tokio::time::Instant::now() + RETRY_EVERY < deadline => {
+                Err(_) if Instant::now() + RETRY_EVERY < deadline => {
                     tokio::time::sleep(RETRY_EVERY).await
                 }
                 Err(e) => return Err(shared_error(e)),
@@ -239,7 +235,7 @@ impl Chain {
         wait: Duration,
     ) -> Result<Link, TokenError> {
         let deadline = Instant::now() + wait;
-        let mut waited = false;
+        let (mut reread, mut told) = (false, false);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let link = self.link_to_redeem(shared, left).await?;
@@ -250,13 +246,13 @@ impl Chain {
             let why = match claim {
                 Claim::Mine => return Ok(link),
                 // The chain moved between our read and the claim: read it again at once.
-                Claim::Stale if !waited => {
-                    waited = true;
+                Claim::Stale if !reread => {
+                    reread = true;
                     continue;
                 }
                 Claim::Stale => "the chain kept moving while this replica tried to claim it",
                 Claim::Busy => {
-                    if !waited {
+                    if !std::mem::replace(&mut told, true) {
                         tracing::info!(
                             credential = &*self.id.credential,
                             version = link.version,
@@ -267,7 +263,6 @@ impl Chain {
                      rotated one yet"
                 }
             };
-            waited = true;
             if Instant::now() + RETRY_EVERY >= deadline {
                 return Err(TokenError::SharedState(format!("{why} (version {})", link.version)));
             }
@@ -314,8 +309,8 @@ impl Chain {
                     credential = &*self.id.credential,
                     "rotated refresh token not yet in shared state, retrying: {e}"
                 );
-                let version = Arc::downgrade(&self.version);
-                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone(), version);
+                let current = Arc::downgrade(&self.current);
+                keep_committing(shared.clone(), self.id.clone(), prev.version, next.clone(), current);
             }
         }
         self.save(&next)
@@ -378,23 +373,25 @@ fn forked(id: &ChainId, version: u64, current: u64) {
 const RETRY_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Commits a rotation until shared state takes it (backing off to `RETRY_AT_MOST`), while
-/// its chain is in use (`version`: a deleted connection's chain is not put back) and has not
+/// its chain is in use (`current`: a deleted connection's chain is not put back) and has not
 /// moved past it (this replica redeems a later link only once the fleet holds this one).
 fn keep_committing(
     shared: Arc<dyn SharedState>,
     id: ChainId,
     prev: u64,
     next: Link,
-    version: std::sync::Weak<AtomicU64>,
+    current: std::sync::Weak<Mutex<Link>>,
 ) {
     tokio::spawn(async move {
         let mut pause = RETRY_EVERY;
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_AT_MOST);
-            match version.upgrade() {
-                Some(v) if v.load(Ordering::SeqCst) <= next.version => {}
-                _ => return,
+            let in_use = current
+                .upgrade()
+                .is_some_and(|c| c.lock().is_ok_and(|c| c.version <= next.version));
+            if !in_use {
+                return;
             }
             match settle(&*shared, &id, prev, &next).await {
                 Ok(Settled::Committed) => {

@@ -6,8 +6,8 @@
 //! - `{prefix}:{cred|tenant}:token:<digest>`  a sealed token, expiring with it;
 //! - `...:lease:<digest>` / `...:fence:<digest>`  who fetches it now, and its fencing number;
 //! - `...:chain:<digest>`  a refresh-token chain: `v` (version, clear) and `d` (sealed link);
-//!   `...:chain:<digest>:redeeming`  who is redeeming its link now (a random owner id, with
-//!   a time-to-live; a commit ends it);
+//!   `...:chain:<digest>:redeeming`  who is redeeming its link now (the process's random
+//!   owner id, with a time-to-live; a commit ends it);
 //! - `{prefix}:{connections}`  tenants' connections, field `credential|tenant`, value sealed;
 //!   `...:rev` the revision of each (a change older than the fleet's is not applied);
 //! - `{prefix}:once:<kind>:<digest>`  connect links and OAuth states, taken once (GETDEL);
