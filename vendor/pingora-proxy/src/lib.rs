@@ -95,6 +95,7 @@ mod proxy_h2;
 mod proxy_purge;
 mod proxy_trait;
 mod sticky;
+mod task_pipe;
 pub mod subrequest;
 
 use sticky::{Carried, StickyUpstream, Take};
