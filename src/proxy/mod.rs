@@ -348,6 +348,11 @@ impl ProxyHttp for CredProxy {
         Ctx::new(self.app.config())
     }
 
+    /// No downstream modules. pingora's default adds response compression at level 0: off,
+    /// but still set up and consulted on every request (four allocations and its filters,
+    /// BENCHMARKS.md); credproxy never compresses answers, and scrubbing needs them plain.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let cfg = ctx.cfg.clone();
         client_timeouts(session, ctx, &cfg);
