@@ -767,7 +767,9 @@ fn check_deadline(ctx: &mut Ctx) -> Result<()> {
 /// fields and those named in `Connection`.
 fn strip_proxy_headers(req: &mut RequestHeader) {
     req.remove_header(&http::header::PROXY_AUTHORIZATION);
-    req.remove_header("proxy-connection");
+    // A static name: the text would be parsed on every request.
+    const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+    req.remove_header(&PROXY_CONNECTION);
     let ours: Vec<http::HeaderName> = req
         .headers
         .keys()

@@ -15,6 +15,9 @@ use crate::routing::split_host_port;
 
 pub const CREDENTIAL_HEADER: &str = "x-credproxy-credential";
 pub const TENANT_HEADER: &str = "x-credproxy-tenant";
+// As names, so a lookup does not parse the text on every request.
+const CREDENTIAL_NAME: http::HeaderName = http::HeaderName::from_static(CREDENTIAL_HEADER);
+const TENANT_NAME: http::HeaderName = http::HeaderName::from_static(TENANT_HEADER);
 
 /// Where the request is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +428,7 @@ fn tenant_of(
     client: Option<usize>,
 ) -> Result<Option<Arc<str>>, ProxyError> {
     let client = client.and_then(|c| cfg.clients.as_ref()?.get(c));
-    let Some(v) = req.headers.get(TENANT_HEADER) else {
+    let Some(v) = req.headers.get(&TENANT_NAME) else {
         return Ok(client.and_then(|c| c.tenant.clone()));
     };
     let name = v
@@ -470,7 +473,7 @@ fn choose_credential(
     };
     let header = req
         .headers
-        .get(CREDENTIAL_HEADER)
+        .get(&CREDENTIAL_NAME)
         .map(|v| v.to_str())
         .transpose()
         .map_err(|_| refuse(bad("X-Credproxy-Credential is not valid text"), None))?;
