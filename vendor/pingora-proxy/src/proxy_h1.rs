@@ -385,8 +385,9 @@ where
         // Batch: pull as many tasks as we can from rx
         let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         tasks.push(initial_task);
-        // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-        while let Some(maybe_task) = tokio::task::unconstrained(rx.recv()).now_or_never() {
+        // The task pipe's recv takes no cooperative budget (tokio's channel did, hence an
+        // `unconstrained` here before), so a ready task is never reported pending.
+        while let Some(maybe_task) = rx.recv().now_or_never() {
             debug!("upstream event now: {:?}", maybe_task);
             if let Some(t) = maybe_task {
                 tasks.push(t);

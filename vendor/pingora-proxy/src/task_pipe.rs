@@ -22,6 +22,12 @@
 //! cache-padded, many-sender channel state for each, and pays for its multi-producer protocol
 //! on every message, where both ends of this pipe live in one task (`try_join!`). Here a pipe is
 //! one allocation holding a `TASK_BUFFER_SIZE` ring under an uncontended lock.
+//!
+//! Each end keeps one waker: at most one `reserve` may wait on a sender at a time (`Sender`
+//! is not `Clone`; `proxy_h1` waits on it from one place), and `recv` takes `&mut self`. Waits
+//! take no part in tokio's cooperative budget, unlike tokio's channel: every pass of
+//! `proxy_h1`'s loops also does socket I/O, which does, and handles at most
+//! `TASK_BUFFER_SIZE` queued tasks.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -294,8 +300,9 @@ impl<T> fmt::Debug for Permit<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::pin;
-    use std::task::Context;
+    use std::pin::{pin, Pin};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake};
 
     /// Poll once: `Some` if ready.
     fn now<F: Future>(f: F) -> Option<F::Output> {
@@ -363,6 +370,226 @@ mod tests {
         );
         assert_eq!(tx.try_reserve().unwrap_err(), TrySendError::Closed);
         assert!(now(tx.reserve()).unwrap().is_err());
+    }
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    fn woken(c: &Count) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    fn poll_with<F: Future>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(w))
+    }
+
+    #[test]
+    fn a_waiting_recv_is_woken_by_a_send_and_by_the_sender_going() {
+        let (tx, mut rx) = channel::<u8>();
+        // A poll with a no-op waker (as `now_or_never`) is replaced by the next real one.
+        assert!(now(rx.recv()).is_none());
+        let (c, w) = counter();
+        assert!(poll_with(pin!(rx.recv()), &w).is_pending());
+        tx.try_reserve().unwrap().send(1);
+        assert_eq!(woken(&c), 1);
+        let (c, w) = counter();
+        assert_eq!(poll_with(pin!(rx.recv()), &w), Poll::Ready(Some(1)));
+        assert!(poll_with(pin!(rx.recv()), &w).is_pending());
+        drop(tx);
+        assert_eq!(woken(&c), 1, "the sender going wakes a waiting recv");
+    }
+
+    #[test]
+    fn a_waiting_reserve_is_woken_by_a_dropped_permit_a_recv_and_the_receiver_going() {
+        let (tx, mut rx) = channel::<u8>();
+        let permit = tx.try_reserve().unwrap();
+        for _ in 1..CAP {
+            tx.try_reserve().unwrap().send(0);
+        }
+        let (c, w) = counter();
+        let mut wait = pin!(tx.reserve());
+        assert!(poll_with(wait.as_mut(), &w).is_pending());
+        drop(permit);
+        assert_eq!(woken(&c), 1);
+        let permit = match poll_with(wait.as_mut(), &w) {
+            Poll::Ready(Ok(p)) => p,
+            _ => panic!("a slot was free"),
+        };
+
+        let (c, w) = counter();
+        let mut wait = pin!(tx.reserve());
+        assert!(poll_with(wait.as_mut(), &w).is_pending());
+        assert_eq!(now(rx.recv()), Some(Some(0)));
+        assert_eq!(woken(&c), 1);
+        drop(permit);
+
+        let (c, w) = counter();
+        let held = [tx.try_reserve().unwrap(), tx.try_reserve().unwrap()];
+        let mut wait = pin!(tx.reserve());
+        assert!(poll_with(wait.as_mut(), &w).is_pending());
+        drop(rx);
+        assert_eq!(woken(&c), 1);
+        assert!(matches!(poll_with(wait.as_mut(), &w), Poll::Ready(Err(_))));
+        drop(held);
+    }
+
+    #[test]
+    fn queued_values_outlive_the_sender() {
+        let (tx, mut rx) = channel::<u8>();
+        tx.try_reserve().unwrap().send(1);
+        tx.try_reserve().unwrap().send(2);
+        drop(tx);
+        assert_eq!(now(rx.recv()), Some(Some(1)));
+        assert_eq!(now(rx.recv()), Some(Some(2)));
+        assert_eq!(now(rx.recv()), Some(None));
+        assert_eq!(now(rx.recv()), Some(None));
+    }
+
+    /// A value whose destructor checks that the pipe's lock is free.
+    struct Reenter(Arc<Mutex<State<Reenter>>>, Arc<AtomicUsize>);
+
+    impl Drop for Reenter {
+        fn drop(&mut self) {
+            assert!(self.0.try_lock().is_ok(), "dropped under the pipe's lock");
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn values_are_dropped_outside_the_lock() {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel::<Reenter>();
+        let shared = tx.shared.clone();
+        let value = || Reenter(shared.clone(), dropped.clone());
+        tx.try_reserve().unwrap().send(value());
+        let permit = tx.try_reserve().unwrap();
+        drop(rx);
+        permit.send(value());
+        drop(now(tx.send(value())));
+        assert_eq!(dropped.load(Ordering::SeqCst), 3);
+    }
+
+    /// `proxy_h1`'s shape: two halves in one task, each selecting over its pipes with the
+    /// losing branches dropped every pass, draining with a no-op-waker poll.
+    async fn half(tx: Sender<u32>, mut rx: Receiver<u32>, n: u32, yields: bool) -> Vec<u32> {
+        let (mut next, mut got, mut rx_done) = (0, Vec::new(), false);
+        let mut tx = Some(tx);
+        while !rx_done || tx.is_some() {
+            // The permit borrows the sender: it goes before the sender may.
+            {
+                let permit = tx.as_ref().map(Sender::try_reserve);
+                let full = matches!(permit, Some(Err(TrySendError::Full)));
+                tokio::select! {
+                    _ = tokio::task::yield_now(), if yields && matches!(permit, Some(Ok(_))) => {
+                        if let Some(Ok(p)) = permit {
+                            p.send(next);
+                            next += 1;
+                        }
+                    }
+                    () = std::future::ready(()), if !yields && matches!(permit, Some(Ok(_))) => {
+                        if let Some(Ok(p)) = permit {
+                            p.send(next);
+                            next += 1;
+                        }
+                    }
+                    _ = async { tx.as_ref().map(|t| t.reserve()).unwrap().await.is_ok() }, if full => {}
+                    v = rx.recv(), if !rx_done => match v {
+                        Some(v) => {
+                            got.push(v);
+                            while let Some(more) = now(rx.recv()) {
+                                match more {
+                                    Some(v) => got.push(v),
+                                    None => {
+                                        rx_done = true;
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        None => rx_done = true,
+                    }
+                }
+            }
+            if next == n {
+                tx = None;
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn two_halves_in_one_task_like_proxy_h1() {
+        for yields in [false, true] {
+            let (t1, r1) = channel();
+            let (t2, r2) = channel();
+            let n = 5_000;
+            let both = async { tokio::join!(half(t1, r2, n, yields), half(t2, r1, n, !yields)) };
+            let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(60), both)
+                .await
+                .expect("a lost wake-up: the halves hung");
+            assert_eq!(a, (0..n).collect::<Vec<_>>());
+            assert_eq!(b, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn across_threads_with_cancelled_waits() {
+        for round in 0..50u32 {
+            let (tx, mut rx) = channel::<u32>();
+            let n = 1_000;
+            let producer = tokio::spawn(async move {
+                let mut i = 0;
+                while i < n {
+                    tokio::select! {
+                        r = tx.reserve() => {
+                            r.unwrap().send(i);
+                            i += 1;
+                        }
+                        _ = tokio::task::yield_now(), if i % 7 == round % 7 => {}
+                    }
+                }
+            });
+            let consumer = tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    tokio::select! {
+                        m = rx.recv() => match m {
+                            Some(x) => got.push(x),
+                            None => break,
+                        },
+                        _ = tokio::task::yield_now(), if got.len() % 5 == 0 => {}
+                    }
+                }
+                got
+            });
+            let got = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                producer.await.unwrap();
+                consumer.await.unwrap()
+            })
+            .await
+            .expect("a lost wake-up: the pipe hung");
+            assert_eq!(got, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn the_ends_can_move_between_threads() {
+        fn send<X: Send>() {}
+        fn send_sync<X: Send + Sync>() {}
+        send_sync::<Sender<String>>();
+        send::<Receiver<String>>();
+        send::<Permit<'static, String>>();
     }
 
     #[tokio::test]
