@@ -36,7 +36,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-need mitmdump || python3 -m pip install -q mitmproxy
+# mitmproxy pins its own cryptography (< 44.1 for 11.x), which the test suite's Python packages
+# (moto's joserfc wants >= 45) must not get: it lives in a virtualenv of its own.
+mitm_venv=${MITM_VENV:-$HOME/.cache/credproxy-bench/mitmproxy}
+if [ ! -x "$mitm_venv/bin/mitmdump" ]; then
+  python3 -m venv "$mitm_venv" 2>/dev/null || {
+    sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$mitm_venv"
+  }
+  "$mitm_venv/bin/pip" install -q mitmproxy
+fi
+mitmdump=$mitm_venv/bin/mitmdump
 export PATH="$HOME/.cargo/bin:$PATH"
 need oha || cargo install -q --locked oha
 say "building (release)"
@@ -118,7 +128,7 @@ cat > "$tmp/mitm/addon.py" <<'PY'
 def request(flow):
     flow.request.headers["Authorization"] = "Bearer bench"
 PY
-mitmdump -q --listen-host 127.0.0.1 --listen-port $MP --set confdir="$tmp/mitm" \
+"$mitmdump" -q --listen-host 127.0.0.1 --listen-port $MP --set confdir="$tmp/mitm" \
   --set ssl_insecure=true -s "$tmp/mitm/addon.py" &
 
 # credproxy: one process for the shared routes, one for a per-tenant connection (its clients
