@@ -24,6 +24,7 @@ SOAK=${SOAK:-300}
 THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-1}
 
+. benches/common.sh
 # --- tools ---------------------------------------------------------------------------------
 say() { echo "[$(date +%T)] $*" >&2; }
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -66,8 +67,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 bin=target/release
 
 O=$(port); OO=$(port); OS=$(port); OT=$(port); T=$(port); TU=$(port)
@@ -84,29 +83,7 @@ $bin/examples/bare_pingora 127.0.0.1:$BP 127.0.0.1:$O "$THREADS" >/dev/null 2>"$
 BM=$(port)
 $bin/examples/bare_pingora_mimalloc 127.0.0.1:$BM 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare_mi.log" &
 
-NG=$(port); mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx/nginx.conf" <<NGINX
-worker_processes $THREADS;
-daemon off;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $tmp/nginx; proxy_temp_path $tmp/nginx; fastcgi_temp_path $tmp/nginx;
-  uwsgi_temp_path $tmp/nginx; scgi_temp_path $tmp/nginx;
-  upstream origin { server 127.0.0.1:$O; keepalive 256; }
-  server {
-    listen 127.0.0.1:$NG;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer bench";
-    }
-  }
-}
-NGINX
+NG=$(port); nginx_conf "$tmp/nginx" $NG $O "$THREADS"
 nginx -c "$tmp/nginx/nginx.conf" &
 
 SQ=$(port); mkdir -p "$tmp/squid"; chmod 777 "$tmp/squid"

@@ -1,0 +1,40 @@
+# Shell helpers shared by benches/load.sh and benches/ab.sh (sourced, not run).
+
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Wait until something listens on loopback port $1.
+wait_port() {
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done
+  echo "port $1 never opened" >&2; exit 1
+}
+
+# nginx_conf DIR LISTEN_PORT ORIGIN_PORT WORKERS: an nginx reverse proxy to the origin that adds
+# the bearer header (the peer credproxy is measured against), written to DIR/nginx.conf; its
+# pid file is DIR/nginx.pid.
+nginx_conf() {
+  local dir=$1
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<NGINX
+worker_processes $4;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir; scgi_temp_path $dir;
+  upstream origin { server 127.0.0.1:$3; keepalive 256; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench";
+    }
+  }
+}
+NGINX
+}
