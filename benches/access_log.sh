@@ -9,7 +9,7 @@ dur=${1:-4s}; rounds=${2:-5}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet --bin credproxy --example origin
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/common.sh
 op=$(port)
 target/release/examples/origin 127.0.0.1:$op >/dev/null &
 start() { # name RUST_LOG log-format -> proxy port

@@ -1,4 +1,4 @@
-# Shell helpers shared by benches/load.sh and benches/ab.sh (sourced, not run).
+# Shell helpers shared by the scripts in benches/ (sourced from the repository root, not run).
 
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -13,7 +13,7 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)"; exit 1; }
 cargo build --release --quiet --bin credproxy --example origin
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/common.sh
 o=$(port); tp=$(port); rp=$(port)
 p1=$(port); a1=$(port); p2=$(port); a2=$(port)
 redis-server --port "$rp" --save "" --appendonly no >/dev/null 2>&1 &

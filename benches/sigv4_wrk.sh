@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 dur=${1:-8s}
 cargo build --release --quiet --bin credproxy --example origin
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/common.sh
 o1=$(port); o2=$(port); pp=$(port); ap=$(port)
 cat > "$tmp/c.yaml" <<YAML
 proxy: { listen: 127.0.0.1:$pp, admin: 127.0.0.1:$ap, threads: 1, egress: { allow: [127.0.0.0/8] } }

@@ -18,7 +18,7 @@ active=${4:-$n}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet --bin credproxy --example origin
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/common.sh
 o1=$(port); o2=$(port); p=$(port); a=$(port)
 cat > "$tmp/c.yaml" <<YAML
 proxy: { listen: 127.0.0.1:$p, admin: 127.0.0.1:$a, threads: 1, egress: { allow: [127.0.0.0/8] }, admin_token: "\${ADMIN_TOKEN}", state_dir: $tmp/state }
