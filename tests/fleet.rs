@@ -233,14 +233,6 @@ fn assert_all_ok(ps: &[Proxy], statuses: &[u16]) {
     );
 }
 
-/// A counter without labels from the replica's `/metrics`.
-fn counter(p: &Proxy, name: &str) -> Option<u64> {
-    p.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 fn steady_load(ps: &[Proxy], origin: &Origin, secs: u64, stop: Option<&AtomicBool>) -> Vec<u16> {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut statuses = Vec::new();
@@ -343,7 +335,7 @@ fn a_partition_right_after_a_rotation_does_not_fork() {
         logs.contains("waiting for its commit"),
         "the other replica found the link claimed:\n{logs}"
     );
-    let refused = counter(&both[1], "credproxy_shared_state_claims_refused_total");
+    let refused = both[1].counter("credproxy_shared_state_claims_refused_total");
     assert!(refused.is_some_and(|n| n >= 1), "counted: {refused:?}");
     assert_all_ok(&both, &after);
     assert_eq!(
@@ -815,7 +807,10 @@ fn stopped_replica_rotations(replicas_n: usize) -> (Vec<Proxy>, Vec<u16>, Rotati
     cluster.nodes[replica].signal("-CONT");
     let counted: u64 = ps
         .iter()
-        .map(|p| counter(p, "credproxy_shared_state_unreplicated_writes_total").unwrap_or(0))
+        .map(|p| {
+            p.counter("credproxy_shared_state_unreplicated_writes_total")
+                .unwrap_or(0)
+        })
         .sum();
     assert!(provider.rotations() >= 1, "a rotation fell due");
     assert!(counted >= 1, "an unacknowledged rotation is counted");

@@ -125,13 +125,6 @@ fn setup() -> Setup {
     setup_with("", true, "")
 }
 
-fn metric(m: &str, prefix: &str) -> Option<u64> {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn ca_init_prints_trust_instructions_and_refuses_to_overwrite() {
     let d = tempfile::tempdir().unwrap();

@@ -517,6 +517,11 @@ impl Proxy {
         http_get(self.admin, "/metrics").unwrap().1
     }
 
+    /// An unlabelled counter's value from `/metrics`.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        metric(&self.metrics(), &format!("{name} "))
+    }
+
     /// Metrics once they contain every `needle`: request counters are written in pingora's
     /// logging phase, just after the client has its response. Bounded: 5 s, then as they are.
     pub fn metrics_with(&self, needles: &[&str]) -> String {
@@ -878,4 +883,13 @@ impl KeepAliveClient {
         self.r.read_exact(&mut body).unwrap();
         (status, String::from_utf8(body).unwrap())
     }
+}
+
+/// The value of the first sample in Prometheus text `m` whose line starts with `prefix` (a
+/// name and a space, or a name and the start of its labels).
+pub fn metric(m: &str, prefix: &str) -> Option<u64> {
+    m.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
