@@ -249,6 +249,68 @@ fn bodies_that_cannot_be_signed_are_refused_clearly() {
     assert_eq!(o.count(), 0);
 }
 
+/// A client that writes its whole oversized body before reading (as most do) reads the 413:
+/// the proxy reads and drops the rest of a refused body before it closes, since closing with
+/// unread bytes makes the kernel reset the connection, and the reset would reach the client
+/// instead of the answer. The body is sent in pieces with pauses, so the refusal is long
+/// written when the client's last bytes arrive.
+#[test]
+fn a_refused_body_is_read_to_its_end_so_the_client_reads_the_413() {
+    use std::io::{Read, Write};
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let len = 16usize << 20;
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "PUT http://127.0.0.1:{0}/bucket/big HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nContent-Length: {len}\r\n\r\n",
+        o.port()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let piece = vec![b'x'; 64 << 10];
+    for i in 0..len / piece.len() {
+        if let Err(e) = s.write_all(&piece) {
+            panic!("writing piece {i} of the body: {e} (the proxy reset the connection)");
+        }
+        if i % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+    assert_eq!(o.count(), 0);
+}
+
+/// The rest of a refused body is waited for within bounds: a client that stops sending
+/// mid-body, or that asked `Expect: 100-continue` and so sends nothing, still reads its 413
+/// and sees the connection close.
+#[test]
+fn a_refused_body_the_client_stops_sending_ends_with_the_413_and_a_close() {
+    use std::io::{Read, Write};
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let url = format!("http://127.0.0.1:{}/bucket/big", o.port());
+    for (expect, sent) in [("", 1usize << 20), ("Expect: 100-continue\r\n", 0)] {
+        let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!(
+            "PUT {url} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{expect}Content-Length: {}\r\n\r\n",
+            o.port(),
+            16 << 20
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&vec![b'x'; sent]).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{expect}: {answer}");
+    }
+    assert_eq!(o.count(), 0);
+}
+
 /// curl PUTs `len` bytes with `Transfer-Encoding: chunked` through the proxy; the status.
 fn curl_chunked_put(p: &Proxy, url: &str, len: usize) -> String {
     let dir = tempfile::tempdir().unwrap();

@@ -140,7 +140,40 @@ pub async fn respond(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
+    linger(session).await;
     Ok(())
+}
+
+/// How long and how much of a refused request's unread body is read and dropped before the
+/// connection closes.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Reads the rest of an HTTP/1 request body that was answered without being read, within
+/// bounds, before the connection closes (nginx's lingering close): closing with unread bytes
+/// makes the kernel reset the connection, and a client still writing its body would see that
+/// reset instead of the answer already sent. A client that asked `Expect: 100-continue` was
+/// never told to send the body, so there is nothing to wait for.
+async fn linger(session: &mut Session) {
+    if session.is_body_done() || session.is_http2() || expects_continue(session.req_header()) {
+        return;
+    }
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while let Ok(Some(piece)) = session.read_request_body().await {
+            left = left.saturating_sub(piece.len());
+            if left == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 impl CredProxy {
