@@ -406,7 +406,7 @@ impl Clone for RequestHeader {
     fn clone(&self) -> Self {
         Self {
             base: self.as_owned_parts(),
-            header_name_map: self.header_name_map.clone(),
+            header_name_map: self.header_name_map.as_ref().map(clone_with_headroom),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
         }
@@ -475,7 +475,7 @@ impl Clone for ResponseHeader {
     fn clone(&self) -> Self {
         Self {
             base: self.as_owned_parts(),
-            header_name_map: self.header_name_map.clone(),
+            header_name_map: self.header_name_map.as_ref().map(clone_with_headroom),
             reason_phrase: self.reason_phrase.clone(),
         }
     }
@@ -804,7 +804,7 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
         .unwrap()
         .into_parts()
         .0;
-    parts.headers = me.headers.clone();
+    parts.headers = clone_with_headroom(&me.headers);
     parts.extensions = me.extensions.clone();
     parts
 }
@@ -817,9 +817,21 @@ fn clone_resp_parts(me: &RespParts) -> RespParts {
         .unwrap()
         .into_parts()
         .0;
-    parts.headers = me.headers.clone();
+    parts.headers = clone_with_headroom(&me.headers);
     parts.extensions = me.extensions.clone();
     parts
+}
+
+/// A copy of `map` with room for a few more entries. A derived clone is exactly full, so the
+/// first insert into it (a proxy nearly always adds a header to the copy it sends on)
+/// reallocates its entries. The copy keeps `map`'s iteration order, which a header map and its
+/// case map rely on matching.
+fn clone_with_headroom<T: Clone>(map: &HMap<T>) -> HMap<T> {
+    let mut copy = HMap::with_capacity(http_header_map_upper_bound(Some(map.len())));
+    for (name, value) in map {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.
@@ -1062,7 +1074,7 @@ mod tests {
     #[test]
     fn header_map_upper_bound() {
         assert_eq!(8, http_header_map_upper_bound(None));
-        assert_eq!(16, http_header_map_upper_bound(Some(16)));
+        assert_eq!(20, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
     }
 
