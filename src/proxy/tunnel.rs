@@ -2,6 +2,7 @@
 //! the connection's addresses), and so where it may go and which client opened it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -25,6 +26,9 @@ pub struct Tunnel {
 /// Live intercepted connections by (local, peer) address.
 pub struct Tunnels {
     map: DashMap<(SocketAddr, SocketAddr), Arc<Tunnel>>,
+    /// Registrations alive. `DashMap::is_empty` read-locks every shard, and every request
+    /// asks whether there are tunnels at all.
+    live: AtomicUsize,
     /// `credproxy_intercepted_connections`.
     open: IntGauge,
 }
@@ -33,6 +37,7 @@ impl Tunnels {
     pub fn new(open: IntGauge) -> Self {
         Tunnels {
             map: DashMap::new(),
+            live: AtomicUsize::new(0),
             open,
         }
     }
@@ -42,12 +47,13 @@ impl Tunnels {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.live.load(Ordering::Acquire) == 0
     }
 
     /// Records a tunnel for the connection with these addresses until the guard drops.
     pub fn register(&self, key: (SocketAddr, SocketAddr), t: Arc<Tunnel>) -> Registration<'_> {
         self.map.insert(key, t.clone());
+        self.live.fetch_add(1, Ordering::Release);
         self.open.inc();
         Registration {
             tunnels: self,
@@ -71,6 +77,7 @@ impl Drop for Registration<'_> {
         self.tunnels
             .map
             .remove_if(&self.key, |_, t| Arc::ptr_eq(t, &self.tunnel));
+        self.tunnels.live.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -139,6 +146,7 @@ mod tests {
         // The pair is reused by a new connection before the old one's guard drops.
         let b = t.register(key, mk("b.test"));
         drop(a);
+        assert!(!t.is_empty());
         assert_eq!(t.get(key.0, key.1).unwrap().host, "b.test");
         assert_eq!(open.get(), 1);
         drop(b);
