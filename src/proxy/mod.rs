@@ -483,10 +483,11 @@ impl ProxyHttp for CredProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), Some(plan)) = (ctx.upstream_sent, &ctx.plan) {
-            ctx.timing.upstream_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+            let took = t.elapsed();
+            ctx.timing.upstream_ms = Some(took.as_secs_f64() * 1000.0);
             let m = ctx.cfg.metrics.get();
             if let Some(h) = plan.route.and_then(|r| m?.routes.get(r)) {
-                h.latency.observe(metrics::seconds(t.elapsed()));
+                h.latency.observe(metrics::seconds(took));
             }
         }
         if resp.status == http::StatusCode::UNAUTHORIZED

@@ -72,6 +72,10 @@ fn check_level(path: &str, path_scoped: bool) -> Result<(), ProxyError> {
 /// parameter. Allocation-free: it runs on every segment of every request.
 fn is_dot_segment(seg: &str) -> bool {
     let b = seg.as_bytes();
+    // A dot segment starts with its first dot; most segments are over at their first byte.
+    if !matches!(b.first(), Some(b'.' | b'%')) {
+        return false;
+    }
     let end = (0..b.len())
         .find(|&i| b[i] == b';' || is_escape(&b[i..], b'3', b'b'))
         .unwrap_or(b.len());
