@@ -256,7 +256,7 @@ fn bodies_that_cannot_be_signed_are_refused_clearly() {
 /// written when the client's last bytes arrive.
 #[test]
 fn a_refused_body_is_read_to_its_end_so_the_client_reads_the_413() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let o = Origin::start();
     let p = proxy(&o, "");
     let len = 16usize << 20;
@@ -268,17 +268,8 @@ fn a_refused_body_is_read_to_its_end_so_the_client_reads_the_413() {
     );
     s.write_all(head.as_bytes()).unwrap();
     let piece = vec![b'x'; 64 << 10];
-    for i in 0..len / piece.len() {
-        if let Err(e) = s.write_all(&piece) {
-            panic!("writing piece {i} of the body: {e} (the proxy reset the connection)");
-        }
-        if i % 16 == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    write_paced(&mut s, &piece, len / piece.len());
+    let answer = read_rest(&mut s);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("body_too_large"), "{answer}");
     assert_eq!(o.count(), 0);
@@ -289,7 +280,7 @@ fn a_refused_body_is_read_to_its_end_so_the_client_reads_the_413() {
 /// and sees the connection close.
 #[test]
 fn a_refused_body_the_client_stops_sending_ends_with_the_413_and_a_close() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let o = Origin::start();
     let p = proxy(&o, "");
     let url = format!("http://127.0.0.1:{}/bucket/big", o.port());
@@ -303,12 +294,91 @@ fn a_refused_body_the_client_stops_sending_ends_with_the_413_and_a_close() {
         );
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(&vec![b'x'; sent]).unwrap();
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = read_rest(&mut s);
         assert!(answer.starts_with("HTTP/1.1 413"), "{expect}: {answer}");
     }
     assert_eq!(o.count(), 0);
+}
+
+/// Writes `piece` `times` times, pausing now and then, so the proxy's answer is long sent when
+/// the last bytes arrive; a reset from the proxy fails the test.
+fn write_paced(s: &mut std::net::TcpStream, piece: &[u8], times: usize) {
+    use std::io::Write;
+    for i in 0..times {
+        if let Err(e) = s.write_all(piece) {
+            panic!("writing piece {i} of the body: {e} (the proxy reset the connection)");
+        }
+        if i % 16 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Everything the proxy sends until it closes the connection.
+fn read_rest(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Reads one response head (up to the blank line) from a raw connection.
+fn read_head(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// A client that asked `Expect: 100-continue` and was told to go on is sending its body too:
+/// when the body turns out too large, the rest is still read, and the 413 reaches the client.
+#[test]
+fn a_refused_body_sent_after_100_continue_still_gets_its_413() {
+    use std::io::Write;
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "PUT http://127.0.0.1:{0}/bucket/big HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+        o.port()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 100"));
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.extend(vec![b'x'; 0x10000]);
+    chunk.extend(b"\r\n");
+    write_paced(&mut s, &chunk, 256);
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let answer = read_rest(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(o.count(), 0);
+}
+
+/// After a `100 Continue`, a failure to reach the origin is still answered (it was not: the
+/// 100 counted as the answer already written).
+#[test]
+fn an_upstream_failure_after_100_continue_is_answered() {
+    use std::io::Write;
+    let o = Origin::start();
+    let p = proxy(&o, "");
+    let port = o.port();
+    drop(o);
+    let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "PUT http://127.0.0.1:{port}/bucket/k HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 100"));
+    s.write_all(b"hello").unwrap();
+    let answer = read_rest(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("connection_refused"), "{answer}");
 }
 
 /// curl PUTs `len` bytes with `Transfer-Encoding: chunked` through the proxy; the status.

@@ -138,10 +138,23 @@ pub async fn respond(
         // The body was not read: the connection cannot carry another request.
         session.set_keepalive(None);
     }
+    let sending = body_on_its_way(session);
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
-    linger(session).await;
+    if sending {
+        linger(session).await;
+    }
     Ok(())
+}
+
+/// Whether the client may be sending its body: unless it asked `Expect: 100-continue` and was
+/// never told to go on (no `100 Continue` from us, nothing of the body read yet).
+fn body_on_its_way(session: &Session) -> bool {
+    !replay::expects_continue(session)
+        || session
+            .response_written()
+            .is_some_and(|r| r.status == http::StatusCode::CONTINUE)
+        || session.body_bytes_read() > 0
 }
 
 /// How long and how much of a refused request's unread body is read and dropped before the
@@ -152,10 +165,9 @@ const LINGER_BYTES: usize = 64 << 20;
 /// Reads the rest of an HTTP/1 request body that was answered without being read, within
 /// bounds, before the connection closes (nginx's lingering close): closing with unread bytes
 /// makes the kernel reset the connection, and a client still writing its body would see that
-/// reset instead of the answer already sent. A client that asked `Expect: 100-continue` was
-/// never told to send the body, so there is nothing to wait for.
+/// reset instead of the answer already sent.
 async fn linger(session: &mut Session) {
-    if session.is_body_done() || session.is_http2() || expects_continue(session.req_header()) {
+    if session.is_body_done() || session.is_http2() {
         return;
     }
     let drain = async {
@@ -168,12 +180,6 @@ async fn linger(session: &mut Session) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-}
-
-fn expects_continue(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 impl CredProxy {
@@ -597,7 +603,11 @@ impl ProxyHttp for CredProxy {
                 can_reuse_downstream: false,
             };
         };
-        if session.response_written().is_none() {
+        // After a `100 Continue` (sent before a body is read whole) the answer is still owed.
+        if session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational())
+        {
             let (r, c) = ctx.names();
             if let Err(we) = respond(session, &err, r, c).await {
                 tracing::debug!("could not send error response: {we}");

@@ -63,7 +63,7 @@ async fn expect_continue(session: &mut Session) -> Result<()> {
     Ok(())
 }
 
-fn expects_continue(session: &Session) -> bool {
+pub(super) fn expects_continue(session: &Session) -> bool {
     session
         .req_header()
         .headers
