@@ -77,10 +77,14 @@ impl TimerStub {
 
     /// Wait for the timer to expire.
     pub async fn poll(self) {
+        // `notified()` first: a `Notified` receives every `notify_waiters()` made after it was
+        // created, polled or not. Checking the flag first left a window in which the timer
+        // fired between the check and the `notified()`, and the wait never ended.
+        let notified = self.0.notified();
         if self.1.load(Ordering::SeqCst) {
             return;
         }
-        self.0.notified().await;
+        notified.await;
     }
 }
 
@@ -337,6 +341,23 @@ mod tests {
         assert!(!again.fired());
         assert!(!Arc::ptr_eq(&first.0, &again.0));
         assert!(Arc::ptr_eq(&again.0, &tree_timer(&tm, now, d)));
+    }
+
+    /// A timer that fires while its stub is being polled always ends the wait (bounded: a
+    /// missed notification shows as a wait that outlasts the guard).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_a_timer_fired_during_the_poll_ends_the_wait() {
+        for _ in 0..2000 {
+            let timer = Timer::new();
+            let stub = timer.subscribe();
+            let waiter = tokio::spawn(stub.poll());
+            let firer = tokio::task::spawn_blocking(move || timer.fire());
+            firer.await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("the wait outlived a fired timer")
+                .unwrap();
+        }
     }
 
     #[test]
