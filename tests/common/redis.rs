@@ -185,6 +185,21 @@ impl Drop for RedisServer {
     }
 }
 
+/// A free port whose cluster bus port (the port + 10000, which a cluster node also listens
+/// on) is free too: a free port alone left the bus port to chance (a node failed with
+/// "Address already in use" on it).
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        let bus = port
+            .checked_add(10000)
+            .map(|b| std::net::TcpListener::bind(("127.0.0.1", b)));
+        if matches!(bus, Some(Ok(_))) {
+            return port;
+        }
+    }
+}
+
 /// Three masters with a replica each.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
@@ -193,7 +208,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServer::spawn(free_port(), true))
+            .map(|_| RedisServer::spawn(cluster_port(), true))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
