@@ -2,7 +2,6 @@
 //! the connection's addresses), and so where it may go and which client opened it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -26,10 +25,8 @@ pub struct Tunnel {
 /// Live intercepted connections by (local, peer) address.
 pub struct Tunnels {
     map: DashMap<(SocketAddr, SocketAddr), Arc<Tunnel>>,
-    /// Registrations alive. `DashMap::is_empty` read-locks every shard, and every request
-    /// asks whether there are tunnels at all.
-    live: AtomicUsize,
-    /// `credproxy_intercepted_connections`.
+    /// `credproxy_intercepted_connections`: the registrations alive, which also answers
+    /// `is_empty` (`DashMap::is_empty` read-locks every shard, on every request).
     open: IntGauge,
 }
 
@@ -37,7 +34,6 @@ impl Tunnels {
     pub fn new(open: IntGauge) -> Self {
         Tunnels {
             map: DashMap::new(),
-            live: AtomicUsize::new(0),
             open,
         }
     }
@@ -47,13 +43,12 @@ impl Tunnels {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live.load(Ordering::Acquire) == 0
+        self.open.get() == 0
     }
 
     /// Records a tunnel for the connection with these addresses until the guard drops.
     pub fn register(&self, key: (SocketAddr, SocketAddr), t: Arc<Tunnel>) -> Registration<'_> {
         self.map.insert(key, t.clone());
-        self.live.fetch_add(1, Ordering::Release);
         self.open.inc();
         Registration {
             tunnels: self,
@@ -77,7 +72,6 @@ impl Drop for Registration<'_> {
         self.tunnels
             .map
             .remove_if(&self.key, |_, t| Arc::ptr_eq(t, &self.tunnel));
-        self.tunnels.live.fetch_sub(1, Ordering::Release);
     }
 }
 

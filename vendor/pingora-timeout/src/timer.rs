@@ -81,7 +81,7 @@ impl TimerStub {
         // created, polled or not. Checking the flag first left a window in which the timer
         // fired between the check and the `notified()`, and the wait never ended.
         let notified = self.0.notified();
-        if self.1.load(Ordering::SeqCst) {
+        if self.fired() {
             return;
         }
         notified.await;
