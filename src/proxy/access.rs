@@ -81,7 +81,7 @@ impl<'a> Fields<'a> {
         let (host, path) = match plan {
             Some(p) => (
                 format!("{}:{}", p.target.host, p.target.port),
-                p.target.path.split('?').next().unwrap_or("").to_string(),
+                p.target.path.path().to_string(),
             ),
             None => (
                 req.uri

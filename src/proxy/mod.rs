@@ -305,8 +305,9 @@ impl CredProxy {
         let value = ctx.auth.placeholder_value();
         // The client's Authorization is replaced whole by the credential's own.
         req.remove_header(&http::header::AUTHORIZATION);
-        let filled = placeholder::fill_headers(req, name, value.as_deref())
-            .and_then(|()| placeholder::fill_query(&plan.target.path, name, value.as_deref()));
+        let filled = placeholder::fill_headers(req, name, value.as_deref()).and_then(|()| {
+            placeholder::fill_query(plan.target.path.as_str(), name, value.as_deref())
+        });
         filled.map_err(|e| ctx.fail(e, "placeholder cannot be filled in"))
     }
 
@@ -316,21 +317,21 @@ impl CredProxy {
         let Some(plan) = &ctx.plan else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
-        let filled;
-        let mut path = plan.target.path.as_str();
-        if plan.placeholder {
-            filled = Self::fill_placeholders(ctx, req)?;
-            path = filled.as_str();
-        }
+        let uri = if plan.placeholder {
+            let filled = Self::fill_placeholders(ctx, req)?;
+            filled.parse().map_err(|_| {
+                Error::explain(
+                    ErrorType::HTTPStatus(400),
+                    "request path cannot be forwarded",
+                )
+            })?
+        } else {
+            // Checked when planned: no parse, no copy.
+            http::Uri::from(plan.target.path.clone())
+        };
         let Some(plan) = &ctx.plan else {
             return Err(Error::explain(ErrorType::InternalError, "no plan"));
         };
-        let uri: http::Uri = path.parse().map_err(|_| {
-            Error::explain(
-                ErrorType::HTTPStatus(400),
-                "request path cannot be forwarded",
-            )
-        })?;
         // Host first: set_uri drops the authority HTTP/2 origins need. Most requests already
         // carry the very value; rewriting it costs a header-map insert.
         let authority = plan.target.authority.as_str();
@@ -407,21 +408,20 @@ impl ProxyHttp for CredProxy {
         };
         // Where the request goes is settled before any credential work: no token is fetched
         // or signed for a destination that does not resolve or that egress refuses.
-        let (host, port) = (plan.target.host.clone(), plan.target.port);
+        let (host, port) = (plan.target.host.as_str(), plan.target.port);
         let policy = &cfg.proxy.egress.policy;
-        match destination(&self.app.dns, policy, &self.conns.own, &host, port).await {
+        match destination(&self.app.dns, policy, &self.conns.own, host, port).await {
             Ok(a) => ctx.addrs = Some(a),
             Err(e) => return self.refuse(session, ctx, refusal(e)).await,
         }
         if route.is_some_and(|r| cfg.router.has_methods(r)) {
             ctx.form_scan = scope::FormScan::for_request(session.req_header());
         }
-        ctx.plan = Some(plan);
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        let used = match self.credential_use(&cfg, ctx.plan.as_ref(), (&host, port)) {
+        let used = match self.credential_use(&cfg, Some(&plan), (host, port)) {
             Ok(u) => u,
             Err(e) => return self.refuse(session, ctx, refusal(e)).await,
         };
@@ -429,14 +429,16 @@ impl ProxyHttp for CredProxy {
         let planned = used.as_ref().map(|(name, u)| auth::Planned {
             name,
             used: u,
-            host: &host,
+            host,
             max_body: cfg.proxy.max_body,
         });
         let l = &cfg.proxy.limits;
         let buffers = &self.conns.buffers;
         let mut reserve = |n| buffers.reserve(client, n, l.max_buffered, l.max_buffered_per_client);
-        let prepared = auth::prepare(&self.app.tokens, session, planned, &mut reserve);
-        match prepared.await? {
+        let prepared = auth::prepare(&self.app.tokens, session, planned, &mut reserve).await;
+        // The plan is kept by reference until here, so its host is not copied per request.
+        ctx.plan = Some(plan);
+        match prepared? {
             Prepared::Ready(a) => {
                 ctx.auth = a;
                 Ok(false)

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
+use http::uri::PathAndQuery;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
@@ -28,8 +29,9 @@ pub struct Target {
     pub port: u16,
     /// The `Host` header to send.
     pub authority: String,
-    /// Origin-form path and query to send.
-    pub path: String,
+    /// Origin-form path and query to send, checked once: the upstream request's URI is made
+    /// from it without another parse or copy.
+    pub path: PathAndQuery,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,11 @@ impl From<ProxyError> for Refusal {
 
 fn bad(msg: impl Into<String>) -> ProxyError {
     ProxyError::BadRequest(msg.into())
+}
+
+/// The path and query to send, as the upstream request's URI will carry it.
+fn checked_path(path: String) -> Result<PathAndQuery, ProxyError> {
+    PathAndQuery::try_from(path).map_err(|_| bad("request path cannot be forwarded"))
 }
 
 /// Identifies the client from `Proxy-Authorization` when `clients:` is configured.
@@ -169,7 +176,7 @@ fn tunnel_target(t: &Tunnel, req: &RequestHeader, rt: RequestTarget) -> Result<T
         host: t.host.clone(),
         port: t.port,
         authority: connect,
-        path,
+        path: checked_path(path)?,
     })
 }
 
@@ -186,11 +193,16 @@ fn forward_target(auth: &str, tls: bool, path: String) -> Result<Target, ProxyEr
         host,
         port,
         authority,
-        path,
+        path: checked_path(path)?,
     })
 }
 
-fn sidecar_target(up: &Upstream, strip: Option<&str>, path: &str, query: Option<&str>) -> Target {
+fn sidecar_target(
+    up: &Upstream,
+    strip: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Target, ProxyError> {
     let rest = match strip {
         Some(sp) if path == sp => "/",
         Some(sp) if path.starts_with(sp) && path.as_bytes().get(sp.len()) == Some(&b'/') => {
@@ -203,13 +215,13 @@ fn sidecar_target(up: &Upstream, strip: Option<&str>, path: &str, query: Option<
         p.push('?');
         p.push_str(q);
     }
-    Target {
+    Ok(Target {
         tls: up.tls,
         host: up.host.clone(),
         port: up.port,
         authority: up.authority.clone(),
-        path: p,
-    }
+        path: checked_path(p)?,
+    })
 }
 
 /// Plans a request that arrived on the proxy listener, or inside an intercepted tunnel (whose
@@ -315,7 +327,7 @@ fn check_scope(
 
 /// Matches a forward-proxy destination (absolute-form or tunnelled) against the routes.
 fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option<usize>, Refusal> {
-    let path = t.path.split('?').next().unwrap_or("/");
+    let path = t.path.path();
     match cfg.router.match_forward(&t.host, t.port, path, &req.method) {
         None if cfg.proxy.unmatched == Unmatched::Deny => {
             Err(ProxyError::Unmatched(t.authority.clone()).into())
@@ -332,8 +344,7 @@ fn match_forward(cfg: &Config, req: &RequestHeader, t: &Target) -> Result<Option
                     cfg.routes[i].name.to_string(),
                 )));
             }
-            check_scope(cfg, i, req, path, t.path.split_once('?').map(|(_, q)| q))
-                .map_err(refuse)?;
+            check_scope(cfg, i, req, path, t.path.query()).map_err(refuse)?;
             Ok(Some(i))
         }
     }
@@ -358,7 +369,12 @@ fn match_sidecar(
     let Some(up) = &r.upstream else {
         return Err(ProxyError::NoRoute(path.to_string()).into());
     };
-    let target = sidecar_target(up, r.strip_prefix.as_deref(), path, query);
+    let target =
+        sidecar_target(up, r.strip_prefix.as_deref(), path, query).map_err(|error| Refusal {
+            error,
+            route: Some(i),
+            credential: None,
+        })?;
     Ok((Some(i), target))
 }
 
@@ -387,7 +403,7 @@ pub fn route_request(
         }
         (None, RequestTarget::Origin { path, query }) => match_sidecar(cfg, req, path, query)?,
     };
-    let query = target.path.split_once('?').map(|(_, q)| q);
+    let query = target.path.query();
     let named = placeholder::named(req, query)?;
     let credential = match route {
         Some(i) => Some(choose_credential(cfg, i, req, client, named.as_deref())?),
