@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The training run of a profile-guided build (pgo/build.sh): drives an instrumented credproxy
+# through the paths it spends its time on in production, with curl and the bench origin only
+# (both exist in the Docker build stage): a static bearer, a cached OAuth token, SigV4 with and
+# without a body, HTTPS intercepted and tunnelled, a sidecar route, refusals, the admin API.
+#
+#   pgo/train.sh CREDPROXY ORIGIN      (CREDPROXY built with -Cprofile-generate)
+#
+# Counts are what matters to the compiler, not time: every path runs a few thousand times, over
+# keep-alive connections, a few at once. Bounded: each curl has a deadline.
+set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: pgo/train.sh CREDPROXY ORIGIN" >&2; exit 2; }
+bin=$1; origin=$2
+N=${PGO_REQUESTS:-3000}
+tmp=$(mktemp -d); chmod 755 "$tmp"
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "pgo/train.sh: port $1 never opened" >&2; exit 1; }
+
+# The origin's own profile is not credproxy's: it goes elsewhere, unmerged.
+O=$(port); OO=$(port); OS=$(port); T=$(port); TU=$(port)
+export LLVM_PROFILE_FILE="$tmp/origin-%p.profraw"
+"$origin" 127.0.0.1:$O --body 1024 >/dev/null &
+"$origin" 127.0.0.1:$OO --body 1024 >/dev/null &
+"$origin" 127.0.0.1:$OS --body 1024 >/dev/null &
+"$origin" 127.0.0.1:$T --body 1024 --tls "$tmp/origin-ca.pem" >/dev/null &
+"$origin" 127.0.0.1:$TU --body 1024 --tls "$tmp/origin-ca-2.pem" >/dev/null &
+for p in $O $OO $OS $T $TU; do wait_port $p; done
+unset LLVM_PROFILE_FILE
+
+export PGO_TOKEN=pgo-static-token-0001 PGO_SECRET=pgo-client-secret-0001
+export PGO_AWS_KEY=AKIDEXAMPLE PGO_AWS_SECRET=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY RUST_LOG=warn
+"$bin" ca init --dir "$tmp/ca" >/dev/null
+P=$(port); A=$(port)
+cat > "$tmp/credproxy.yaml" <<YAML
+proxy:
+  listen: 127.0.0.1:$P
+  admin: 127.0.0.1:$A
+  egress: { allow: [127.0.0.0/8] }
+  ca: { cert: $tmp/ca/ca.pem, key: $tmp/ca/ca.key }
+  upstream_ca: $tmp/origin-ca.pem
+  max_body: 1MiB
+credentials:
+  bearer: { type: bearer, token: "\${PGO_TOKEN}" }
+  oauth:
+    type: oauth2_client_credentials
+    token_url: http://127.0.0.1:$OO/token
+    client_id: pgo
+    client_secret: "\${PGO_SECRET}"
+  aws:
+    type: aws_sigv4
+    access_key_id: "\${PGO_AWS_KEY}"
+    secret_access_key: "\${PGO_AWS_SECRET}"
+    service: s3
+    region: us-east-1
+routes:
+  - { host: "127.0.0.1:$O", credential: bearer }
+  - { host: "127.0.0.1:$OO", credential: oauth }
+  - { host: "127.0.0.1:$OS", credential: aws }
+  - { host: "127.0.0.1:$T", credential: bearer }
+  - { path: /side/*, upstream: "http://127.0.0.1:$O", strip_prefix: /side, credential: bearer }
+YAML
+"$bin" run -c "$tmp/credproxy.yaml" 2>"$tmp/credproxy.log" & cp=$!
+wait_port $P
+for _ in $(seq 100); do curl -sf "127.0.0.1:$A/readyz" >/dev/null && break; sleep 0.1; done
+
+# One request first: a path that fails would train its error branch instead.
+expect() { # status, then curl arguments
+  local want=$1 got; shift
+  got=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' "$@" || true)
+  [ "$got" = "$want" ] || { echo "pgo/train.sh: $* answered $got, not $want" >&2; cat "$tmp/credproxy.log" >&2; exit 1; }
+}
+# Four clients at once per path, each over one kept-alive connection (curl's URL ranges).
+drive() { # what, then curl arguments; the URL's last part is a range, $want the status
+  local what=$1 pids=() t0=$SECONDS; shift
+  local first=("${@:1:$#-1}") url=${!#}
+  expect "$want" "${first[@]}" "${url%%[*}1"
+  for _ in 1 2 3 4; do
+    curl -s --max-time 300 -o /dev/null "$@" >/dev/null 2>&1 & pids+=($!)
+  done
+  wait "${pids[@]}" || true
+  echo "pgo/train.sh: $what ($((SECONDS - t0)) s)" >&2
+}
+r="[1-$N]"; want=200
+head -c 65536 /dev/zero > "$tmp/body"
+drive "static bearer" -x "127.0.0.1:$P" "http://127.0.0.1:$O/b$r"
+drive "cached OAuth token" -x "127.0.0.1:$P" "http://127.0.0.1:$OO/b$r"
+drive "SigV4" -x "127.0.0.1:$P" "http://127.0.0.1:$OS/b$r"
+drive "SigV4, 64 KiB bodies" -x "127.0.0.1:$P" -T "$tmp/body" "http://127.0.0.1:$OS/b[1-$((N / 10))]"
+drive "HTTPS intercepted" -x "127.0.0.1:$P" --cacert "$tmp/ca/ca.pem" "https://127.0.0.1:$T/b$r"
+drive "HTTPS tunnelled" -x "127.0.0.1:$P" --cacert "$tmp/origin-ca-2.pem" "https://127.0.0.1:$TU/b$r"
+drive "sidecar route" "http://127.0.0.1:$P/side/b$r"
+want=502; drive "refusals" -x "127.0.0.1:$P" "http://127.0.0.1:9/b[1-$((N / 10))]"
+want=200; drive "admin" "http://127.0.0.1:$A/metrics?[1-$((N / 30))]"
+# The profile is written when the process exits, which SIGTERM lets it do (graceful shutdown).
+kill -TERM $cp
+wait $cp || true
