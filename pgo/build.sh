@@ -24,8 +24,12 @@ merge=$(profdata)
 work=$PWD/target/pgo
 rm -rf "$work/data"; mkdir -p "$work/data"
 say "1/3 instrumented build"
-RUSTFLAGS="-Cprofile-generate=$work/data" cargo build --release --locked \
-  --bin credproxy --example origin --target-dir "$work/gen"
+# Two builds: an example turns on the dev-dependencies' features (tokio's test-util among
+# them), so built together the trained binary would not be the code the profile is used on.
+export RUSTFLAGS="-Cprofile-generate=$work/data"
+cargo build --release --locked --bin credproxy --target-dir "$work/gen"
+cargo build --release --locked --example origin --target-dir "$work/gen"
+unset RUSTFLAGS
 say "2/3 training run"
 pgo/train.sh "$work/gen/release/credproxy" "$work/gen/release/examples/origin"
 "$merge" merge -o "$work/merged.profdata" "$work/data"
