@@ -15,7 +15,8 @@
 # machine the client and the origin need the other core). The origin answers 1 KiB bodies.
 # Environment: DUR (per cell, default 8s), CONNS (default "1 16 128"), SOAK (seconds, default
 # 300), THREADS (default 1), ROWS (a subset of the rows by key, e.g. "bare bearer"), ROUNDS (default 1: each cell measured that many times, the
-# median kept; the rows of one round alternate so drift hits them all alike).
+# median kept; the rows of one round alternate so drift hits them all alike), PGO=1 (credproxy
+# built as the Dockerfile ships it, by pgo/build.sh into target/pgo/use; the other rows as before).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}
@@ -53,6 +54,12 @@ need oha || cargo install -q --locked oha
 say "building (release)"
 cargo build --release --quiet --bin credproxy --example origin --example bare_pingora \
   --example bare_pingora_mimalloc
+credproxy=target/release/credproxy
+if [ "${PGO:-}" = 1 ]; then
+  say "building credproxy profile-guided (pgo/build.sh)"
+  CARGO_TARGET_DIR=target/pgo/use pgo/build.sh >&2
+  credproxy=target/pgo/use/release/credproxy
+fi
 
 say "starting origins and proxies"
 # --- processes -----------------------------------------------------------------------------
@@ -114,7 +121,7 @@ export BENCH_TOKEN=bench-static-token-0001 BENCH_SECRET=bench-client-secret-0001
 export BENCH_AWS_KEY=AKIDEXAMPLE BENCH_AWS_SECRET=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
 export ADMIN_TOKEN=bench-admin-token-000001 WORKER_SECRET=bench-worker-secret-01
 export CREDPROXY_STATE_KEY=$(printf '07%.0s' $(seq 32)) RUST_LOG=warn
-$bin/credproxy ca init --dir "$tmp/ca" >/dev/null 2>&1
+$credproxy ca init --dir "$tmp/ca" >/dev/null 2>&1
 P=$(port); A=$(port)
 cat > "$tmp/credproxy.yaml" <<YAML
 proxy:
@@ -145,7 +152,7 @@ routes:
   - { host: "127.0.0.1:$OS", credential: aws }
   - { host: "127.0.0.1:$T", credential: bearer }
 YAML
-$bin/credproxy run -c "$tmp/credproxy.yaml" 2>"$tmp/credproxy.log" &
+$credproxy run -c "$tmp/credproxy.yaml" 2>"$tmp/credproxy.log" &
 cp_pid=$!
 PT=$(port); AT=$(port)
 cat > "$tmp/tenants.yaml" <<YAML
@@ -163,7 +170,7 @@ credentials:
 routes:
   - { host: "127.0.0.1:$OT", credential: byok }
 YAML
-$bin/credproxy run -c "$tmp/tenants.yaml" 2>"$tmp/tenants.log" &
+$credproxy run -c "$tmp/tenants.yaml" 2>"$tmp/tenants.log" &
 for p in $BP $BM $NG $SQ $MP $P $PT; do wait_port $p; done
 for a in $A $AT; do
   for _ in $(seq 100); do curl -sf "127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
@@ -312,7 +319,7 @@ SP=$(port); SA=$(port)
 sed -e "s/127.0.0.1:$P\$/127.0.0.1:$SP/" -e "s/127.0.0.1:$A\$/127.0.0.1:$SA/" \
   "$tmp/credproxy.yaml" > "$tmp/storm.yaml"
 before=$(curl -sf "127.0.0.1:$OO/token-count")
-$bin/credproxy run -c "$tmp/storm.yaml" 2>"$tmp/storm.log" &
+$credproxy run -c "$tmp/storm.yaml" 2>"$tmp/storm.log" &
 storm_pid=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$SA/readyz" >/dev/null && break; sleep 0.1; done
 storm=$(oha --no-tui --output-format json -n 1000 -c 1000 -x "http://127.0.0.1:$SP" \
