@@ -16,7 +16,7 @@
 # Environment: DUR (per cell, default 8s), CONNS (default "1 16 128"), SOAK (seconds, default
 # 300), THREADS (default 1), ROWS (a subset of the rows by key, e.g. "bare bearer"), ROUNDS (default 1: each cell measured that many times, the
 # median kept; the rows of one round alternate so drift hits them all alike), PGO=1 (credproxy
-# built as the Dockerfile ships it, by pgo/build.sh into target/pgo/use; the other rows as before).
+# built profile-guided, by pgo/build.sh into target/pgo/use; the other rows as before).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds target/release/credproxy with profile-guided optimisation: an instrumented build,
 # a training run (pgo/train.sh), then the release build optimised with what it recorded.
-# The Dockerfile ships this build; measured side by side with the plain release build, it
-# serves ~1.27x the requests per CPU second (BENCHMARKS.md, "Eighth session").
+# Opt-in, not what the Dockerfile ships: in one build the optimised binary served 1.27x the
+# requests of the plain release build (BENCHMARKS.md, "Eighth session"), but how long its
+# final step compiles depends on the profile: 6.5 minutes in that build, and over 26 minutes
+# (LLVM's register allocation on one huge inlined function) with pgo/train.sh's profile.
 #
 #   pgo/build.sh            (needs curl and python3; installs rustup's llvm-tools if missing)
 #   CARGO_TARGET_DIR=target/pgo/use pgo/build.sh     (the optimised build elsewhere)

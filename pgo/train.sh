@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The training run of a profile-guided build (pgo/build.sh): drives an instrumented credproxy
 # through the paths it spends its time on in production, with curl and the bench origin only
-# (both exist in the Docker build stage): a static bearer, a cached OAuth token, SigV4 with and
+# (no load generator needed): a static bearer, a cached OAuth token, SigV4 with and
 # without a body, HTTPS intercepted and tunnelled, a sidecar route, refusals, the admin API.
 #
 #   pgo/train.sh CREDPROXY ORIGIN      (CREDPROXY built with -Cprofile-generate)
