@@ -10,12 +10,12 @@
 # keep-alive connections, a few at once. Bounded: each curl has a deadline.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: pgo/train.sh CREDPROXY ORIGIN" >&2; exit 2; }
-bin=$1; origin=$2
+bin=$(realpath "$1"); origin=$(realpath "$2")
 N=${PGO_REQUESTS:-3000}
 tmp=$(mktemp -d); chmod 755 "$tmp"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "pgo/train.sh: port $1 never opened" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+. benches/common.sh   # port, wait_port
 
 # The origin's own profile is not credproxy's: it goes elsewhere, unmerged.
 O=$(port); OO=$(port); OS=$(port); T=$(port); TU=$(port)
