@@ -38,3 +38,36 @@ http {
 }
 NGINX
 }
+
+# The secrets bench_credentials' YAML names, for the credproxy the caller starts.
+bench_secrets() {
+  export BENCH_TOKEN=bench-static-token-0001 BENCH_SECRET=bench-client-secret-0001
+  export BENCH_AWS_KEY=AKIDEXAMPLE BENCH_AWS_SECRET=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
+}
+
+# The bench's credentials and routes to origins O OO OS and the HTTPS origin T (arguments in
+# that order): a static bearer to O and T, an OAuth token from OO's /token for OO, SigV4 for
+# OS. YAML for the end of a credproxy config (secrets from bench_secrets); a caller may list
+# more routes after it.
+bench_credentials() {
+  cat <<YAML
+credentials:
+  bearer: { type: bearer, token: "\${BENCH_TOKEN}" }
+  oauth:
+    type: oauth2_client_credentials
+    token_url: http://127.0.0.1:$2/token
+    client_id: bench
+    client_secret: "\${BENCH_SECRET}"
+  aws:
+    type: aws_sigv4
+    access_key_id: "\${BENCH_AWS_KEY}"
+    secret_access_key: "\${BENCH_AWS_SECRET}"
+    service: s3
+    region: us-east-1
+routes:
+  - { host: "127.0.0.1:$1", credential: bearer }
+  - { host: "127.0.0.1:$2", credential: oauth }
+  - { host: "127.0.0.1:$3", credential: aws }
+  - { host: "127.0.0.1:$4", credential: bearer }
+YAML
+}

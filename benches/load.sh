@@ -117,8 +117,7 @@ PY
 
 # credproxy: one process for the shared routes, one for a per-tenant connection (its clients
 # authenticate, which the other rows do not pay for).
-export BENCH_TOKEN=bench-static-token-0001 BENCH_SECRET=bench-client-secret-0001
-export BENCH_AWS_KEY=AKIDEXAMPLE BENCH_AWS_SECRET=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
+bench_secrets
 export ADMIN_TOKEN=bench-admin-token-000001 WORKER_SECRET=bench-worker-secret-01
 export CREDPROXY_STATE_KEY=$(printf '07%.0s' $(seq 32)) RUST_LOG=warn
 $credproxy ca init --dir "$tmp/ca" >/dev/null 2>&1
@@ -133,24 +132,7 @@ proxy:
   upstream_ca: $tmp/origin-ca.pem
   max_body: 1MiB
   limits: { max_connections_per_client: 2048 }
-credentials:
-  bearer: { type: bearer, token: "\${BENCH_TOKEN}" }
-  oauth:
-    type: oauth2_client_credentials
-    token_url: http://127.0.0.1:$OO/token
-    client_id: bench
-    client_secret: "\${BENCH_SECRET}"
-  aws:
-    type: aws_sigv4
-    access_key_id: "\${BENCH_AWS_KEY}"
-    secret_access_key: "\${BENCH_AWS_SECRET}"
-    service: s3
-    region: us-east-1
-routes:
-  - { host: "127.0.0.1:$O", credential: bearer }
-  - { host: "127.0.0.1:$OO", credential: oauth }
-  - { host: "127.0.0.1:$OS", credential: aws }
-  - { host: "127.0.0.1:$T", credential: bearer }
+$(bench_credentials $O $OO $OS $T)
 YAML
 $credproxy run -c "$tmp/credproxy.yaml" 2>"$tmp/credproxy.log" &
 cp_pid=$!

@@ -28,8 +28,7 @@ export LLVM_PROFILE_FILE="$tmp/origin-%p.profraw"
 for p in $O $OO $OS $T $TU; do wait_port $p; done
 unset LLVM_PROFILE_FILE
 
-export PGO_TOKEN=pgo-static-token-0001 PGO_SECRET=pgo-client-secret-0001
-export PGO_AWS_KEY=AKIDEXAMPLE PGO_AWS_SECRET=wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY RUST_LOG=warn
+bench_secrets; export RUST_LOG=warn
 "$bin" ca init --dir "$tmp/ca" >/dev/null
 P=$(port); A=$(port)
 cat > "$tmp/credproxy.yaml" <<YAML
@@ -40,24 +39,7 @@ proxy:
   ca: { cert: $tmp/ca/ca.pem, key: $tmp/ca/ca.key }
   upstream_ca: $tmp/origin-ca.pem
   max_body: 1MiB
-credentials:
-  bearer: { type: bearer, token: "\${PGO_TOKEN}" }
-  oauth:
-    type: oauth2_client_credentials
-    token_url: http://127.0.0.1:$OO/token
-    client_id: pgo
-    client_secret: "\${PGO_SECRET}"
-  aws:
-    type: aws_sigv4
-    access_key_id: "\${PGO_AWS_KEY}"
-    secret_access_key: "\${PGO_AWS_SECRET}"
-    service: s3
-    region: us-east-1
-routes:
-  - { host: "127.0.0.1:$O", credential: bearer }
-  - { host: "127.0.0.1:$OO", credential: oauth }
-  - { host: "127.0.0.1:$OS", credential: aws }
-  - { host: "127.0.0.1:$T", credential: bearer }
+$(bench_credentials $O $OO $OS $T)
   - { path: /side/*, upstream: "http://127.0.0.1:$O", strip_prefix: /side, credential: bearer }
 YAML
 "$bin" run -c "$tmp/credproxy.yaml" 2>"$tmp/credproxy.log" & cp=$!

@@ -189,7 +189,7 @@ impl Drop for RedisServer {
 /// on) is free too: a free port alone left the bus port to chance (a node failed with
 /// "Address already in use" on it).
 fn cluster_port() -> u16 {
-    loop {
+    for _ in 0..1000 {
         let port = free_port();
         let bus = port
             .checked_add(10000)
@@ -198,6 +198,7 @@ fn cluster_port() -> u16 {
             return port;
         }
     }
+    panic!("no free port with a free cluster bus port (+10000) in 1,000 tries");
 }
 
 /// Three masters with a replica each.
