@@ -4,6 +4,10 @@
 #
 #   benches/ab.sh f58a2a4                    # 10 rounds of wrk -c16 -d3s per cell
 #   ROUNDS=16 C=16 DUR=3s benches/ab.sh HEAD~3
+#   NO_BUILD=1 NEW_CREDPROXY=target/pgo/use/release/credproxy benches/ab.sh target/release
+#       (REV may be a directory of binaries already built; NEW_CREDPROXY replaces the new
+#       credproxy binary, NO_BUILD=1 uses target/release as it is: here a profile-guided
+#       build against the plain one, with bare pingora measured against itself as a control)
 #
 # The machines here are shared and noisy: one cell can swing 0.6-2.4x against its neighbour.
 # So each round runs every cell once (the order rotated round to round), each ratio is taken
@@ -21,20 +25,27 @@ say() { echo "[$(date +%T)] $*" >&2; }
 
 cache=$HOME/.cache/credproxy-bench/ab
 old_src=$cache/src
-rev=$(git rev-parse --verify "$1^{commit}")
-say "building $rev and the working tree (release)"
-git worktree remove --force "$old_src" 2>/dev/null || true
-git worktree add -q --detach "$old_src" "$rev"
 build() { cargo build --release --quiet --bin credproxy --example origin --example bare_pingora "$@"; }
-(cd "$old_src" && build --target-dir "$cache/target")
-build
-OLD=$cache/target/release; NEW=target/release
+if [ -d "$1" ]; then
+  OLD=$1   # binaries built already (credproxy, examples/origin, examples/bare_pingora)
+else
+  rev=$(git rev-parse --verify "$1^{commit}")
+  say "building $rev (release)"
+  git worktree remove --force "$old_src" 2>/dev/null || true
+  git worktree add -q --detach "$old_src" "$rev"
+  (cd "$old_src" && build --target-dir "$cache/target")
+  OLD=$cache/target/release
+fi
+[ -n "${NO_BUILD:-}" ] || { say "building the working tree (release)"; build; }
+NEW=target/release
 
 tmp=$(mktemp -d); chmod 755 "$tmp"
 pids=()
 cleanup() {
+  # nginx's workers first: killed without them, the master leaves them running, holding
+  # this script's stdout open (so `benches/ab.sh REV | tail` never ended).
+  [ -f "$tmp/nginx/nginx.pid" ] && pkill -KILL -P "$(cat "$tmp/nginx/nginx.pid")" 2>/dev/null || true
   kill -KILL "${pids[@]}" 2>/dev/null || true
-  [ -f "$tmp/nginx/nginx.pid" ] && kill -KILL "$(cat "$tmp/nginx/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$tmp"
   git worktree remove --force "$old_src" 2>/dev/null || true
@@ -61,7 +72,8 @@ credentials:
 routes:
   - { host: "127.0.0.1:$O", credential: bearer }
 YAML
-  BENCH_TOKEN=bench-static-token-0001 RUST_LOG=warn $bin/credproxy run -c "$tmp/$v.yaml" 2>"$tmp/$v.log" &
+  cp=$bin/credproxy; [ $v = new ] && cp=${NEW_CREDPROXY:-$cp}
+  BENCH_TOKEN=bench-static-token-0001 RUST_LOG=warn $cp run -c "$tmp/$v.yaml" 2>"$tmp/$v.log" &
   pids+=($!); PID[$v]=$!; URL[$v]=http://127.0.0.1:$p
 done
 NG=$(port); nginx_conf "$tmp/nginx" $NG $O 1

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Builds target/release/credproxy with profile-guided optimisation: an instrumented build,
 # a training run (pgo/train.sh), then the release build optimised with what it recorded.
-# Opt-in, not what the Dockerfile ships: in one build the optimised binary served 1.27x the
-# requests of the plain release build (BENCHMARKS.md, "Eighth session"), but how long its
-# final step compiles depends on the profile: 6.5 minutes in that build, and over 26 minutes
-# (LLVM's register allocation on one huge inlined function) with pgo/train.sh's profile.
+# The Docker image ships this build: the optimised binary serves ~1.2x the requests of the
+# plain release build (BENCHMARKS.md, "Ninth session").
 #
 #   pgo/build.sh            (needs curl and python3; installs rustup's llvm-tools if missing)
 #   CARGO_TARGET_DIR=target/pgo/use pgo/build.sh     (the optimised build elsewhere)
@@ -39,5 +37,10 @@ sum=$(sha256sum "$work/merged.profdata" | cut -c1-16)
 profile=$work/credproxy-$sum.profdata
 mv "$work/merged.profdata" "$profile"
 say "3/3 optimised build"
-RUSTFLAGS="-Cprofile-use=$profile" cargo build --release --locked --bin credproxy
+# Function specialisation off: with the profile, LLVM's register allocation on one specialised
+# clone of brotli's decoder (linked through pingora-core, never run here) took 2.5 minutes in
+# one build, and a build with another profile spent over 26 minutes in register allocation;
+# without the clones the last step takes ~4 minutes.
+RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-funcspec-max-iters=0" \
+  cargo build --release --locked --bin credproxy
 say "built ${CARGO_TARGET_DIR:-target}/release/credproxy with $profile"
