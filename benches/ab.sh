@@ -5,9 +5,10 @@
 #   benches/ab.sh f58a2a4                    # 10 rounds of wrk -c16 -d3s per cell
 #   ROUNDS=16 C=16 DUR=3s benches/ab.sh HEAD~3
 #   NO_BUILD=1 NEW_CREDPROXY=target/pgo/use/release/credproxy benches/ab.sh target/release
-#       (REV may be a directory of binaries already built; NEW_CREDPROXY replaces the new
-#       credproxy binary, NO_BUILD=1 uses target/release as it is: here a profile-guided
-#       build against the plain one, with bare pingora measured against itself as a control)
+#       (REV may be a directory of binaries already built; NEW_CREDPROXY and NEW_BARE replace
+#       the new credproxy and bare pingora binaries, NO_BUILD=1 uses target/release as it is:
+#       here a profile-guided build against the plain one, with bare pingora measured against
+#       itself as a control; benches/pgo_bare.sh builds a profile-guided bare pingora)
 #
 # The machines here are shared and noisy: one cell can swing 0.6-2.4x against its neighbour.
 # So each round runs every cell once (the order rotated round to round), each ratio is taken
@@ -57,7 +58,8 @@ O=$(port); $NEW/examples/origin 127.0.0.1:$O --body 1024 >/dev/null & pids+=($!)
 wait_port $O
 for v in new old; do
   bin=$NEW; [ $v = old ] && bin=$OLD
-  p=$(port); $bin/examples/bare_pingora 127.0.0.1:$p 127.0.0.1:$O 1 >/dev/null 2>&1 &
+  bare=$bin/examples/bare_pingora; [ $v = new ] && bare=${NEW_BARE:-$bare}
+  p=$(port); $bare 127.0.0.1:$p 127.0.0.1:$O 1 >/dev/null 2>&1 &
   pids+=($!); PID[bare_$v]=$!; URL[bare_$v]=http://127.0.0.1:$p
   p=$(port)
   cat > "$tmp/$v.yaml" <<YAML

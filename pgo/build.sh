@@ -22,7 +22,6 @@ merge=$(profdata)
 [ -n "$merge" ] || { say "llvm-profdata not found in $(rustc --print sysroot)"; exit 1; }
 
 work=$PWD/target/pgo
-rm -rf "$work/data"; mkdir -p "$work/data"
 say "1/3 instrumented build"
 # Two builds: an example turns on the dev-dependencies' features (tokio's test-util among
 # them), so built together the trained binary would not be the code the profile is used on.
@@ -30,6 +29,12 @@ export RUSTFLAGS="-Cprofile-generate=$work/data"
 cargo build --release --locked --bin credproxy --target-dir "$work/gen"
 cargo build --release --locked --example origin --target-dir "$work/gen"
 unset RUSTFLAGS
+# Without --target, RUSTFLAGS instrument build scripts and proc macros too, and each run of
+# them during the builds above left a profile here (30 files in one build). Merged in, their
+# counts made library code they share with credproxy look hot, and the optimised build's
+# compile time exploded (over 26 minutes in register allocation once, in the SLP vectoriser
+# another time): only the training run's profile is kept.
+rm -rf "$work/data"; mkdir -p "$work/data"
 say "2/3 training run"
 pgo/train.sh "$work/gen/release/credproxy" "$work/gen/release/examples/origin"
 "$merge" merge -o "$work/merged.profdata" "$work/data"
@@ -37,10 +42,9 @@ sum=$(sha256sum "$work/merged.profdata" | cut -c1-16)
 profile=$work/credproxy-$sum.profdata
 mv "$work/merged.profdata" "$profile"
 say "3/3 optimised build"
-# Function specialisation off: with the profile, LLVM's register allocation on one specialised
-# clone of brotli's decoder (linked through pingora-core, never run here) took 2.5 minutes in
-# one build, and a build with another profile spent over 26 minutes in register allocation;
-# without the clones the last step takes ~4 minutes.
+# Function specialisation off: even with a clean profile, register allocation on one
+# specialised clone of brotli's decoder (linked through pingora-core, never run here) took
+# 2.5 minutes; without the clones credproxy's last step takes ~4 minutes.
 RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-funcspec-max-iters=0" \
   cargo build --release --locked --bin credproxy
 say "built ${CARGO_TARGET_DIR:-target}/release/credproxy with $profile"

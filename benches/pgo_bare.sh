@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The bare pingora example built profile-guided like credproxy's image (pgo/build.sh), so that
+# issue 17's "within 5% of bare pingora" can be read on the same kind of build for both:
+# an instrumented build, a training run (curl through it to the bench origin), then the
+# optimised build. Output: target/pgo/bare/use/release/examples/bare_pingora.
+#
+#   benches/pgo_bare.sh
+#   NO_BUILD=1 NEW_CREDPROXY=target/pgo/use/release/credproxy \
+#     NEW_BARE=target/pgo/bare/use/release/examples/bare_pingora benches/ab.sh target/release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/common.sh
+say() { echo "benches/pgo_bare.sh: $*" >&2; }
+merge=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f 2>/dev/null | head -1)
+[ -n "$merge" ] || rustup component add llvm-tools >&2
+merge=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)
+
+work=$PWD/target/pgo/bare
+say "1/3 instrumented build"
+RUSTFLAGS="-Cprofile-generate=$work/data" \
+  cargo build --release --locked --example bare_pingora --example origin --target-dir "$work/gen"
+# Build scripts and proc macros were instrumented too: their profiles go (pgo/build.sh says why).
+rm -rf "$work/data"; mkdir -p "$work/data"
+say "2/3 training run"
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+O=$(port); B=$(port)
+LLVM_PROFILE_FILE="$tmp/origin-%p.profraw" "$work/gen/release/examples/origin" 127.0.0.1:$O --body 1024 >/dev/null &
+wait_port $O
+"$work/gen/release/examples/bare_pingora" 127.0.0.1:$B 127.0.0.1:$O 1 >/dev/null 2>&1 & bp=$!
+wait_port $B
+# The same count per client as pgo/train.sh gives each of credproxy's paths.
+pids=()
+for _ in 1 2 3 4; do
+  curl -s --max-time 120 -o /dev/null "http://127.0.0.1:$B/bench[1-${PGO_REQUESTS:-3000}]" & pids+=($!)
+done
+wait "${pids[@]}"
+# SIGINT is pingora's quick shutdown: the process exits, which writes the profile.
+kill -INT $bp; wait $bp || true
+"$merge" merge -o "$work/merged.profdata" "$work/data"
+profile=$work/bare-$(sha256sum "$work/merged.profdata" | cut -c1-16).profdata
+mv "$work/merged.profdata" "$profile"
+say "3/3 optimised build"
+RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-funcspec-max-iters=0" \
+  cargo build --release --locked --example bare_pingora --target-dir "$work/use"
+say "built $work/use/release/examples/bare_pingora"
