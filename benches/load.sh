@@ -16,7 +16,9 @@
 # Environment: DUR (per cell, default 8s), CONNS (default "1 16 128"), SOAK (seconds, default
 # 300), THREADS (default 1), ROWS (a subset of the rows by key, e.g. "bare bearer"), ROUNDS (default 1: each cell measured that many times, the
 # median kept; the rows of one round alternate so drift hits them all alike), PGO=1 (credproxy
-# built profile-guided, by pgo/build.sh into target/pgo/use; the other rows as before).
+# and bare pingora built profile-guided, by pgo/build.sh into target/pgo/use and by
+# benches/pgo_bare.sh, so the two compare like for like; the other rows as before; PGO=keep
+# measures what the last PGO=1 run built, without a new training run and rebuild).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-8s}
@@ -55,10 +57,15 @@ say "building (release)"
 cargo build --release --quiet --bin credproxy --example origin --example bare_pingora \
   --example bare_pingora_mimalloc
 credproxy=target/release/credproxy
-if [ "${PGO:-}" = 1 ]; then
-  say "building credproxy profile-guided (pgo/build.sh)"
-  CARGO_TARGET_DIR=target/pgo/use pgo/build.sh >&2
+bare=target/release/examples/bare_pingora
+if [ "${PGO:-}" = 1 ] || [ "${PGO:-}" = keep ]; then
+  if [ "$PGO" = 1 ]; then
+    say "building credproxy and bare pingora profile-guided (pgo/build.sh, benches/pgo_bare.sh)"
+    CARGO_TARGET_DIR=target/pgo/use pgo/build.sh >&2
+    benches/pgo_bare.sh >&2
+  fi
   credproxy=target/pgo/use/release/credproxy
+  bare=target/pgo/bare/use/release/examples/bare_pingora
 fi
 
 say "starting origins and proxies"
@@ -86,7 +93,7 @@ $bin/examples/origin 127.0.0.1:$TU --body 1024 --tls "$tmp/origin-ca-2.pem" >/de
 for p in $O $OO $OS $OT $T $TU; do wait_port $p; done
 
 BP=$(port)
-$bin/examples/bare_pingora 127.0.0.1:$BP 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare.log" &
+$bare 127.0.0.1:$BP 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare.log" &
 BM=$(port)
 $bin/examples/bare_pingora_mimalloc 127.0.0.1:$BM 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare_mi.log" &
 

@@ -10,17 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
+. pgo/common.sh
 say() { echo "benches/pgo_bare.sh: $*" >&2; }
-merge=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f 2>/dev/null | head -1)
-[ -n "$merge" ] || rustup component add llvm-tools >&2
-merge=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)
+pgo_profdata >/dev/null
 
 work=$PWD/target/pgo/bare
 say "1/3 instrumented build"
 RUSTFLAGS="-Cprofile-generate=$work/data" \
   cargo build --release --locked --example bare_pingora --example origin --target-dir "$work/gen"
-# Build scripts and proc macros were instrumented too: their profiles go (pgo/build.sh says why).
-rm -rf "$work/data"; mkdir -p "$work/data"
+pgo_clear "$work/data"
 say "2/3 training run"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -37,10 +35,7 @@ done
 wait "${pids[@]}"
 # SIGINT is pingora's quick shutdown: the process exits, which writes the profile.
 kill -INT $bp; wait $bp || true
-"$merge" merge -o "$work/merged.profdata" "$work/data"
-profile=$work/bare-$(sha256sum "$work/merged.profdata" | cut -c1-16).profdata
-mv "$work/merged.profdata" "$profile"
+profile=$(pgo_merge "$work/data" "$work" bare)
 say "3/3 optimised build"
-RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-funcspec-max-iters=0" \
-  cargo build --release --locked --example bare_pingora --target-dir "$work/use"
+RUSTFLAGS=$(pgo_use_flags "$profile") cargo build --release --locked --example bare_pingora --target-dir "$work/use"
 say "built $work/use/release/examples/bare_pingora"
