@@ -9,12 +9,35 @@ wait_port() {
   echo "port $1 never opened" >&2; exit 1
 }
 
-# nginx_conf DIR LISTEN_PORT ORIGIN_PORT WORKERS: an nginx reverse proxy to the origin that adds
-# the bearer header (the peer credproxy is measured against), written to DIR/nginx.conf; its
-# pid file is DIR/nginx.pid.
+# self_signed CERT KEY: a P-256 certificate for 127.0.0.1 and its key, PEM (as credproxy's
+# leaves are), for the bare pingora terminating TLS.
+self_signed() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout "$2" -out "$1" 2>/dev/null
+}
+
+# nginx_conf DIR LISTEN_PORT ORIGIN_PORT WORKERS [TLS_PORT TLS_ORIGIN_PORT CERT KEY]: an nginx
+# reverse proxy to the origin that adds the bearer header (the peer credproxy is measured
+# against), written to DIR/nginx.conf; its pid file is DIR/nginx.pid. With the four more
+# arguments it also terminates TLS on TLS_PORT and speaks TLS to the HTTPS origin (kept
+# connections, sessions reused): the peer of an intercepted request.
 nginx_conf() {
-  local dir=$1
+  local dir=$1 tls=""
   mkdir -p "$dir"
+  if [ $# -ge 8 ]; then
+    tls="upstream origin_tls { server 127.0.0.1:$6; keepalive 256; }
+  server {
+    listen 127.0.0.1:$5 ssl;
+    ssl_certificate $7; ssl_certificate_key $8;
+    location / {
+      proxy_pass https://origin_tls;
+      proxy_ssl_verify off; proxy_ssl_session_reuse on;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Authorization \"Bearer bench\";
+    }
+  }"
+  fi
   cat > "$dir/nginx.conf" <<NGINX
 worker_processes $4;
 daemon off;
@@ -35,6 +58,7 @@ http {
       proxy_set_header Authorization "Bearer bench";
     }
   }
+  $tls
 }
 NGINX
 }

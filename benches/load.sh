@@ -8,7 +8,8 @@
 # mitmproxy from PyPI, oha from crates.io), builds credproxy, the bare pingora example and the
 # origin example in release mode, and prints, for each concurrency, one table of requests/s,
 # p50/p99 latency and ratios (HTTP rows against bare pingora and nginx; HTTPS rows against
-# direct HTTPS), then credproxy's RSS (idle, peak), a 1,000-request cold storm (token
+# direct HTTPS and against bare pingora and nginx each terminating TLS and speaking TLS to the
+# origin: the framework's ceiling for interception, and its peer's), then credproxy's RSS (idle, peak), a 1,000-request cold storm (token
 # requests counted) and a bounded soak (RSS at start and end).
 #
 # Every proxy runs with the same number of worker threads (THREADS, default 1: on a 2-core
@@ -36,6 +37,7 @@ need wrk || missing+=(wrk)
 need nginx || missing+=(nginx-light)
 need squid || missing+=(squid)
 need curl || missing+=(curl)
+need openssl || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -96,8 +98,15 @@ BP=$(port)
 $bare 127.0.0.1:$BP 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare.log" &
 BM=$(port)
 $bin/examples/bare_pingora_mimalloc 127.0.0.1:$BM 127.0.0.1:$O "$THREADS" >/dev/null 2>"$tmp/bare_mi.log" &
+# Bare pingora terminating TLS and speaking TLS to the HTTPS origin: the framework's ceiling
+# for an intercepted request (the same work without CONNECT and without a credential).
+self_signed "$tmp/bare-tls.pem" "$tmp/bare-tls.key"
+BT=$(port)
+$bare 127.0.0.1:$BT 127.0.0.1:$T "$THREADS" --tls "$tmp/bare-tls.pem" "$tmp/bare-tls.key" \
+  >/dev/null 2>"$tmp/bare_tls.log" &
 
-NG=$(port); nginx_conf "$tmp/nginx" $NG $O "$THREADS"
+NG=$(port); NT=$(port)
+nginx_conf "$tmp/nginx" $NG $O "$THREADS" $NT $T "$tmp/bare-tls.pem" "$tmp/bare-tls.key"
 nginx -c "$tmp/nginx/nginx.conf" &
 
 SQ=$(port); mkdir -p "$tmp/squid"; chmod 777 "$tmp/squid"
@@ -160,7 +169,7 @@ routes:
   - { host: "127.0.0.1:$OT", credential: byok }
 YAML
 $credproxy run -c "$tmp/tenants.yaml" 2>"$tmp/tenants.log" &
-for p in $BP $BM $NG $SQ $MP $P $PT; do wait_port $p; done
+for p in $BP $BM $BT $NG $NT $SQ $MP $P $PT; do wait_port $p; done
 for a in $A $AT; do
   for _ in $(seq 100); do curl -sf "127.0.0.1:$a/readyz" >/dev/null && break; sleep 0.1; done
 done
@@ -223,7 +232,7 @@ L[tenant]=$(lua tenant $OT tenant); L[squid]=$(lua squid $O x); L[mitm]=$(lua mi
 L[direct]=$(lua direct $O)
 
 http_rows=(direct nginx bare bare_mi bearer oauth sigv4 sigv4b tenant squid mitm)
-https_rows=(https_direct intercept tunnel squid_tunnel mitm_intercept)
+https_rows=(https_direct nginx_tls bare_tls intercept tunnel squid_tunnel mitm_intercept)
 if [ -n "${ROWS:-}" ]; then # a subset, e.g. ROWS="bare bearer"
   keep() { local out=() r; for r in "$@"; do [[ " $ROWS " == *" $r "* ]] && out+=("$r"); done; echo "${out[@]:-}"; }
   read -ra http_rows <<< "$(keep "${http_rows[@]}")"
@@ -235,7 +244,9 @@ declare -A NAME=(
   [sigv4]="credproxy SigV4, empty body" [sigv4b]="credproxy SigV4, 64 KiB PUT"
   [tenant]="credproxy per-tenant connection" [squid]="squid pass-through"
   [mitm]="mitmproxy + addon"
-  [https_direct]="HTTPS direct" [intercept]="credproxy intercept+inject"
+  [https_direct]="HTTPS direct" [nginx_tls]="nginx terminating TLS +header"
+  [bare_tls]="bare pingora terminating TLS +header"
+  [intercept]="credproxy intercept+inject"
   [tunnel]="credproxy tunnel (unmatched)" [squid_tunnel]="squid CONNECT tunnel"
   [mitm_intercept]="mitmproxy intercept+addon"
 )
@@ -251,6 +262,8 @@ run_cell() { # row conns
     squid) wrk_cell "$c" "http://127.0.0.1:$SQ" "${L[squid]}" ;;
     mitm) wrk_cell "$c" "http://127.0.0.1:$MP" "${L[mitm]}" ;;
     https_direct) oha_cell "$c" "https://127.0.0.1:$T/bench" ;;
+    nginx_tls) oha_cell "$c" "https://127.0.0.1:$NT/bench" ;;
+    bare_tls) oha_cell "$c" "https://127.0.0.1:$BT/bench" ;;
     intercept) oha_cell "$c" "https://127.0.0.1:$T/bench" "http://127.0.0.1:$P" ;;
     tunnel) oha_cell "$c" "https://127.0.0.1:$TU/bench" "http://127.0.0.1:$P" ;;
     squid_tunnel) oha_cell "$c" "https://127.0.0.1:$TU/bench" "http://127.0.0.1:$SQ" ;;
@@ -279,20 +292,23 @@ table() { # conns
   echo
   echo "### $c connection(s), $DUR per cell, $THREADS worker thread(s), median of $ROUNDS round(s)"
   echo
+  echo "(HTTPS rows: / bare pingora and / nginx are against each terminating TLS.)"
+  echo
   echo "| path | req/s | p50 µs | p99 µs | errors | / bare pingora | / nginx | / HTTPS direct |"
   echo "|---|---|---|---|---|---|---|---|"
-  local bare nginx hd
+  local bare nginx hd bt nt
   bare=$(field bare "$c" 1); nginx=$(field nginx "$c" 1); hd=$(field https_direct "$c" 1)
+  bt=$(field bare_tls "$c" 1); nt=$(field nginx_tls "$c" 1)
   for row in "${http_rows[@]}" "${https_rows[@]}"; do
     python3 - "${NAME[$row]}" "$(field "$row" "$c" 1)" "$(field "$row" "$c" 2)" \
-      "$(field "$row" "$c" 3)" "$(field "$row" "$c" 4)" "$bare" "$nginx" "$hd" "$row" <<'PY'
+      "$(field "$row" "$c" 3)" "$(field "$row" "$c" 4)" "$bare" "$nginx" "$hd" "$row" "$bt" "$nt" <<'PY'
 import sys
-name, rps, p50, p99, err, bare, nginx, hd, row = sys.argv[1:]
-rps, bare, nginx, hd = float(rps), float(bare), float(nginx), float(hd)
+name, rps, p50, p99, err, bare, nginx, hd, row, bt, nt = sys.argv[1:]
+rps, bare, nginx, hd, bt, nt = (float(x) for x in (rps, bare, nginx, hd, bt, nt))
 r = lambda d: f"{rps / d:.2f}" if d else "-"
-https = row in ("https_direct", "intercept", "tunnel", "squid_tunnel", "mitm_intercept")
+https = row in ("https_direct", "nginx_tls", "bare_tls", "intercept", "tunnel", "squid_tunnel", "mitm_intercept")
 print(f"| {name} | {rps:,.0f} | {float(p50):,.0f} | {float(p99):,.0f} | {int(float(err))} | "
-      f"{'' if https else r(bare)} | {'' if https else r(nginx)} | {r(hd) if https else ''} |")
+      f"{r(bt) if https else r(bare)} | {r(nt) if https else r(nginx)} | {r(hd) if https else ''} |")
 PY
   done
 }

@@ -228,7 +228,7 @@ fn start(
     let listen = free_addr();
     match which {
         "bare" => {
-            std::thread::spawn(move || bare::serve(&listen.to_string(), origin, 1));
+            std::thread::spawn(move || bare::serve(&listen.to_string(), origin, 1, None));
             wait_listening(listen);
             return listen;
         }

@@ -22,19 +22,25 @@ pgo_clear "$work/data"
 say "2/3 training run"
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
-O=$(port); B=$(port)
-LLVM_PROFILE_FILE="$tmp/origin-%p.profraw" "$work/gen/release/examples/origin" 127.0.0.1:$O --body 1024 >/dev/null &
-wait_port $O
-"$work/gen/release/examples/bare_pingora" 127.0.0.1:$B 127.0.0.1:$O 1 >/dev/null 2>&1 & bp=$!
-wait_port $B
+# Plain HTTP, and TLS on both sides (load.sh's bare_tls row), as credproxy's training has both.
+O=$(port); T=$(port); B=$(port); BT=$(port)
+origin=$work/gen/release/examples/origin bare=$work/gen/release/examples/bare_pingora
+LLVM_PROFILE_FILE="$tmp/origin-%p.profraw" $origin 127.0.0.1:$O --body 1024 >/dev/null &
+LLVM_PROFILE_FILE="$tmp/origin-%p.profraw" $origin 127.0.0.1:$T --body 1024 --tls "$tmp/o.pem" >/dev/null &
+self_signed "$tmp/b.pem" "$tmp/b.key"
+wait_port $O; wait_port $T
+$bare 127.0.0.1:$B 127.0.0.1:$O 1 >/dev/null 2>&1 & bp=$!
+$bare 127.0.0.1:$BT 127.0.0.1:$T 1 --tls "$tmp/b.pem" "$tmp/b.key" >/dev/null 2>&1 & bt=$!
+wait_port $B; wait_port $BT
 # The same count per client as pgo/train.sh gives each of credproxy's paths.
 pids=()
 for _ in 1 2 3 4; do
   curl -s --max-time 120 -o /dev/null "http://127.0.0.1:$B/bench[1-${PGO_REQUESTS:-3000}]" & pids+=($!)
+  curl -sk --max-time 120 -o /dev/null "https://127.0.0.1:$BT/bench[1-${PGO_REQUESTS:-3000}]" & pids+=($!)
 done
 wait "${pids[@]}"
 # SIGINT is pingora's quick shutdown: the process exits, which writes the profile.
-kill -INT $bp; wait $bp || true
+kill -INT $bp $bt; wait $bp $bt || true
 profile=$(pgo_merge "$work/data" "$work" bare)
 say "3/3 optimised build"
 RUSTFLAGS=$(pgo_use_flags "$profile") cargo build --release --locked --example bare_pingora --target-dir "$work/use"
