@@ -43,9 +43,9 @@ NEW=target/release
 tmp=$(mktemp -d); chmod 755 "$tmp"
 pids=()
 cleanup() {
-  # nginx's workers first: killed without them, the master leaves them running, holding
-  # this script's stdout open (so `benches/ab.sh REV | tail` never ended).
-  [ -f "$tmp/nginx/nginx.pid" ] && pkill -KILL -P "$(cat "$tmp/nginx/nginx.pid")" 2>/dev/null || true
+  # nginx with its workers: a master killed alone leaves them running, holding this script's
+  # stdout open (so `benches/ab.sh REV | tail` never ended).
+  nginx_stop "$tmp/nginx"
   kill -KILL "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$tmp"

@@ -63,6 +63,30 @@ http {
 NGINX
 }
 
+# nginx_stop DIR: kills the nginx that nginx_conf configured in DIR, workers included (a worker
+# killed before its master is respawned by it; a master killed alone leaves its workers).
+nginx_stop() {
+  local m w
+  [ -f "$1/nginx.pid" ] || return 0
+  m=$(cat "$1/nginx.pid"); w=$(pgrep -P "$m" || true)
+  kill -KILL "$m" $w 2>/dev/null || true
+}
+
+# bench_proxy CREDPROXY DIR PORT ADMIN_PORT: makes a CA in DIR/ca (`ca init`) and prints the
+# `proxy:` section the bench configs share: listen, admin, loopback egress, that CA, and the
+# bench HTTPS origin's CA (DIR/origin-ca.pem) upstream; a caller adds its own keys below it.
+bench_proxy() {
+  "$1" ca init --dir "$2/ca" >/dev/null
+  cat <<YAML
+proxy:
+  listen: 127.0.0.1:$3
+  admin: 127.0.0.1:$4
+  egress: { allow: [127.0.0.0/8] }
+  ca: { cert: $2/ca/ca.pem, key: $2/ca/ca.key }
+  upstream_ca: $2/origin-ca.pem
+YAML
+}
+
 # The secrets bench_credentials' YAML names, for the credproxy the caller starts.
 bench_secrets() {
   export BENCH_TOKEN=bench-static-token-0001 BENCH_SECRET=bench-client-secret-0001

@@ -136,16 +136,10 @@ PY
 bench_secrets
 export ADMIN_TOKEN=bench-admin-token-000001 WORKER_SECRET=bench-worker-secret-01
 export CREDPROXY_STATE_KEY=$(printf '07%.0s' $(seq 32)) RUST_LOG=warn
-$credproxy ca init --dir "$tmp/ca" >/dev/null 2>&1
 P=$(port); A=$(port)
 cat > "$tmp/credproxy.yaml" <<YAML
-proxy:
-  listen: 127.0.0.1:$P
-  admin: 127.0.0.1:$A
+$(bench_proxy "$credproxy" "$tmp" $P $A)
   threads: $THREADS
-  egress: { allow: [127.0.0.0/8] }
-  ca: { cert: $tmp/ca/ca.pem, key: $tmp/ca/ca.key }
-  upstream_ca: $tmp/origin-ca.pem
   max_body: 1MiB
   limits: { max_connections_per_client: 2048 }
 $(bench_credentials $O $OO $OS $T)

@@ -15,7 +15,7 @@ N=${PGO_REQUESTS:-3000}
 tmp=$(mktemp -d); chmod 755 "$tmp"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 cd "$(dirname "$0")/.."
-. benches/common.sh   # port, wait_port
+. benches/common.sh   # port, wait_port, bench_proxy
 
 # The origin's own profile is not credproxy's: it goes elsewhere, unmerged.
 O=$(port); OO=$(port); OS=$(port); T=$(port); TU=$(port)
@@ -29,15 +29,9 @@ for p in $O $OO $OS $T $TU; do wait_port $p; done
 unset LLVM_PROFILE_FILE
 
 bench_secrets; export RUST_LOG=warn
-"$bin" ca init --dir "$tmp/ca" >/dev/null
 P=$(port); A=$(port)
 cat > "$tmp/credproxy.yaml" <<YAML
-proxy:
-  listen: 127.0.0.1:$P
-  admin: 127.0.0.1:$A
-  egress: { allow: [127.0.0.0/8] }
-  ca: { cert: $tmp/ca/ca.pem, key: $tmp/ca/ca.key }
-  upstream_ca: $tmp/origin-ca.pem
+$(bench_proxy "$bin" "$tmp" $P $A)
   max_body: 1MiB
 $(bench_credentials $O $OO $OS $T)
   - { path: /side/*, upstream: "http://127.0.0.1:$O", strip_prefix: /side, credential: bearer }
