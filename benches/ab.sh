@@ -94,7 +94,7 @@ lua() { [ "$1" = nginx ] && echo "$tmp/rev.lua" || echo "$tmp/fwd.lua"; }
 ticks() { # utime + stime of the cell's process (nginx: its worker)
   local p=${PID[$1]:-}
   [ -n "$p" ] || p=$(pgrep -f "nginx: worker" -P "$(cat "$tmp/nginx/nginx.pid")" | head -1)
-  awk '{print $14 + $15}' "/proc/$p/stat"
+  cpu_ticks "$p"
 }
 keys=(new old bare_new bare_old nginx)
 hz=$(getconf CLK_TCK)

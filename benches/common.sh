@@ -10,7 +10,7 @@ wait_port() {
 }
 
 # self_signed CERT KEY: a P-256 certificate for 127.0.0.1 and its key, PEM (as credproxy's
-# leaves are), for the bare pingora terminating TLS.
+# leaves are), for bare pingora and nginx terminating TLS.
 self_signed() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -keyout "$2" -out "$1" 2>/dev/null
@@ -61,6 +61,13 @@ http {
   $tls
 }
 NGINX
+}
+
+# cpu_ticks PID...: the processes' utime + stime together, in clock ticks (getconf CLK_TCK).
+cpu_ticks() {
+  local s=0 p f
+  for p in "$@"; do read -r -a f < "/proc/$p/stat"; s=$((s + f[13] + f[14])); done
+  echo $s
 }
 
 # nginx_stop DIR: kills the nginx that nginx_conf configured in DIR, workers included (a worker

@@ -9,8 +9,9 @@
 # origin example in release mode, and prints, for each concurrency, one table of requests/s,
 # p50/p99 latency and ratios (HTTP rows against bare pingora and nginx; HTTPS rows against
 # direct HTTPS and against bare pingora and nginx each terminating TLS and speaking TLS to the
-# origin: the framework's ceiling for interception, and its peer's), then credproxy's RSS (idle, peak), a 1,000-request cold storm (token
-# requests counted) and a bounded soak (RSS at start and end).
+# origin: the framework's ceiling for interception, and its peer's), then credproxy's RSS
+# (idle, peak), a 1,000-request cold storm (token requests counted) and a bounded soak (RSS at
+# start and end).
 #
 # Every proxy runs with the same number of worker threads (THREADS, default 1: on a 2-core
 # machine the client and the origin need the other core). The origin answers 1 KiB bodies.
@@ -38,6 +39,7 @@ need nginx || missing+=(nginx-light)
 need squid || missing+=(squid)
 need curl || missing+=(curl)
 need openssl || missing+=(openssl)
+[ -x /usr/bin/time ] || missing+=(time) # benches/tls_ceiling.sh charges oha's CPU with it
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -293,14 +295,16 @@ table() { # conns
   local bare nginx hd bt nt
   bare=$(field bare "$c" 1); nginx=$(field nginx "$c" 1); hd=$(field https_direct "$c" 1)
   bt=$(field bare_tls "$c" 1); nt=$(field nginx_tls "$c" 1)
+  local row https
   for row in "${http_rows[@]}" "${https_rows[@]}"; do
+    https=0; [[ " ${https_rows[*]} " == *" $row "* ]] && https=1
     python3 - "${NAME[$row]}" "$(field "$row" "$c" 1)" "$(field "$row" "$c" 2)" \
-      "$(field "$row" "$c" 3)" "$(field "$row" "$c" 4)" "$bare" "$nginx" "$hd" "$row" "$bt" "$nt" <<'PY'
+      "$(field "$row" "$c" 3)" "$(field "$row" "$c" 4)" "$bare" "$nginx" "$hd" "$https" "$bt" "$nt" <<'PY'
 import sys
-name, rps, p50, p99, err, bare, nginx, hd, row, bt, nt = sys.argv[1:]
+name, rps, p50, p99, err, bare, nginx, hd, https, bt, nt = sys.argv[1:]
 rps, bare, nginx, hd, bt, nt = (float(x) for x in (rps, bare, nginx, hd, bt, nt))
 r = lambda d: f"{rps / d:.2f}" if d else "-"
-https = row in ("https_direct", "nginx_tls", "bare_tls", "intercept", "tunnel", "squid_tunnel", "mitm_intercept")
+https = https == "1"
 print(f"| {name} | {rps:,.0f} | {float(p50):,.0f} | {float(p99):,.0f} | {int(float(err))} | "
       f"{r(bt) if https else r(bare)} | {r(nt) if https else r(nginx)} | {r(hd) if https else ''} |")
 PY

@@ -11,12 +11,15 @@
 #
 # Read it as a budget: everything runs on the same cores, so a proxy's ratio to direct HTTPS
 # is bounded by (direct's CPU per request) / (the proxied request's CPU in all three).
-# Needs oha, nginx and openssl (benches/load.sh installs them).
+# Needs oha, nginx, openssl and /usr/bin/time (benches/load.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 export PATH="$PATH:/usr/sbin:$HOME/.cargo/bin"
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-4s}; C=${C:-16}
+for t in oha nginx openssl /usr/bin/time; do
+  command -v $t >/dev/null || { echo "benches/tls_ceiling.sh needs $t: run benches/load.sh once" >&2; exit 2; }
+done
 [ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin credproxy --example origin --example bare_pingora
 CP=${CP:-target/release/credproxy}; BARE=${BARE:-target/release/examples/bare_pingora}
 
@@ -61,14 +64,13 @@ URL[direct]=https://127.0.0.1:$T/bench; URL[nginx]=https://127.0.0.1:$NT/bench
 URL[bare]=https://127.0.0.1:$BT/bench; URL[credproxy]=https://127.0.0.1:$T/bench
 PX[credproxy]=http://127.0.0.1:$P
 
-ticks() { local s=0 p f; for p in "$@"; do read -r -a f < "/proc/$p/stat"; s=$((s + f[13] + f[14])); done; echo $s; }
 cell() { # name
   local px=() o0 p0 out
   [ -n "${PX[$1]:-}" ] && px=(-x "${PX[$1]}")
-  o0=$(ticks ${PID[origin]}); p0=$(ticks ${PID[$1]})
+  o0=$(cpu_ticks ${PID[origin]}); p0=$(cpu_ticks ${PID[$1]})
   out=$({ /usr/bin/time -f "OHA %U %S" oha --no-tui --insecure --output-format json -z "$DUR" \
     -c "$C" "${px[@]}" "${URL[$1]}"; } 2>&1)
-  python3 - "$1" "$out" "$o0" "$(ticks ${PID[origin]})" "$p0" "$(ticks ${PID[$1]})" \
+  python3 - "$1" "$out" "$o0" "$(cpu_ticks ${PID[origin]})" "$p0" "$(cpu_ticks ${PID[$1]})" \
     "$(getconf CLK_TCK)" <<'PY'
 import json, re, sys
 name, out, o0, o1, p0, p1, hz = sys.argv[1:]
